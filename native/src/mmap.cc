@@ -1,0 +1,159 @@
+// Memory: fstat, mmap/munmap of shared-memory fds (guest RAM regions from SET_MEM_TABLE / ADD_MEM_REG, log
+// and inflight areas), memfd_create and ftruncate (for tests and for frontend emulation).
+//
+// A mapping is exposed as an *external* ArrayBuffer. Two ways to release it:
+//   - munmap(ab): detaches the ArrayBuffer first (so every view over it has byteLength 0 and new views throw
+//     instead of touching unmapped memory; vhost-user.rst "Memory region description" regions are replaced
+//     wholesale by SET_MEM_TABLE), then munmap()s;
+//   - otherwise the GC finalizer munmap()s when the buffer is collected.
+// A registry keyed by the buffer's data pointer lets munmap() find the page-aligned base and length; both
+// paths agree through `Mapping::mapped`, so memory is unmapped exactly once.
+
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <mutex>
+#include <unordered_map>
+
+#include "addon.h"
+#include "sys_error.h"
+
+namespace vhost {
+namespace {
+
+// Node 20 caps ArrayBuffer/Buffer length at 2^32 bytes on 64-bit (buffer.constants.MAX_LENGTH); larger guest
+// regions must be windowed by the caller. Checked up front so creation cannot fail after mmap().
+constexpr uint64_t kMaxMapLen = UINT64_C(1) << 32;
+
+struct Mapping {
+  uint8_t* base;  // page-aligned address returned by mmap
+  size_t mapLen;  // length passed to mmap
+  uint8_t* user;  // base + (offset - aligned offset): what the ArrayBuffer starts at
+  bool mapped;
+  bool creating;  // finalizer must not free the struct while New() is still using it
+};
+
+std::mutex g_mu;
+std::unordered_map<void*, Mapping*> g_maps;  // user pointer -> live mapping
+
+void Release(Mapping* m) {  // caller holds g_mu
+  if (!m->mapped) return;
+  g_maps.erase(m->user);
+  munmap(m->base, m->mapLen);
+  m->mapped = false;
+}
+
+void Finalize(napi_env, void*, void* hint) {
+  Mapping* m = static_cast<Mapping*>(hint);
+  std::lock_guard<std::mutex> lock(g_mu);
+  Release(m);
+  if (!m->creating) delete m;
+}
+
+Napi::Value Fstat(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0);
+  struct stat st;
+  if (fstat(fd, &st) < 0) ThrowSysError(env, errno, "fstat");
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("size", Napi::Number::New(env, static_cast<double>(st.st_size)));
+  r.Set("mode", Napi::Number::New(env, st.st_mode));
+  return r;
+}
+
+Napi::Value Mmap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0);
+  int64_t offset = ArgInt(info, 1, "offset", 0, INT64_C(1) << 53);
+  int64_t byteLen = ArgInt(info, 2, "byteLen", 0, INT64_C(1) << 53);
+  bool writable = ArgBool(info, 3, "writable");
+  // A zero-length mapping is EINVAL for mmap(2) and useless as a region.
+  if (byteLen == 0) ThrowSysError(env, EINVAL, "mmap", nullptr, "byteLen must be > 0");
+  if (static_cast<uint64_t>(byteLen) > kMaxMapLen) ThrowSysError(env, EOVERFLOW, "mmap", nullptr, "byteLen exceeds the ArrayBuffer limit");
+
+  // mmap needs a page-aligned file offset: map from the page below and hand out a pointer to the byte asked for.
+  const int64_t page = sysconf(_SC_PAGESIZE);
+  const int64_t aligned = offset & ~(page - 1);
+  const size_t delta = static_cast<size_t>(offset - aligned);
+  const size_t mapLen = static_cast<size_t>(byteLen) + delta;
+  // Read-only mappings fault on write (SIGSEGV): callers pass writable=false only for memory they never write.
+  int prot = PROT_READ | (writable ? PROT_WRITE : 0);
+  void* base = mmap(nullptr, mapLen, prot, MAP_SHARED, fd, static_cast<off_t>(aligned));
+  if (base == MAP_FAILED) ThrowSysError(env, errno, "mmap");
+
+  Mapping* m = new Mapping{static_cast<uint8_t*>(base), mapLen, static_cast<uint8_t*>(base) + delta, true, true};
+  napi_value ab;
+  napi_status s = napi_create_external_arraybuffer(env, m->user, static_cast<size_t>(byteLen), Finalize, m, &ab);
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    m->creating = false;
+    if (s != napi_ok) {
+      // Node may or may not run (or later schedule) the finalizer for a failed creation; Release() unmaps
+      // exactly once either way, and the small struct is deliberately leaked rather than risk a use-after-free.
+      Release(m);
+    } else if (m->mapped) {
+      g_maps[m->user] = m;
+    }
+  }
+  if (s != napi_ok) {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (pending) throw Napi::Error::New(env);
+    ThrowSysError(env, ENOMEM, "mmap", nullptr, "napi_create_external_arraybuffer failed");
+  }
+  return Napi::Value(env, ab);
+}
+
+Napi::Value Munmap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsArrayBuffer()) ThrowArgType(env, "ab");
+  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+  if (ab.IsDetached()) return env.Undefined();  // already unmapped: idempotent
+  Mapping* m;
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto it = g_maps.find(ab.Data());
+    m = it == g_maps.end() ? nullptr : it->second;
+  }
+  if (m == nullptr || m->mapLen - static_cast<size_t>(m->user - m->base) != ab.ByteLength()) {
+    ThrowSysError(env, EINVAL, "munmap", nullptr, "not an ArrayBuffer returned by mmap()");
+  }
+  // Detach before unmapping: if detaching failed we must not leave live views over unmapped memory.
+  ab.Detach();
+  std::lock_guard<std::mutex> lock(g_mu);
+  Release(m);  // the finalizer later sees mapped == false and only frees the struct
+  return env.Undefined();
+}
+
+Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = ArgString(info, 0, "name");
+  bool sealing = ArgBool(info, 1, "allowSealing");
+  int fd = memfd_create(name.c_str(), MFD_CLOEXEC | (sealing ? MFD_ALLOW_SEALING : 0));
+  if (fd < 0) ThrowSysError(env, errno, "memfd_create");
+  return Napi::Number::New(env, fd);
+}
+
+Napi::Value Ftruncate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0);
+  int64_t len = ArgInt(info, 1, "byteLen", 0, INT64_C(1) << 53);
+  int r;
+  do r = ftruncate(fd, static_cast<off_t>(len));
+  while (r < 0 && errno == EINTR);
+  if (r < 0) ThrowSysError(env, errno, "ftruncate");
+  return env.Undefined();
+}
+
+}  // namespace
+
+void InitMmap(Napi::Env env, Napi::Object exports) {
+  exports.Set("fstat", Napi::Function::New(env, Fstat, "fstat"));
+  exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
+  exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));
+  exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
+  exports.Set("ftruncate", Napi::Function::New(env, Ftruncate, "ftruncate"));
+}
+
+}  // namespace vhost
