@@ -1,0 +1,116 @@
+/**
+ * vhost-user-ts command line.
+ *
+ *   vhost-user-ts net --socket PATH [--client] [--queues N] [--port tap:NAME|vhost:PATH2[,client]]
+ *                     [--trace FILE] [--protocol-features HEX]
+ *   vhost-user-ts trace print FILE
+ *
+ * Logging: DEBUG=vhost:* (namespaces vhost:proto, vhost:session, vhost:vq, vhost:net, vhost:tap, ...).
+ */
+import { parseArgs } from 'node:util';
+import { BackendError } from './errors.ts';
+import { parsePortSpec, startNet, type NetOptions } from './app.ts';
+
+const USAGE = `usage:
+  vhost-user-ts net --socket PATH [--client] [--queues N] [--port tap:NAME|vhost:PATH2[,client]]
+                    [--trace FILE] [--protocol-features HEX]
+  vhost-user-ts trace print FILE
+
+  --socket PATH     vhost-user socket (we listen; with --client we connect to a frontend listening there)
+  --queues N        queue pairs offered (GET_QUEUE_NUM), default 1
+  --port SPEC       uplink: tap:NAME (kernel tap device) or vhost:PATH2 (switch to a second vhost-user device)
+  --trace FILE      record every vhost-user message, both directions, to FILE (msgpack)
+  DEBUG=vhost:*     debug logging`;
+
+function usage(msg: string): never {
+  throw new BackendError('CLI_USAGE', `${msg}\n${USAGE}`);
+}
+
+export function parseNetArgs(argv: string[]): NetOptions {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      socket: { type: 'string' },
+      client: { type: 'boolean', default: false },
+      queues: { type: 'string', default: '1' },
+      port: { type: 'string' },
+      trace: { type: 'string' },
+      'protocol-features': { type: 'string' },
+    },
+    strict: true,
+    allowPositionals: false,
+  });
+  if (!values.socket) usage('--socket is required');
+  const queuePairs = Number(values.queues);
+  if (!Number.isInteger(queuePairs) || queuePairs < 1 || queuePairs > 128) usage(`--queues must be 1..128, got '${values.queues}'`);
+  let protocolFeatures: bigint | undefined;
+  if (values['protocol-features'] !== undefined) {
+    try {
+      protocolFeatures = BigInt(values['protocol-features']);
+    } catch {
+      usage(`--protocol-features must be a number (e.g. 0x8009), got '${values['protocol-features']}'`);
+    }
+  }
+  return {
+    socket: values.socket,
+    client: values.client ?? false,
+    queuePairs,
+    port: values.port ? parsePortSpec(values.port) : null,
+    trace: values.trace ?? null,
+    ...(protocolFeatures !== undefined ? { protocolFeatures } : {}),
+  };
+}
+
+async function runNet(argv: string[]): Promise<void> {
+  const opts = parseNetArgs(argv);
+  const { native } = await import('../native/index.ts');
+  const app = startNet(native, opts);
+  const where = app.endpoints.map((e) => e.label).join(', ');
+  process.stderr.write(`vhost-user-ts: net device on ${where}${opts.port ? ` port ${opts.port.kind}` : ''}\n`);
+  for (const ep of app.endpoints) {
+    ep.on('session', () => process.stderr.write(`vhost-user-ts: ${ep.label}: frontend connected\n`));
+    ep.on('disconnect', (r) => process.stderr.write(`vhost-user-ts: ${ep.label}: frontend gone (${r})\n`));
+  }
+  let stopping = false;
+  const stop = (sig: string) => {
+    if (stopping) return;
+    stopping = true;
+    process.stderr.write(`vhost-user-ts: ${sig}, shutting down\n`);
+    for (const p of app.ports) process.stderr.write(`vhost-user-ts: port ${p.name}: ${JSON.stringify(p.stats)}\n`);
+    app.close().then(
+      () => process.exit(0),
+      (e) => {
+        process.stderr.write(`vhost-user-ts: error while closing: ${(e as Error).message}\n`);
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+}
+
+async function runTrace(argv: string[]): Promise<void> {
+  const [sub, file] = argv;
+  if (sub !== 'print' || !file) usage('trace needs: print FILE');
+  const { readTrace, formatRecord } = await import('../protocol/index.ts');
+  for await (const rec of readTrace(file)) process.stdout.write(formatRecord(rec) + '\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  try {
+    if (cmd === 'net') await runNet(rest);
+    else if (cmd === 'trace') await runTrace(rest);
+    else if (cmd === '--help' || cmd === '-h' || cmd === 'help') process.stdout.write(USAGE + '\n');
+    else usage(cmd ? `unknown command '${cmd}'` : 'no command given');
+    return 0;
+  } catch (e) {
+    const err = e as Error & { code?: string; syscall?: string };
+    const where = err.syscall ? ` (${err.syscall})` : '';
+    process.stderr.write(`vhost-user-ts: ${err.code ? `[${err.code}] ` : ''}${err.message}${where}\n`);
+    return err.code === 'CLI_USAGE' ? 2 : 1;
+  }
+}
+
+const code = await main(process.argv.slice(2));
+if (code !== 0) process.exit(code);

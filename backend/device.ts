@@ -1,0 +1,40 @@
+/**
+ * The device interface: what a virtio device (net is the first) implements to be served by a session.
+ * Like rust-vmm's VhostUserBackend, a device never sees a vhost-user message: the session turns
+ * messages into ring readiness edges and feature/config calls.
+ */
+import type { GuestMemory, SplitQueue } from '../virtqueue/index.ts';
+
+/** One ring that is started, enabled and mapped: the device may process it. */
+export interface ReadyQueue {
+  readonly index: number;
+  readonly queue: SplitQueue;
+  readonly memory: GuestMemory;
+  /** Signal the driver (call eventfd) that used buffers are available. */
+  notify(): void;
+  /** Report that this ring is broken (guest error): signals the err eventfd, stops the ring. */
+  fail(err: Error): void;
+}
+
+export interface Device {
+  readonly kind: string;
+  /** Virtio feature bits offered (the session adds PROTOCOL_FEATURES itself). */
+  readonly features: bigint;
+  /** Number of vrings the device exposes (for net: 2 × queue pairs). */
+  readonly maxRings: number;
+  /** What GET_QUEUE_NUM answers (for net: queue pairs, as QEMU and DPDK read it). */
+  readonly queueNum: number;
+  /** Called on SET_FEATURES with the acked subset. */
+  setFeatures(acked: bigint): void;
+  /** Ring edges, computed by the session after every message. */
+  ringReady(ring: ReadyQueue): void;
+  ringStopped(index: number): void;
+  /** The driver kicked this ring. */
+  kick(index: number): void;
+  /** The frontend went away or reset the device: drop all ring references. */
+  reset(): void;
+  /** SEND_RARP (protocol feature RARP): announce the guest MAC on the uplink. */
+  sendRarp?(mac: Uint8Array): void;
+  /** NET_SET_MTU (protocol feature NET_MTU). */
+  setMtu?(mtu: number): void;
+}

@@ -1,0 +1,30 @@
+/**
+ * Backend error codes. Three families (see spec-notes/decisions.md "Error handling"):
+ * - frontend protocol errors (SESSION_*): the request is refused (NACK when REPLY_ACK was asked,
+ *   an empty reply when the request expects a payload) and the session goes on;
+ * - guest ring errors live in virtqueue/ (VQ_*): that queue is marked broken, others continue;
+ * - host/syscall errors carry errno/syscall from the native layer.
+ */
+export type BackendErrorCode =
+  | 'SESSION_NOT_NEGOTIATED' // request needs a feature the frontend did not negotiate
+  | 'SESSION_BAD_INDEX' // vring index out of range for this device
+  | 'SESSION_BAD_STATE' // request not valid in the ring's / session's current state
+  | 'SESSION_BAD_FEATURES' // frontend acked features we did not offer
+  | 'SESSION_UNSUPPORTED' // request known to the codec but not supported by this backend/device
+  | 'SESSION_BAD_MEMORY' // memory table region unusable (overlap, fd too small, mmap failure)
+  | 'SESSION_BAD_RING' // ring size/addresses unusable
+  | 'CLI_USAGE'
+  | 'PORT_ERROR';
+
+export class BackendError extends Error {
+  readonly code: BackendErrorCode;
+  constructor(code: BackendErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'BackendError';
+    this.code = code;
+  }
+}
+
+export function fail(code: BackendErrorCode, message: string): never {
+  throw new BackendError(code, message);
+}

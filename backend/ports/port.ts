@@ -1,0 +1,38 @@
+/**
+ * The port interface: where a device's frames go and come from (a TAP device, another vhost-user
+ * device, later a NIC through our VFIO poll-mode driver). Frames are plain Ethernet frames with no
+ * virtio header; a frame view is only valid during the call that passes it.
+ *
+ * Backpressure instead of loss where the other side can wait: a sink that has nowhere to put a
+ * frame *right now* (guest RX ring empty) answers 'busy' and later calls the onSpace callback, so a
+ * switch between two guests loses nothing; a sink that cannot take it at all answers 'dropped'.
+ */
+export type Delivery = 'ok' | 'busy' | 'dropped';
+
+export interface FrameSink {
+  deliver(frame: Uint8Array): Delivery;
+  /** Register a one-shot callback for when a sink that answered 'busy' has room again. */
+  onSpace(cb: () => void): void;
+}
+
+export interface PortStats {
+  rxFrames: number;
+  rxBytes: number;
+  txFrames: number;
+  txBytes: number;
+  txDropped: number;
+  rxDropped: number;
+}
+
+export function emptyStats(): PortStats {
+  return { rxFrames: 0, rxBytes: 0, txFrames: 0, txBytes: 0, txDropped: 0, rxDropped: 0 };
+}
+
+/** A port is a sink for frames the device transmits, and delivers what it receives to its device. */
+export interface Port extends FrameSink {
+  readonly name: string;
+  readonly stats: PortStats;
+  /** Where received frames go (the device's RX path). */
+  connect(device: FrameSink): void;
+  close(): void;
+}

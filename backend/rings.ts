@@ -1,0 +1,36 @@
+/**
+ * Per-ring state as vhost-user.rst "Ring states" defines it: two independent booleans, started
+ * (SET_VRING_KICK .. GET_VRING_BASE) and enabled (SET_VRING_ENABLE, or implicitly when
+ * VHOST_USER_F_PROTOCOL_FEATURES is not negotiated), plus the configuration that arrives piecemeal
+ * (NUM, ADDR, BASE) and the three eventfds.
+ */
+import type { Fd, Poller } from '../native/types.ts';
+import type { SplitQueue } from '../virtqueue/index.ts';
+
+export interface RingAddr {
+  flags: number;
+  descUva: bigint;
+  usedUva: bigint;
+  availUva: bigint;
+  logGpa: bigint;
+}
+
+export class RingState {
+  num = 0;
+  addr: RingAddr | null = null;
+  /** SET_VRING_BASE value: next avail index the device will read (split rings). */
+  base = 0;
+  started = false;
+  enabled = false;
+  kickFd: Fd | null = null;
+  callFd: Fd | null = null;
+  errFd: Fd | null = null;
+  kickPoller: Poller | null = null;
+  /** The engine object while the ring is ready (started, enabled, mapped). */
+  queue: SplitQueue | null = null;
+  /** Memory generation the queue was built against; a new memory table restarts the queue. */
+  memGeneration = -1;
+  /** Sticky guest error: the ring stays down until reconfigured (SET_VRING_BASE/ADDR/KICK). */
+  broken: Error | null = null;
+  constructor(readonly index: number) {}
+}

@@ -1,0 +1,626 @@
+/**
+ * One vhost-user session (one connected frontend): the state machine over the codec.
+ *
+ * Security model: the frontend is an external, possibly hostile peer. Every field of every message
+ * is checked before use (syntax by the codec table, semantics here); a bad request is refused with
+ * an error reply and never takes the process down. Guest memory is likewise hostile: that is the
+ * virtqueue engine's job, which marks a ring broken rather than throwing.
+ *
+ * Dispatch is table driven (protocol/messages.ts gives the row: payload layout, fd policy, reply
+ * kind, required feature); handlers here only implement semantics. REPLY_ACK is generic
+ * (vhost-user.rst "REPLY_ACK"): the handler does not think about it. After every message the ring
+ * readiness is recomputed and edges are reported to the device (like DPDK's post-dispatch loop),
+ * instead of scattering "maybe start the queue" calls over handlers.
+ */
+import createDebug from 'debug';
+import type { NativeBinding, Fd } from '../native/types.ts';
+import { POLL_READABLE } from '../native/types.ts';
+import {
+  FrontendReq,
+  VirtioF,
+  ProtoF,
+  bit,
+  has,
+  describe,
+  decode,
+  encodeRaw,
+  encodeReply,
+  messageDef,
+  ProtocolError,
+  VHOST_USER_VERSION,
+  VHOST_USER_REPLY_MASK,
+  VHOST_USER_NEED_REPLY_MASK,
+  messageRecord,
+  rawRecord,
+  HEADER_SIZE,
+  type Encoded,
+  type MessageDef,
+  type TraceMessageRecord,
+  type RarpMac,
+  type RawFrame,
+  type VringFd,
+  type VhostMessage,
+} from '../protocol/index.ts';
+import { SplitQueue, VirtqError } from '../virtqueue/index.ts';
+import type { Device, ReadyQueue } from './device.ts';
+import { BackendError, fail } from './errors.ts';
+import { MemoryTable, hex, type RegionSpec } from './memory-table.ts';
+import { RingState } from './rings.ts';
+
+const log = createDebug('vhost:session');
+const logProto = createDebug('vhost:proto');
+
+/** Slots we accept with CONFIGURE_MEM_SLOTS (vhost-user.rst: "VHOST_USER_MAX_RAM_SLOTS 509"). */
+export const MAX_MEM_SLOTS = 509;
+/** REPLY_ACK failure value (vhost-user.rst: "zero on success, non-zero on failure"). */
+const NACK = 1n;
+
+export type SessionNative = Pick<
+  NativeBinding,
+  'close' | 'mmap' | 'munmap' | 'fstat' | 'eventfdRead' | 'eventfdWrite' | 'Poller'
+>;
+
+export interface SessionOptions {
+  device: Device;
+  native: SessionNative;
+  /** Sends an encoded message (bytes + fds to pass) to the frontend. */
+  send: (bytes: Uint8Array, fds: readonly Fd[]) => void;
+  /** Protocol features this backend offers (masked by what the session implements). */
+  protocolFeatures?: bigint;
+  /** Observer of every decoded request and encoded reply (tracing, conformance). */
+  /** Receives a trace record for every request (decoded, or raw with the codec's error) and reply. */
+  trace?: (rec: TraceMessageRecord) => void;
+  label?: string;
+}
+
+/** Protocol features the session implements for any device. */
+export const SESSION_PROTOCOL_FEATURES =
+  bit(ProtoF.MQ) |
+  bit(ProtoF.REPLY_ACK) |
+  bit(ProtoF.RARP) |
+  bit(ProtoF.NET_MTU) |
+  bit(ProtoF.BACKEND_REQ) |
+  bit(ProtoF.CONFIGURE_MEM_SLOTS) |
+  bit(ProtoF.RESET_DEVICE) |
+  bit(ProtoF.STATUS);
+
+type HandlerResult = { payload: unknown; fds?: Fd[] } | void;
+type Handler = (this: Session, msg: VhostMessage, fds: FdClaim) => HandlerResult;
+
+/** The fds that came with one message; a handler claims the ones it keeps, the rest are closed. */
+class FdClaim {
+  private readonly claimed = new Set<number>();
+  constructor(readonly fds: readonly Fd[]) {}
+  take(i: number): Fd {
+    const fd = this.fds[i];
+    if (fd === undefined) fail('SESSION_BAD_STATE', `expected an fd at position ${i}`);
+    this.claimed.add(i);
+    return fd;
+  }
+  takeAll(): Fd[] {
+    return this.fds.map((_, i) => this.take(i));
+  }
+  unclaimed(): Fd[] {
+    return this.fds.filter((_, i) => !this.claimed.has(i));
+  }
+}
+
+export class Session {
+  readonly device: Device;
+  readonly sys: SessionNative;
+  private readonly sendRaw: SessionOptions['send'];
+  private readonly trace: SessionOptions['trace'];
+  readonly label: string;
+
+  /** Offered in GET_FEATURES. */
+  readonly offeredFeatures: bigint;
+  readonly offeredProtocolFeatures: bigint;
+  ackedFeatures = 0n;
+  featuresSet = false;
+  ackedProtocolFeatures = 0n;
+  protocolFeaturesSet = false;
+  owner = false;
+  status = 0;
+  mtu = 0;
+  backendReqFd: Fd | null = null;
+  readonly memory: MemoryTable;
+  private memGeneration = 0;
+  readonly rings: RingState[];
+  private closed = false;
+
+  constructor(opts: SessionOptions) {
+    this.device = opts.device;
+    this.sys = opts.native;
+    this.sendRaw = opts.send;
+    this.trace = opts.trace;
+    this.label = opts.label ?? 'session';
+    this.offeredFeatures = opts.device.features | bit(VirtioF.PROTOCOL_FEATURES);
+    this.offeredProtocolFeatures = (opts.protocolFeatures ?? SESSION_PROTOCOL_FEATURES) & SESSION_PROTOCOL_FEATURES;
+    this.memory = new MemoryTable(opts.native);
+    this.rings = Array.from({ length: opts.device.maxRings }, (_, i) => new RingState(i));
+  }
+
+  /** A protocol feature is in force once SET_PROTOCOL_FEATURES acked it. */
+  protoNegotiated(n: number): boolean {
+    return this.protocolFeaturesSet && has(this.ackedProtocolFeatures, n);
+  }
+
+  /**
+   * VHOST_USER_F_PROTOCOL_FEATURES counts as negotiated once the frontend has used
+   * SET_PROTOCOL_FEATURES, even before SET_FEATURES acks bit 30: QEMU sends SET_VRING_ENABLE
+   * before SET_FEATURES (spec-notes/decisions.md D2, rust-vmm/vhost#41).
+   */
+  virtioNegotiated(n: number): boolean {
+    if (n === VirtioF.PROTOCOL_FEATURES && this.protocolFeaturesSet) return true;
+    return has(this.ackedFeatures, n);
+  }
+
+  /** Decode one frame and handle it; a frame the codec rejects gets the error reply its header asks for. */
+  handleFrame(frame: RawFrame): void {
+    if (this.closed) return;
+    let msg: VhostMessage;
+    try {
+      msg = decode('frontend', frame);
+    } catch (e) {
+      const code = e instanceof ProtocolError ? e.code : 'ERROR';
+      const error = `${code}: ${(e as Error).message}`;
+      log('%s: request %d rejected by the codec: %s', this.label, frame.request, error);
+      this.trace?.(rawRecord('rx', 'frontend', { ...frame, fdCount: frame.fds.length }, error));
+      for (const fd of frame.fds) this.sys.close(fd);
+      const def = messageDef('frontend', frame.request);
+      const needReply = (frame.flags & VHOST_USER_NEED_REPLY_MASK) !== 0 && this.protoNegotiated(ProtoF.REPLY_ACK);
+      if (def && this.bodyReply(def)) this.replyRaw(frame.request, new Uint8Array(0));
+      else if (needReply) this.replyRaw(frame.request, u64Bytes(NACK));
+      return;
+    }
+    this.handle(msg);
+  }
+
+  /** Handle one decoded message from the frontend; never throws for frontend errors. */
+  handle(msg: VhostMessage): void {
+    if (this.closed) return;
+    logProto('%s <- %s', this.label, describe(msg));
+    const rec = this.trace ? messageRecord('rx', msg) : null;
+    const claim = new FdClaim(msg.fds);
+    const replyAck = msg.needReply && this.protoNegotiated(ProtoF.REPLY_ACK);
+    const bodyReply = this.bodyReply(msg.def);
+    let out: Encoded | null = null;
+    try {
+      this.checkRequires(msg);
+      const handler = HANDLERS[msg.id];
+      if (!handler) fail('SESSION_UNSUPPORTED', `${msg.name} is not supported by this backend`);
+      const result = handler.call(this, msg, claim);
+      if (bodyReply) {
+        if (!result) throw new Error(`handler for ${msg.name} returned no reply payload`);
+        out = encodeReply(msg, result.payload, result.fds ?? []);
+      } else if (replyAck) {
+        out = encodeReply(msg, 0n);
+      }
+    } catch (e) {
+      const err = e instanceof Error ? e : new Error(String(e));
+      const code = (err as { code?: string }).code ?? 'ERROR';
+      log('%s: %s refused: [%s] %s', this.label, msg.name, code, err.message);
+      if (!(e instanceof BackendError) && !(e instanceof VirtqError)) log('unexpected error: %O', e);
+      if (rec) rec.error = `${code}: ${err.message}`;
+      // A request that expects a body gets a reply with an empty body: frontends check the reply
+      // size, so they fail cleanly instead of waiting forever (spec-notes/decisions.md D4).
+      if (bodyReply) out = { bytes: encodeRaw(msg.id, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK), fds: [] };
+      else if (replyAck) out = encodeReply(msg, NACK);
+    } finally {
+      for (const fd of claim.unclaimed()) this.sys.close(fd);
+    }
+    if (rec) this.trace!(rec);
+    if (out) this.send(out);
+    this.updateRings();
+  }
+
+  private send(out: Encoded): void {
+    if (this.trace) this.trace(replyRecord(out));
+    this.sendRaw(out.bytes, out.fds);
+  }
+
+  /** A reply built outside the table: an empty body (error) or an ack for a refused frame. */
+  private replyRaw(id: number, body: Uint8Array): void {
+    this.send({ bytes: encodeRaw(id, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, body), fds: [] });
+  }
+
+  /** Does this request get a body reply now (vs. only an ack on NEED_REPLY)? See the table's replyWhen. */
+  private bodyReply(def: MessageDef): boolean {
+    if (def.reply === 'none' || def.reply === 'ack') return false;
+    const when = def.replyWhen;
+    if (!when) return true;
+    if (when.kind === 'protocol-feature') return this.protoNegotiated(when.protocolFeature);
+    return false; // postcopy-listening: postcopy is not supported yet
+  }
+
+  private checkRequires(msg: VhostMessage): void {
+    const req = msg.def.requires;
+    if (!req) return;
+    if (req.protocolFeature !== undefined && !this.protoNegotiated(req.protocolFeature)) {
+      fail('SESSION_NOT_NEGOTIATED', `${msg.name} needs protocol feature ${req.protocolFeature}, not negotiated`);
+    }
+    const vf = req.virtioFeature;
+    if (vf !== undefined && !(req.offeredOnly ? has(this.offeredFeatures, vf) : this.virtioNegotiated(vf))) {
+      fail('SESSION_NOT_NEGOTIATED', `${msg.name} needs virtio feature ${req.virtioFeature}, not negotiated`);
+    }
+  }
+
+  ring(index: number): RingState {
+    const r = this.rings[index];
+    if (!r) fail('SESSION_BAD_INDEX', `vring index ${index} out of range (device has ${this.rings.length})`);
+    return r;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Ring readiness: recomputed after every message; edges go to the device.
+
+  private isReady(r: RingState): boolean {
+    return r.started && r.enabled && !r.broken && r.num > 0 && r.addr !== null && this.memory.regionCount > 0;
+  }
+
+  updateRings(): void {
+    for (const r of this.rings) {
+      const want = this.isReady(r);
+      if (r.queue && (!want || r.memGeneration !== this.memGeneration)) this.stopQueue(r);
+      if (want && !r.queue) this.startQueue(r);
+    }
+  }
+
+  private startQueue(r: RingState): void {
+    const a = r.addr!;
+    try {
+      const desc = this.ringAddr(a.descUva, 'descriptor table');
+      const avail = this.ringAddr(a.availUva, 'available ring');
+      const used = this.ringAddr(a.usedUva, 'used ring');
+      const mem = this.memory.memory;
+      r.queue = new SplitQueue(
+        {
+          size: r.num,
+          descAddr: desc,
+          availAddr: avail,
+          usedAddr: used,
+          eventIdx: has(this.ackedFeatures, VirtioF.RING_EVENT_IDX),
+          indirect: has(this.ackedFeatures, VirtioF.RING_INDIRECT_DESC),
+          lastAvailIdx: r.base,
+        },
+        mem,
+      );
+      r.memGeneration = this.memGeneration;
+      log('%s: ring %d ready (size %d, base %d, desc %s)', this.label, r.index, r.num, r.base, hex(desc));
+      this.watchKick(r);
+      const ready: ReadyQueue = {
+        index: r.index,
+        queue: r.queue,
+        memory: mem,
+        notify: () => this.notify(r),
+        fail: (err) => this.ringFailed(r, err),
+      };
+      this.device.ringReady(ready);
+    } catch (e) {
+      this.ringFailed(r, e as Error);
+    }
+  }
+
+  /** Drop the engine object (ring stays started/enabled); the next update rebuilds it. */
+  stopQueue(r: RingState): void {
+    if (!r.queue) return;
+    r.queue.flushUsed();
+    r.base = r.queue.lastAvailIdx;
+    r.queue = null;
+    r.kickPoller?.stop();
+    this.device.ringStopped(r.index);
+    log('%s: ring %d stopped at avail %d', this.label, r.index, r.base);
+  }
+
+  private ringAddr(uva: bigint, what: string): number {
+    if (uva > BigInt(Number.MAX_SAFE_INTEGER)) fail('SESSION_BAD_RING', `${what} address ${uva} out of range`);
+    const gpa = this.memory.uvaToGpa(Number(uva));
+    if (gpa === null) fail('SESSION_BAD_RING', `${what} at ${hex(uva)} is not in any memory region`);
+    return gpa;
+  }
+
+  /** A guest error on this ring: mark it broken, signal the err eventfd (vhost-user.rst SET_VRING_ERR). */
+  private ringFailed(r: RingState, err: Error): void {
+    log('%s: ring %d broken: %s', this.label, r.index, err.message);
+    r.broken = err;
+    if (r.queue) this.stopQueue(r);
+    if (r.errFd !== null) {
+      try {
+        this.sys.eventfdWrite(r.errFd, 1n);
+      } catch (e) {
+        log('err eventfd write failed: %s', (e as Error).message);
+      }
+    }
+  }
+
+  private notify(r: RingState): void {
+    if (r.callFd === null) return;
+    try {
+      this.sys.eventfdWrite(r.callFd, 1n);
+    } catch (e) {
+      log('%s: call eventfd of ring %d failed: %s', this.label, r.index, (e as Error).message);
+    }
+  }
+
+  private watchKick(r: RingState): void {
+    if (r.kickFd === null) return; // NOFD: the device polls (it is told on ringReady)
+    if (!r.kickPoller) {
+      const fd = r.kickFd;
+      r.kickPoller = new this.sys.Poller(fd, (err) => {
+        if (err) {
+          log('kick poller error on ring %d: %s', r.index, err.message);
+          return;
+        }
+        this.sys.eventfdRead(fd);
+        if (r.queue) this.device.kick(r.index);
+      });
+    }
+    r.kickPoller.start(POLL_READABLE);
+  }
+
+  replaceKick(r: RingState, fd: Fd | null): void {
+    if (r.kickPoller) {
+      r.kickPoller.close();
+      r.kickPoller = null;
+    }
+    if (r.kickFd !== null) this.sys.close(r.kickFd);
+    r.kickFd = fd;
+  }
+
+  private stopAllRings(): void {
+    for (const r of this.rings) {
+      this.stopQueue(r);
+      r.started = false;
+      r.enabled = false;
+    }
+  }
+
+  /** The connection is gone: release every fd and mapping this session owns. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    for (const r of this.rings) {
+      this.stopQueue(r);
+      this.replaceKick(r, null);
+      if (r.callFd !== null) this.sys.close(r.callFd);
+      if (r.errFd !== null) this.sys.close(r.errFd);
+      r.callFd = r.errFd = null;
+    }
+    this.device.reset();
+    this.memory.close();
+    if (this.backendReqFd !== null) this.sys.close(this.backendReqFd);
+    this.backendReqFd = null;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Helpers used by handlers.
+
+  setMemory(specs: RegionSpec[], fds: Fd[]): void {
+    this.memory.replace(specs, fds);
+    this.memGeneration++;
+  }
+  addMemory(spec: RegionSpec, fd: Fd): void {
+    this.memory.add(spec, fd, MAX_MEM_SLOTS);
+    this.memGeneration++;
+  }
+  removeMemory(spec: RegionSpec): void {
+    // Rings using the region are restarted against the new table (and fail if they lost it).
+    this.memory.remove(spec);
+    this.memGeneration++;
+  }
+
+  resetRings(): void {
+    this.stopAllRings();
+    for (const r of this.rings) {
+      this.replaceKick(r, null);
+      r.num = 0;
+      r.addr = null;
+      r.base = 0;
+      r.broken = null;
+    }
+  }
+
+  setAckedFeatures(f: bigint): void {
+    const extra = f & ~this.offeredFeatures;
+    if (extra !== 0n) fail('SESSION_BAD_FEATURES', `SET_FEATURES acks bits not offered: ${hex(extra)}`);
+    this.ackedFeatures = f;
+    this.featuresSet = true;
+    this.device.setFeatures(f);
+    // Without PROTOCOL_FEATURES rings are enabled as soon as they start (vhost-user.rst "Ring states").
+    if (!this.virtioNegotiated(VirtioF.PROTOCOL_FEATURES)) for (const r of this.rings) if (r.started) r.enabled = true;
+  }
+
+  startRing(r: RingState): void {
+    r.started = true;
+    r.broken = null;
+    if (!this.virtioNegotiated(VirtioF.PROTOCOL_FEATURES)) r.enabled = true;
+  }
+
+  /** GET_VRING_BASE: stop the ring and return where the device stopped. */
+  stopRing(r: RingState): number {
+    this.stopQueue(r);
+    r.started = false;
+    if (r.kickPoller) r.kickPoller.stop();
+    return r.base;
+  }
+}
+
+/** The u64 body of a request (protocol/payloads.ts u64Payload). */
+function u64(msg: VhostMessage): bigint {
+  return (msg.payload as { value: bigint }).value;
+}
+
+/** Trace record of an outgoing reply: decoded when it decodes, raw otherwise (the empty error reply). */
+function replyRecord(out: Encoded): TraceMessageRecord {
+  const dv = new DataView(out.bytes.buffer, out.bytes.byteOffset, out.bytes.byteLength);
+  const frame = {
+    request: dv.getUint32(0, true),
+    flags: dv.getUint32(4, true),
+    payload: out.bytes.subarray(HEADER_SIZE),
+    fds: out.fds,
+  };
+  try {
+    return messageRecord('tx', decode('frontend', frame));
+  } catch (e) {
+    return rawRecord('tx', 'frontend', { ...frame, fdCount: frame.fds.length }, `error reply (${(e as Error).message})`);
+  }
+}
+
+function u64Bytes(v: bigint): Uint8Array {
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, v, true);
+  return b;
+}
+
+function regionOf(p: { guestPhysAddr: bigint; memorySize: bigint; userspaceAddr: bigint; mmapOffset: bigint }): RegionSpec {
+  return { gpa: p.guestPhysAddr, byteLen: p.memorySize, uva: p.userspaceAddr, mmapOffset: p.mmapOffset };
+}
+
+/** One handler per request id; the table row (protocol/messages.ts) has already been enforced. */
+const HANDLERS: Partial<Record<number, Handler>> = {
+  [FrontendReq.GET_FEATURES]() {
+    return { payload: { value: this.offeredFeatures } };
+  },
+  [FrontendReq.SET_FEATURES](msg) {
+    this.setAckedFeatures(u64(msg));
+  },
+  [FrontendReq.GET_PROTOCOL_FEATURES]() {
+    return { payload: { value: this.offeredProtocolFeatures } };
+  },
+  [FrontendReq.SET_PROTOCOL_FEATURES](msg) {
+    const f = u64(msg);
+    const extra = f & ~this.offeredProtocolFeatures;
+    if (extra !== 0n) fail('SESSION_BAD_FEATURES', `SET_PROTOCOL_FEATURES acks bits not offered: ${hex(extra)}`);
+    this.ackedProtocolFeatures = f;
+    this.protocolFeaturesSet = true;
+  },
+  [FrontendReq.SET_OWNER]() {
+    this.owner = true;
+  },
+  [FrontendReq.RESET_OWNER]() {
+    // vhost-user.rst: "no longer used ... recommended that back-ends either ignore this message, or
+    // use it to disable all rings". We disable (and stop) all rings and keep the connection state.
+    for (const r of this.rings) {
+      r.enabled = false;
+      this.stopRing(r);
+    }
+  },
+  [FrontendReq.GET_QUEUE_NUM]() {
+    return { payload: { value: BigInt(this.device.queueNum) } };
+  },
+  [FrontendReq.SET_MEM_TABLE](msg, fds) {
+    const p = msg.payload as { regions: Parameters<typeof regionOf>[0][] };
+    this.setMemory(p.regions.map(regionOf), fds.takeAll());
+  },
+  [FrontendReq.GET_MAX_MEM_SLOTS]() {
+    return { payload: { value: BigInt(MAX_MEM_SLOTS) } };
+  },
+  [FrontendReq.ADD_MEM_REG](msg, fds) {
+    const p = msg.payload as { region: Parameters<typeof regionOf>[0] };
+    this.addMemory(regionOf(p.region), fds.take(0));
+  },
+  [FrontendReq.REM_MEM_REG](msg) {
+    const p = msg.payload as { region: Parameters<typeof regionOf>[0] };
+    this.removeMemory(regionOf(p.region));
+  },
+  [FrontendReq.SET_VRING_NUM](msg) {
+    const p = msg.payload as { index: number; num: number };
+    const r = this.ring(p.index);
+    if (r.started) fail('SESSION_BAD_STATE', `SET_VRING_NUM on started ring ${p.index}`);
+    // virtio v1.2 2.7: "Queue Size value is always a power of 2. The maximum Queue Size value is 32768."
+    if (p.num === 0 || p.num > 32768 || (p.num & (p.num - 1)) !== 0) {
+      fail('SESSION_BAD_RING', `ring ${p.index}: size ${p.num} is not a power of two in 1..32768`);
+    }
+    r.num = p.num;
+  },
+  [FrontendReq.SET_VRING_ADDR](msg) {
+    const p = msg.payload as {
+      index: number;
+      flags: number;
+      descUserAddr: bigint;
+      usedUserAddr: bigint;
+      availUserAddr: bigint;
+      logGuestAddr: bigint;
+    };
+    const r = this.ring(p.index);
+    r.addr = {
+      flags: p.flags,
+      descUva: p.descUserAddr,
+      usedUva: p.usedUserAddr,
+      availUva: p.availUserAddr,
+      logGpa: p.logGuestAddr,
+    };
+    r.broken = null;
+    // A running ring picks up new addresses by restarting (the frontend may move rings while
+    // enabled, e.g. when LOG_ALL toggles): force the rebuild.
+    if (r.queue) this.stopQueue(r);
+  },
+  [FrontendReq.SET_VRING_BASE](msg) {
+    const p = msg.payload as { index: number; num: number };
+    const r = this.ring(p.index);
+    if (r.started) fail('SESSION_BAD_STATE', `SET_VRING_BASE on started ring ${p.index}`);
+    r.base = p.num & 0xffff;
+    r.broken = null;
+  },
+  [FrontendReq.GET_VRING_BASE](msg) {
+    const p = msg.payload as { index: number; num: number };
+    const r = this.ring(p.index);
+    const base = this.stopRing(r);
+    return { payload: { index: p.index, num: base } };
+  },
+  [FrontendReq.SET_VRING_KICK](msg, fds) {
+    const p = msg.payload as VringFd;
+    const ring = this.ring(p.index);
+    this.replaceKick(ring, p.noFd ? null : fds.take(0));
+    this.startRing(ring);
+  },
+  [FrontendReq.SET_VRING_CALL](msg, fds) {
+    const p = msg.payload as VringFd;
+    const ring = this.ring(p.index);
+    if (ring.callFd !== null) this.sys.close(ring.callFd);
+    ring.callFd = p.noFd ? null : fds.take(0);
+  },
+  [FrontendReq.SET_VRING_ERR](msg, fds) {
+    const p = msg.payload as VringFd;
+    const ring = this.ring(p.index);
+    if (ring.errFd !== null) this.sys.close(ring.errFd);
+    ring.errFd = p.noFd ? null : fds.take(0);
+  },
+  [FrontendReq.SET_VRING_ENABLE](msg) {
+    const p = msg.payload as { index: number; num: number };
+    const r = this.ring(p.index);
+    if (p.num !== 0 && p.num !== 1) fail('SESSION_BAD_STATE', `SET_VRING_ENABLE with ${p.num} (must be 0 or 1)`);
+    r.enabled = p.num === 1;
+  },
+  [FrontendReq.SET_BACKEND_REQ_FD](_msg, fds) {
+    if (this.backendReqFd !== null) this.sys.close(this.backendReqFd);
+    this.backendReqFd = fds.take(0);
+  },
+  [FrontendReq.GET_STATUS]() {
+    return { payload: { value: BigInt(this.status) } };
+  },
+  [FrontendReq.SET_STATUS](msg) {
+    const s = u64(msg);
+    if (s > 0xffn) fail('SESSION_BAD_STATE', `SET_STATUS ${hex(s)} is not a device status byte`);
+    this.status = Number(s);
+  },
+  [FrontendReq.RESET_DEVICE]() {
+    this.resetRings();
+    this.ackedFeatures = 0n;
+    this.featuresSet = false;
+    this.status = 0;
+    this.device.reset();
+  },
+  [FrontendReq.NET_SET_MTU](msg) {
+    const mtu = u64(msg);
+    // virtio v1.2 5.1.4: mtu is a le16; 68 is the IPv4 minimum.
+    if (mtu < 68n || mtu > 65535n) fail('SESSION_BAD_STATE', `NET_SET_MTU ${mtu} out of range 68..65535`);
+    this.mtu = Number(mtu);
+    this.device.setMtu?.(this.mtu);
+  },
+  [FrontendReq.SEND_RARP](msg) {
+    const { mac } = msg.payload as RarpMac;
+    if (!this.device.sendRarp) fail('SESSION_UNSUPPORTED', 'device cannot send RARP');
+    this.device.sendRarp(mac);
+  },
+};

@@ -1,0 +1,66 @@
+/**
+ * Socket glue for protocol/frontend.ts: a ScriptedFrontend connected over a real AF_UNIX socket
+ * (real SCM_RIGHTS), so loopback tests exercise exactly the path QEMU uses.
+ */
+import type { NativeBinding, Fd, Poller } from '../../native/types.ts';
+import { POLL_READABLE, POLL_DISCONNECT } from '../../native/types.ts';
+import { ScriptedFrontend, type ScriptedFrontendOptions } from '../../protocol/index.ts';
+
+export interface SocketFrontend {
+  fe: ScriptedFrontend;
+  fd: Fd;
+  /** Resolves when the backend closes the connection. */
+  closed: Promise<void>;
+  close(): void;
+}
+
+export function connectFrontend(
+  native: NativeBinding,
+  target: { path: string } | { fd: Fd },
+  opts: ScriptedFrontendOptions = {},
+): SocketFrontend {
+  const fd = 'fd' in target ? target.fd : native.unixConnect(target.path);
+  let onData: ((chunk: Uint8Array, fds: number[]) => void) | null = null;
+  let poller: Poller | null = null;
+  let open = true;
+  let resolveClosed!: () => void;
+  const closed = new Promise<void>((r) => (resolveClosed = r));
+  const buf = new Uint8Array(65536);
+  const close = () => {
+    if (!open) return;
+    open = false;
+    poller?.close();
+    native.close(fd);
+    fe.close('closed');
+    resolveClosed();
+  };
+  const fe = new ScriptedFrontend(
+    {
+      send(bytes, fds) {
+        let off = 0;
+        let first = true;
+        while (off < bytes.length) {
+          const n = native.sendmsg(fd, bytes, off, bytes.length - off, first ? fds : []);
+          if (n === null) throw new Error('test frontend: socket full');
+          off += n;
+          first = false;
+        }
+      },
+      onData(cb) {
+        onData = cb;
+      },
+    },
+    opts,
+  );
+  poller = new native.Poller(fd, (err) => {
+    if (err) return close();
+    for (;;) {
+      const r = native.recvmsg(fd, buf, 0, buf.length, 8);
+      if (r === null) return;
+      if (r.byteLen === 0) return close();
+      onData?.(buf.slice(0, r.byteLen), r.fds);
+    }
+  });
+  poller.start(POLL_READABLE | POLL_DISCONNECT);
+  return { fe, fd, closed, close };
+}

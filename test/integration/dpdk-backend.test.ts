@@ -1,0 +1,81 @@
+/**
+ * Real peers: two DPDK 22.11 virtio-user frontends (dpdk-testpmd) on vhost-user-ts, which switches
+ * between its two vhost-user sockets (`--port vhost:PATH2`).
+ *
+ *   A (s0, io) --tx 128--> [s0 vhost-user-ts s1] --> B (s1, io: echoes) --> [s1 -> s0] --> A
+ *
+ * Store-and-drain, as validated against DPDK's own backend in dpdk-harness.test.ts: only one
+ * frontend polls at a time (both frontends' pollers are on cpu 0, the backend is on cpu 1).
+ * Counts are exact: vhost-user-ts holds a guest's TX while the other guest has no RX buffers.
+ */
+import test, { type ExecutionContext } from 'ava';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { quitAll, startTestpmd, type PortStats, type Testpmd } from '../helpers/testpmd.ts';
+import { startBackend, type Backend } from '../helpers/backend.ts';
+
+const HAVE_TESTPMD = existsSync('/usr/bin/dpdk-testpmd');
+const dpdkTest = HAVE_TESTPMD ? test.serial : test.serial.skip;
+const dir = mkdtempSync(join(tmpdir(), 'vut-dpdkbe-'));
+test.after.always(() => rmSync(dir, { recursive: true, force: true }));
+
+function port0(stats: PortStats[]): PortStats {
+  const s = stats.find((p) => p.port === 0);
+  if (!s) throw new Error(`no port 0 stats in ${JSON.stringify(stats)}`);
+  return s;
+}
+
+async function echoRun(t: ExecutionContext, name: string, fe: { mrg: boolean; inOrder?: boolean; queueSize?: number }) {
+  const s0 = join(dir, `${name}-0.sock`);
+  const s1 = join(dir, `${name}-1.sock`);
+  const trace = join(dir, `${name}.vutrace`);
+  const be: Backend = await startBackend(['net', '--socket', s0, '--port', `vhost:${s1}`, '--trace', trace], {
+    core: 1,
+    waitSockets: [s0, s1],
+  });
+  const tps: Testpmd[] = [];
+  t.teardown(async () => {
+    await quitAll(...tps);
+    await be.stop();
+  });
+  const common = { role: 'virtio-user' as const, fwdMode: 'io' as const, fwdCore: 0, mainCore: 1, noFlushRx: true, ...fe };
+  const a = await startTestpmd({ ...common, socket: s0 });
+  tps.push(a);
+  const b = await startTestpmd({ ...common, socket: s1 });
+  tps.push(b);
+  await Promise.all([a.waitForLinkUp(10000), b.waitForLinkUp(10000)]);
+  await be.waitForLog(/frontend connected[\s\S]*frontend connected/, 5000);
+
+  // A sends 4 bursts of 32 (txonly frames of 64 bytes) and stops; they wait in B's RX ring.
+  const aTx = port0(await a.sendBursts(4));
+  t.is(aTx.txPackets, 128, 'A put 128 frames on its TX ring');
+  // B echoes them (io fwd) back through the backend into A's RX ring.
+  await b.start();
+  await b.waitForRxPackets(128, { timeoutMs: 5000, quietMs: 200 });
+  const bS = port0(await b.stop());
+  t.is(bS.rxPackets, 128, 'B received every frame A sent');
+  t.is(bS.txPackets, 128, 'B echoed every frame');
+  await a.start();
+  await a.waitForRxPackets(128, { timeoutMs: 5000, quietMs: 200 });
+  const aS = port0(await a.stop());
+  t.is(aS.rxPackets, 128, 'A received every echo');
+  t.is(aS.rxDropped + bS.rxDropped, 0);
+
+  await quitAll(...tps);
+  tps.length = 0;
+  await be.waitForLog(/frontend gone[\s\S]*frontend gone/, 5000);
+  t.is(await be.stop(), 0, 'backend exits cleanly on SIGTERM');
+  t.regex(be.log, /port .*"txFrames":128/);
+  t.true(existsSync(trace), 'trace file written');
+}
+
+dpdkTest('DPDK virtio-user x2 <-> vhost-user-ts switch: split ring, mergeable RX buffers', async (t) => {
+  t.timeout(60_000);
+  await echoRun(t, 'split-mrg', { mrg: true });
+});
+
+dpdkTest('DPDK virtio-user x2 <-> vhost-user-ts switch: split ring, no mergeable buffers', async (t) => {
+  t.timeout(60_000);
+  await echoRun(t, 'split-nomrg', { mrg: false });
+});

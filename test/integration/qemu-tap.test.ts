@@ -1,0 +1,78 @@
+/**
+ * Real peer: a QEMU 7.2 guest (Debian 6.1 kernel, TCG) boots with its virtio-net on vhost-user-ts,
+ * whose uplink is a TAP device in a network namespace of the host. The guest pings the namespace and
+ * the namespace pings the guest.
+ *
+ *   guest eth0 10.0.2.15 --virtio/vhost-user--> vhost-user-ts --tap vutq0--> netns 10.0.2.1
+ */
+import test from 'ava';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { guestAvailable, startGuest } from '../helpers/qemu.ts';
+import { startBackend } from '../helpers/backend.ts';
+
+const canRun = guestAvailable() && existsSync('/dev/net/tun') && process.getuid?.() === 0;
+const qemuTest = canRun ? test.serial : test.serial.skip;
+const dir = mkdtempSync(join(tmpdir(), 'vut-qemu-'));
+const ns = `vutq${process.pid}`;
+const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+test.after.always(() => {
+  try {
+    sh('ip', ['netns', 'del', ns]);
+  } catch {
+    /* not created */
+  }
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function until(what: string, ms: number, f: () => boolean): Promise<void> {
+  const end = Date.now() + ms;
+  while (!f()) {
+    if (Date.now() > end) throw new Error(`timeout: ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+for (const variant of [{ name: 'split, mergeable', mrg: true }, { name: 'split, no mergeable', mrg: false }]) {
+  qemuTest(`QEMU guest on vhost-user-ts pings a host netns through the TAP port (${variant.name})`, async (t) => {
+    t.timeout(120_000);
+    try {
+      sh('ip', ['netns', 'add', ns]);
+    } catch {
+      /* exists from the previous variant */
+    }
+    const sock = join(dir, `q-${variant.mrg}.sock`);
+    const tap = 'vutq0';
+    const be = await startBackend(['net', '--socket', sock, '--port', `tap:${tap}`], { core: 1, netns: ns, waitSockets: [sock] });
+    t.teardown(() => be.stop().then(() => undefined));
+    await until('tap device in netns', 5000, () => {
+      try {
+        return sh('ip', ['netns', 'exec', ns, 'ip', 'link', 'show', tap]).includes('UP');
+      } catch {
+        return false;
+      }
+    });
+    sh('ip', ['netns', 'exec', ns, 'ip', 'addr', 'add', '10.0.2.1/24', 'dev', tap]);
+
+    const g = startGuest({
+      sock,
+      cpus: '0',
+      mrg: variant.mrg,
+      vut: { ip: '10.0.2.15/24', ping: '10.0.2.1,5', hold: '20' },
+      teardown: t.teardown,
+      maxLifetimeMs: 100_000,
+    });
+    const ok = await g.waitFor(/VUT-PING-(OK|FAIL) (\S+)/, 90_000);
+    t.is(ok[1], 'OK', `guest ping: ${ok[0]}\n${g.tail()}`);
+    await g.waitFor(/VUT-HOLD/, 10_000);
+    // And the other way: the namespace pings the guest (busybox ping: the host has no ping binary).
+    const out = sh('ip', ['netns', 'exec', ns, 'busybox', 'ping', '-c', '3', '-W', '5', '10.0.2.15']);
+    t.regex(out, /3 packets received/);
+    await g.kill();
+    t.is(await be.stop(), 0);
+    t.regex(be.log, /frontend connected/);
+    t.regex(be.log, /port vutq0: .*"rxFrames":[1-9]/);
+  });
+}

@@ -1,0 +1,41 @@
+/** Shared setup for the virtqueue-*.test.ts files (not a test file itself). */
+import { Chain, ChainReader, ChainWriter, FlatMemory, MockDriver, SplitQueue } from '../../virtqueue/index.ts';
+import type { GuestMemory, MockDriverOptions, SplitQueueConfig } from '../../virtqueue/index.ts';
+
+export interface Rig {
+  mem: GuestMemory;
+  drv: MockDriver;
+  q: SplitQueue;
+  chain: Chain;
+  reader: ChainReader;
+  writer: ChainWriter;
+}
+
+/** A FlatMemory of `byteLen` with a mock driver and a SplitQueue on the same rings. */
+export function rig(
+  size = 16,
+  opts: Partial<MockDriverOptions> & { byteLen?: number; mem?: GuestMemory; queue?: Partial<SplitQueueConfig> } = {},
+): Rig {
+  const mem = opts.mem ?? new FlatMemory(opts.byteLen ?? 1 << 20);
+  const drv = new MockDriver(mem, { size, ...opts });
+  const q = new SplitQueue(drv.queueConfig(opts.queue), mem);
+  return { mem, drv, q, chain: new Chain(), reader: new ChainReader(), writer: new ChainWriter() };
+}
+
+export function bytes(n: number, seed = 1): Uint8Array {
+  const b = new Uint8Array(n);
+  for (let i = 0; i < n; i++) b[i] = (i * 31 + seed * 7) & 0xff;
+  return b;
+}
+
+/** Deterministic PRNG (mulberry32). */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

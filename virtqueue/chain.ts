@@ -1,0 +1,567 @@
+/**
+ * Descriptor chains: the walker that turns a split-ring chain into resolved segments, and the
+ * ChainReader / ChainWriter cursors devices use to move bytes.
+ *
+ * Segment representation (the design choice): segments are RESOLVED at pop time and stored
+ * struct-of-arrays in a caller-owned, reused `Chain` — for segment i: `segAddr[i]` (gpa, used for
+ * dirty logging and diagnostics), `segLen[i]`, `segBytes[i]` (the region's whole view) and
+ * `segOffset[i]` (offset in that view). A descriptor whose buffer crosses a memory-region boundary
+ * becomes several segments (one per region), so readers and writers copy with
+ * `Uint8Array.prototype.set` and never translate again. Readable segments come first:
+ * `[0, readSegCount)` are device-readable, `[readSegCount, segCount)` device-writable. Nothing is
+ * allocated per descriptor once the arrays have grown to the largest chain seen.
+ *
+ * Consequence: a Chain holds views into the memory table that was current when it was popped. The
+ * session replaces the table only between event-loop turns and rebuilds queues afterwards, so a chain
+ * must be completed (pushUsed) in the turn that popped it; after REM_MEM_REG / SET_MEM_TABLE the
+ * native layer detaches unmapped buffers, so a stale chain fails loudly (zero-length views) instead
+ * of touching unmapped memory.
+ *
+ * Rules enforced by the split walker (virtio v1.2):
+ * - 2.7.5: `next` must index the table; a chain has at most as many descriptors as its table
+ *   (ttl guard; more means a loop). Same for an indirect table, whose ttl is its entry count.
+ * - 2.7.5.2: total length at most 2^32 bytes.
+ * - 2.7.5.3.1: INDIRECT only if negotiated, never with NEXT, never inside an indirect table; the
+ *   table length is a non-zero multiple of 16 (we also cap it at MAX_INDIRECT_DESCS entries).
+ *   2.7.5.3.2: zero or more direct descriptors may precede the single indirect one, and the WRITE
+ *   flag of the descriptor pointing to the table is ignored.
+ * - 2.7.4.2: device-writable descriptors after all device-readable ones; otherwise the chain is
+ *   refused (VQ_WRITE_BEFORE_READ) rather than guessed at.
+ * - A zero-length descriptor contributes no segment and its address is not checked.
+ *
+ * Descriptors are read field by field into locals exactly once (the guest may rewrite them
+ * concurrently; it can only hurt its own buffers, and the ttl guarantees termination).
+ */
+import type { GuestMemory, Span } from './memory.ts';
+import { createSpan } from './memory.ts';
+import {
+  DESC_BYTES,
+  MAX_CHAIN_BYTES,
+  MAX_INDIRECT_DESCS,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE,
+} from './defs.ts';
+import type { VirtqErrorCode } from './errors.ts';
+import { hexAddr } from './errors.ts';
+
+// Module-local copies: under tsx (esbuild CJS output) every imported binding is a getter call,
+// which shows up in profiles of the per-descriptor loop. Locals are plain constants.
+const F_NEXT = VIRTQ_DESC_F_NEXT;
+const F_WRITE = VIRTQ_DESC_F_WRITE;
+const F_INDIRECT = VIRTQ_DESC_F_INDIRECT;
+const CHAIN_CAP = MAX_CHAIN_BYTES;
+const TWO_32 = 2 ** 32;
+/** hi halves >= this make a 64-bit address >= 2^53 (see joinAddr). */
+const HI_LIMIT = 2 ** 21;
+
+/** A segment as a plain object: only for tests and diagnostics (`Chain.segment()` allocates). */
+export interface Segment {
+  addr: number;
+  byteLen: number;
+  write: boolean;
+}
+
+/**
+ * One descriptor chain, as produced by `SplitQueue.pop()` (and later a packed queue). Reuse one
+ * instance: `pop()` resets it. Fields are public for speed; treat them as read-only.
+ */
+export class Chain {
+  /** Id to return in the used element (split: head descriptor index; packed: buffer id). */
+  head = 0;
+  /** Descriptors consumed in the ring itself (an indirect table counts as one). */
+  descCount = 0;
+  /** True when the chain went through an indirect table. */
+  indirect = false;
+  /** Total bytes in readable / writable segments. */
+  readByteLen = 0;
+  writeByteLen = 0;
+  segCount = 0;
+  /** Segments [0, readSegCount) are device-readable, the rest device-writable. */
+  readSegCount = 0;
+  readonly segAddr: number[] = [];
+  readonly segLen: number[] = [];
+  readonly segOffset: number[] = [];
+  readonly segBytes: Uint8Array[] = [];
+  /** Memory the chain was resolved against (readers/writers default to it; onWrite comes from it). */
+  mem: GuestMemory | null = null;
+
+  reset(): void {
+    this.head = 0;
+    this.descCount = 0;
+    this.indirect = false;
+    this.readByteLen = 0;
+    this.writeByteLen = 0;
+    this.segCount = 0;
+    this.readSegCount = 0;
+  }
+
+  get byteLen(): number {
+    return this.readByteLen + this.writeByteLen;
+  }
+
+  /** Appends one resolved segment (walkers only). Readable segments must all come first. */
+  pushSegment(addr: number, byteLen: number, bytes: Uint8Array, offset: number, write: boolean): void {
+    const i = this.segCount;
+    if (i === this.segAddr.length) {
+      this.segAddr.push(addr);
+      this.segLen.push(byteLen);
+      this.segBytes.push(bytes);
+      this.segOffset.push(offset);
+    } else {
+      this.segAddr[i] = addr;
+      this.segLen[i] = byteLen;
+      this.segBytes[i] = bytes;
+      this.segOffset[i] = offset;
+    }
+    this.segCount = i + 1;
+    if (write) this.writeByteLen += byteLen;
+    else {
+      this.readSegCount = i + 1;
+      this.readByteLen += byteLen;
+    }
+  }
+
+  /** Segment i as an object (allocates; tests and debugging). */
+  segment(i: number): Segment {
+    if (i < 0 || i >= this.segCount) throw new RangeError(`segment ${i} out of range (${this.segCount})`);
+    return { addr: this.segAddr[i]!, byteLen: this.segLen[i]!, write: i >= this.readSegCount };
+  }
+
+  segments(): Segment[] {
+    const out: Segment[] = [];
+    for (let i = 0; i < this.segCount; i++) out.push(this.segment(i));
+    return out;
+  }
+}
+
+/**
+ * Appends a guest buffer to a chain, split at region boundaries. Returns null or an error code; the
+ * ordering rule (readable before writable) is the caller's, since it depends on descriptor flags.
+ * Shared by the split walker and (later) the packed one.
+ */
+export function appendBuffer(
+  chain: Chain,
+  mem: GuestMemory,
+  addr: number,
+  byteLen: number,
+  write: boolean,
+  span: Span,
+): VirtqErrorCode | null {
+  if (byteLen === 0) return null;
+  if (chain.readByteLen + chain.writeByteLen + byteLen > CHAIN_CAP) return 'VQ_CHAIN_TOO_LONG';
+  if (addr < 0) return 'VQ_UNMAPPED';
+  let done = 0;
+  while (done < byteLen) {
+    const a = addr + done;
+    if (!mem.translate(a, byteLen - done, write, span) || span.byteLen <= 0) return 'VQ_UNMAPPED';
+    chain.pushSegment(a, span.byteLen, span.bytes, span.offset, write);
+    done += span.byteLen;
+  }
+  return null;
+}
+
+function le32(b: Uint8Array, o: number): number {
+  return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
+}
+
+/**
+ * Walks split-ring chains for one queue. Holds the descriptor table view and scratch state; on
+ * failure `walk()` returns false and leaves `errCode` / `errMessage` (allocation only on error).
+ */
+export class SplitChainWalker {
+  errCode: VirtqErrorCode | null = null;
+  errMessage = '';
+  private readonly span = createSpan();
+  private readonly tableSpan = createSpan();
+  private scratch = new Uint8Array(0);
+
+  constructor(
+    private mem: GuestMemory,
+    /** The descriptor table as u32 words: [addr lo, addr hi, len, flags | next << 16] per entry. */
+    private desc: Uint32Array,
+    private readonly size: number,
+    private readonly indirectAllowed: boolean,
+  ) {}
+
+  /** Point at a new memory table / descriptor table view (SET_MEM_TABLE). */
+  rebind(mem: GuestMemory, desc: Uint32Array): void {
+    this.mem = mem;
+    this.desc = desc;
+  }
+
+  private fail(code: VirtqErrorCode, message: string): false {
+    this.errCode = code;
+    this.errMessage = message;
+    return false;
+  }
+
+  /** Resolves the chain starting at `head` into `chain`. */
+  walk(chain: Chain, head: number): boolean {
+    chain.reset();
+    chain.head = head;
+    chain.mem = this.mem;
+    const size = this.size;
+    if (head >= size) return this.fail('VQ_BAD_HEAD', `head index ${head} >= queue size ${size}`);
+    const d = this.desc;
+    const mem = this.mem;
+    const span = this.span;
+    let i = head;
+    let ttl = size;
+    let sawWrite = false;
+    for (;;) {
+      if (ttl-- === 0) return this.fail('VQ_LOOP', `chain from head ${head} is longer than the queue (${size})`);
+      chain.descCount++;
+      const w = i << 2;
+      const lo = d[w]!;
+      const hi = d[w + 1]!;
+      const len = d[w + 2]!;
+      const fn = d[w + 3]!;
+      const flags = fn & 0xffff;
+      if ((flags & F_INDIRECT) !== 0) {
+        if (!this.indirectAllowed) {
+          return this.fail('VQ_INDIRECT_NOT_NEGOTIATED', `descriptor ${i}: INDIRECT without VIRTIO_F_INDIRECT_DESC`);
+        }
+        if ((flags & F_NEXT) !== 0) {
+          return this.fail('VQ_BAD_INDIRECT', `descriptor ${i}: INDIRECT together with NEXT`);
+        }
+        return this.walkIndirect(chain, hi >= HI_LIMIT ? -1 : hi * TWO_32 + lo, len, sawWrite, i);
+      }
+      const write = (flags & F_WRITE) !== 0;
+      if (write) sawWrite = true;
+      else if (sawWrite) return this.fail('VQ_WRITE_BEFORE_READ', `descriptor ${i}: readable after writable`);
+      const addr = hi >= HI_LIMIT ? -1 : hi * TWO_32 + lo;
+      const err = appendBuffer(chain, mem, addr, len, write, span);
+      if (err !== null) return this.fail(err, this.bufferMessage(err, i, lo, hi, len, write, false));
+      if ((flags & F_NEXT) === 0) return true;
+      const next = fn >>> 16;
+      if (next >= size) return this.fail('VQ_BAD_NEXT', `descriptor ${i}: next ${next} >= queue size ${size}`);
+      i = next;
+    }
+  }
+
+  private walkIndirect(chain: Chain, tableAddr: number, tableLen: number, sawWrite: boolean, at: number): boolean {
+    if (tableLen === 0 || tableLen % DESC_BYTES !== 0 || tableLen / DESC_BYTES > MAX_INDIRECT_DESCS) {
+      return this.fail('VQ_BAD_INDIRECT', `descriptor ${at}: indirect table length ${tableLen} is invalid`);
+    }
+    if (tableAddr < 0) return this.fail('VQ_UNMAPPED', `descriptor ${at}: indirect table address >= 2^53`);
+    const n = tableLen / DESC_BYTES;
+    const mem = this.mem;
+    const ts = this.tableSpan;
+    if (!mem.translate(tableAddr, tableLen, false, ts)) {
+      return this.fail('VQ_UNMAPPED', `descriptor ${at}: indirect table ${hexAddr(tableAddr)} +${tableLen} unmapped`);
+    }
+    let b = ts.bytes;
+    let base = ts.offset;
+    if (ts.byteLen < tableLen) {
+      // The table crosses a region boundary (rare): gather it into scratch once.
+      if (this.scratch.length < tableLen) this.scratch = new Uint8Array(Math.max(tableLen, 256));
+      const sc = this.scratch;
+      let done = 0;
+      while (done < tableLen) {
+        if (!mem.translate(tableAddr + done, tableLen - done, false, ts) || ts.byteLen <= 0) {
+          return this.fail('VQ_UNMAPPED', `descriptor ${at}: indirect table ${hexAddr(tableAddr)} +${tableLen} unmapped`);
+        }
+        sc.set(ts.bytes.subarray(ts.offset, ts.offset + ts.byteLen), done);
+        done += ts.byteLen;
+      }
+      b = sc;
+      base = 0;
+    }
+    chain.indirect = true;
+    const span = this.span;
+    let i = 0;
+    let ttl = n;
+    for (;;) {
+      if (ttl-- === 0) return this.fail('VQ_LOOP', `indirect table at ${hexAddr(tableAddr)}: chain longer than ${n}`);
+      const o = base + i * DESC_BYTES;
+      const lo = le32(b, o);
+      const hi = le32(b, o + 4);
+      const len = le32(b, o + 8);
+      const flags = b[o + 12]! | (b[o + 13]! << 8);
+      if ((flags & F_INDIRECT) !== 0) {
+        return this.fail('VQ_NESTED_INDIRECT', `indirect table at ${hexAddr(tableAddr)}: entry ${i} is INDIRECT`);
+      }
+      const write = (flags & F_WRITE) !== 0;
+      if (write) sawWrite = true;
+      else if (sawWrite) {
+        return this.fail('VQ_WRITE_BEFORE_READ', `indirect table at ${hexAddr(tableAddr)}: entry ${i} readable after writable`);
+      }
+      const addr = hi >= HI_LIMIT ? -1 : hi * TWO_32 + lo;
+      const err = appendBuffer(chain, mem, addr, len, write, span);
+      if (err !== null) return this.fail(err, this.bufferMessage(err, i, lo, hi, len, write, true));
+      if ((flags & F_NEXT) === 0) return true;
+      const next = b[o + 14]! | (b[o + 15]! << 8);
+      if (next >= n) return this.fail('VQ_BAD_NEXT', `indirect table at ${hexAddr(tableAddr)}: entry ${i} next ${next} >= ${n}`);
+      i = next;
+    }
+  }
+
+  private bufferMessage(
+    code: VirtqErrorCode,
+    i: number,
+    lo: number,
+    hi: number,
+    len: number,
+    write: boolean,
+    inIndirect: boolean,
+  ): string {
+    const where = inIndirect ? `indirect entry ${i}` : `descriptor ${i}`;
+    const addr = '0x' + ((BigInt(hi) << 32n) | BigInt(lo)).toString(16);
+    if (code === 'VQ_CHAIN_TOO_LONG') return `${where}: chain longer than 2^32 bytes`;
+    return `${where}: buffer ${addr} +${len} is not mapped${write ? ' writable' : ''}`;
+  }
+}
+
+// -------------------------------------------------------------------------------------------------
+
+/** Below this many bytes a byte loop beats creating a subarray for `set()`. */
+const SMALL_COPY = 32;
+
+/**
+ * Cursor over a chain's device-readable bytes. `reset(chain)` then `read` / `skip` / `nextSpan`.
+ */
+export class ChainReader {
+  private chain: Chain | null = null;
+  private seg = 0;
+  private segPos = 0;
+  private pos = 0;
+  private total = 0;
+
+  /** Starts reading `chain` from its first readable byte. `mem` is accepted for symmetry and unused. */
+  reset(chain: Chain, _mem?: GuestMemory): this {
+    this.chain = chain;
+    this.seg = 0;
+    this.segPos = 0;
+    this.pos = 0;
+    this.total = chain.readByteLen;
+    return this;
+  }
+
+  /** Readable bytes left. */
+  get remaining(): number {
+    return this.total - this.pos;
+  }
+  /** Bytes consumed so far. */
+  get position(): number {
+    return this.pos;
+  }
+
+  /** Copies up to `byteLen` bytes into `dst` at `dstOffset`; returns the count copied. */
+  read(dst: Uint8Array, dstOffset = 0, byteLen: number = dst.length - dstOffset): number {
+    const c = this.chain;
+    if (c === null) return 0;
+    let want = Math.min(byteLen, dst.length - dstOffset, this.total - this.pos);
+    let out = dstOffset;
+    let seg = this.seg;
+    let segPos = this.segPos;
+    while (want > 0) {
+      const room = c.segLen[seg]! - segPos;
+      const n = room < want ? room : want;
+      const src = c.segBytes[seg]!;
+      const o = c.segOffset[seg]! + segPos;
+      if (n <= SMALL_COPY) for (let k = 0; k < n; k++) dst[out + k] = src[o + k]!;
+      else dst.set(src.subarray(o, o + n), out);
+      out += n;
+      want -= n;
+      segPos += n;
+      if (segPos === c.segLen[seg]) {
+        seg++;
+        segPos = 0;
+      }
+    }
+    const copied = out - dstOffset;
+    this.seg = seg;
+    this.segPos = segPos;
+    this.pos += copied;
+    return copied;
+  }
+
+  /** Skips up to n readable bytes; returns the count skipped. */
+  skip(n: number): number {
+    const c = this.chain;
+    if (c === null) return 0;
+    let want = Math.min(n, this.total - this.pos);
+    const skipped = want;
+    while (want > 0) {
+      const room = c.segLen[this.seg]! - this.segPos;
+      if (want < room) {
+        this.segPos += want;
+        break;
+      }
+      want -= room;
+      this.seg++;
+      this.segPos = 0;
+    }
+    this.pos += skipped;
+    return skipped;
+  }
+
+  /**
+   * Zero-copy: the next contiguous readable piece (at most `maxLen` bytes) into `out`, consuming it.
+   * False when nothing is left.
+   */
+  nextSpan(maxLen: number, out: Span): boolean {
+    const c = this.chain;
+    if (c === null || this.pos >= this.total || maxLen <= 0) return false;
+    const room = c.segLen[this.seg]! - this.segPos;
+    const n = room < maxLen ? room : maxLen;
+    out.bytes = c.segBytes[this.seg]!;
+    out.offset = c.segOffset[this.seg]! + this.segPos;
+    out.byteLen = n;
+    this.skip(n);
+    return true;
+  }
+}
+
+/**
+ * Cursor over a chain's device-writable bytes. Every byte range it writes (or hands out with
+ * `nextSpan`) is reported to the memory's `onWrite` hook (dirty logging).
+ *
+ * `written` is the high-water mark of written bytes from the start of the writable area: it is
+ * the value to pass to `pushUsed` (virtio v1.2 2.7.8.2: len counts bytes written from the first
+ * device-writable buffer). Bytes jumped over with `skip` and never written stay out of it unless a
+ * later write lies beyond them (the caller must then fill the gap, e.g. a header written last).
+ */
+export class ChainWriter {
+  private chain: Chain | null = null;
+  private mem: GuestMemory | null = null;
+  private seg = 0;
+  private segPos = 0;
+  private pos = 0;
+  private total = 0;
+  private high = 0;
+
+  /** Starts at the first writable byte of `chain`. `mem` (default: the chain's) supplies `onWrite`. */
+  reset(chain: Chain, mem?: GuestMemory): this {
+    this.chain = chain;
+    this.mem = mem ?? chain.mem;
+    this.seg = chain.readSegCount;
+    this.segPos = 0;
+    this.pos = 0;
+    this.high = 0;
+    this.total = chain.writeByteLen;
+    return this;
+  }
+
+  /** Writable bytes left from the current position. */
+  get remaining(): number {
+    return this.total - this.pos;
+  }
+  get position(): number {
+    return this.pos;
+  }
+  /** Bytes written (high-water mark): the used length to report. */
+  get written(): number {
+    return this.high;
+  }
+
+  /** Copies up to `byteLen` bytes of `src` from `srcOffset`; returns the count written. */
+  write(src: Uint8Array, srcOffset = 0, byteLen: number = src.length - srcOffset): number {
+    const c = this.chain;
+    if (c === null) return 0;
+    let want = Math.min(byteLen, src.length - srcOffset, this.total - this.pos);
+    const mem = this.mem;
+    const hook = mem === null ? undefined : mem.onWrite;
+    let from = srcOffset;
+    let seg = this.seg;
+    let segPos = this.segPos;
+    while (want > 0) {
+      const room = c.segLen[seg]! - segPos;
+      const n = room < want ? room : want;
+      const dst = c.segBytes[seg]!;
+      const o = c.segOffset[seg]! + segPos;
+      if (n <= SMALL_COPY) for (let k = 0; k < n; k++) dst[o + k] = src[from + k]!;
+      else dst.set(src.subarray(from, from + n), o);
+      if (hook !== undefined) hook.call(mem, c.segAddr[seg]! + segPos, n);
+      from += n;
+      want -= n;
+      segPos += n;
+      if (segPos === c.segLen[seg]) {
+        seg++;
+        segPos = 0;
+      }
+    }
+    const copied = from - srcOffset;
+    this.seg = seg;
+    this.segPos = segPos;
+    this.pos += copied;
+    if (this.pos > this.high) this.high = this.pos;
+    return copied;
+  }
+
+  /** Fills up to n bytes with `value` (default 0); returns the count written. */
+  fill(n: number, value = 0): number {
+    const c = this.chain;
+    if (c === null) return 0;
+    let want = Math.min(n, this.total - this.pos);
+    const done = want;
+    const mem = this.mem;
+    const hook = mem === null ? undefined : mem.onWrite;
+    while (want > 0) {
+      const room = c.segLen[this.seg]! - this.segPos;
+      const k = room < want ? room : want;
+      const o = c.segOffset[this.seg]! + this.segPos;
+      c.segBytes[this.seg]!.fill(value, o, o + k);
+      if (hook !== undefined) hook.call(mem, c.segAddr[this.seg]! + this.segPos, k);
+      this.advance(k);
+      want -= k;
+    }
+    if (this.pos > this.high) this.high = this.pos;
+    return done;
+  }
+
+  /** Moves forward n bytes without writing (see `written`); returns the count skipped. */
+  skip(n: number): number {
+    const k = Math.min(n, this.total - this.pos);
+    let want = k;
+    while (want > 0) {
+      const room = this.chain!.segLen[this.seg]! - this.segPos;
+      const step = room < want ? room : want;
+      this.advance(step);
+      want -= step;
+    }
+    return k;
+  }
+
+  /** Repositions the cursor at writable byte `position` (0 .. writeByteLen). */
+  seek(position: number): void {
+    const c = this.chain;
+    if (c === null) return;
+    if (!(position >= 0 && position <= this.total)) throw new RangeError(`seek ${position} outside 0..${this.total}`);
+    this.seg = c.readSegCount;
+    this.segPos = 0;
+    this.pos = 0;
+    this.skip(position);
+  }
+
+  /**
+   * Zero-copy: hands out the next contiguous writable piece (at most `maxLen` bytes) and counts it
+   * as written (it is reported to onWrite now, so fill it before the chain is pushed).
+   */
+  nextSpan(maxLen: number, out: Span): boolean {
+    const c = this.chain;
+    if (c === null || this.pos >= this.total || maxLen <= 0) return false;
+    const room = c.segLen[this.seg]! - this.segPos;
+    const n = room < maxLen ? room : maxLen;
+    out.bytes = c.segBytes[this.seg]!;
+    out.offset = c.segOffset[this.seg]! + this.segPos;
+    out.byteLen = n;
+    const mem = this.mem;
+    const hook = mem === null ? undefined : mem.onWrite;
+    if (hook !== undefined) hook.call(mem, c.segAddr[this.seg]! + this.segPos, n);
+    this.advance(n);
+    if (this.pos > this.high) this.high = this.pos;
+    return true;
+  }
+
+  /** Advances within the current segment (k <= room). */
+  private advance(k: number): void {
+    this.segPos += k;
+    this.pos += k;
+    if (this.segPos === this.chain!.segLen[this.seg]) {
+      this.seg++;
+      this.segPos = 0;
+    }
+  }
+}

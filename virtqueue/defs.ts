@@ -1,0 +1,55 @@
+/**
+ * Split virtqueue layout constants (virtio v1.2 2.7, 2.7.5, 2.7.6, 2.7.8).
+ *
+ *   descriptor table: size × 16 bytes, 16-byte aligned   { le64 addr; le32 len; le16 flags; le16 next }
+ *   available ring:   6 + 2 × size bytes, 2-byte aligned { le16 flags; le16 idx; le16 ring[size]; le16 used_event }
+ *   used ring:        6 + 8 × size bytes, 4-byte aligned { le16 flags; le16 idx; {le32 id; le32 len}[size]; le16 avail_event }
+ *
+ * used_event / avail_event exist in memory only with VIRTIO_F_EVENT_IDX; we always map the full size
+ * (QEMU and Linux always allocate them), which keeps the views identical with and without the feature.
+ */
+
+export const VIRTQ_DESC_F_NEXT = 1;
+export const VIRTQ_DESC_F_WRITE = 2;
+export const VIRTQ_DESC_F_INDIRECT = 4;
+
+/** avail.flags bit: the driver does not want used-buffer notifications (ignored with EVENT_IDX). */
+export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
+/** used.flags bit: the device does not want available-buffer notifications (kicks). */
+export const VIRTQ_USED_F_NO_NOTIFY = 1;
+
+export const DESC_BYTES = 16;
+export const USED_ELEM_BYTES = 8;
+
+/** Largest split queue size (virtio v1.2 2.7: "Queue Size ... maximum 32768"). */
+export const MAX_SPLIT_QUEUE_SIZE = 32768;
+/**
+ * Largest indirect table we accept, in descriptors. The spec sets no number; a table can not usefully
+ * hold more descriptors than the largest queue, and the cap bounds the walk (it is also the ttl).
+ */
+export const MAX_INDIRECT_DESCS = 32768;
+/** virtio v1.2 2.7.5.2: "Drivers MUST NOT add a descriptor chain longer than 2^32 bytes in total". */
+export const MAX_CHAIN_BYTES = 2 ** 32;
+
+export const DESC_ALIGN = 16;
+export const AVAIL_ALIGN = 2;
+export const USED_ALIGN = 4;
+
+export function descTableBytes(size: number): number {
+  return DESC_BYTES * size;
+}
+export function availRingBytes(size: number): number {
+  return 6 + 2 * size;
+}
+export function usedRingBytes(size: number): number {
+  return 6 + USED_ELEM_BYTES * size;
+}
+
+/**
+ * vring_need_event (virtio v1.2 2.7.7.2 / 2.7.10, the helper of the Linux virtio_ring.h header the
+ * spec reproduces): after moving an index from `old` to `next`, a notification is due iff `event`
+ * lies in [old, next) modulo 2^16, i.e. the peer asked to be told when entry `event` is written.
+ */
+export function needEvent(event: number, next: number, old: number): boolean {
+  return ((next - event - 1) & 0xffff) < ((next - old) & 0xffff);
+}

@@ -1,0 +1,51 @@
+/**
+ * Virtqueue errors. Almost all of them are guest ring errors (family (b) in spec-notes/decisions.md,
+ * D13): the queue that met one is marked broken (sticky) and the others go on. `SplitQueue.pop()`
+ * and the notification/drain methods never throw them for guest-caused problems; they are thrown only
+ * by constructors and explicit memory helpers (`readU32`, `ringView`, `RegionMemory.addRegion`...),
+ * where the caller is host code that asked for something impossible.
+ */
+
+export type VirtqErrorCode =
+  /** An address (ring, descriptor buffer, indirect table) is not mapped, is read-only for a device write, or is >= 2^53. */
+  | 'VQ_UNMAPPED'
+  /** The available ring names a head index >= queue size. */
+  | 'VQ_BAD_HEAD'
+  /** A descriptor's `next` is >= the size of the table it lives in (ring or indirect table). */
+  | 'VQ_BAD_NEXT'
+  /** A chain has more descriptors than its table (the ttl guard): the driver built a loop. */
+  | 'VQ_LOOP'
+  /** Total chain length above 2^32 bytes (virtio v1.2 2.7.5.2). */
+  | 'VQ_CHAIN_TOO_LONG'
+  /** VIRTQ_DESC_F_INDIRECT inside an indirect table (virtio v1.2 2.7.5.3.1). */
+  | 'VQ_NESTED_INDIRECT'
+  /** Indirect table length zero, not a multiple of 16, above the cap; or INDIRECT together with NEXT. */
+  | 'VQ_BAD_INDIRECT'
+  /** VIRTQ_DESC_F_INDIRECT used although VIRTIO_F_INDIRECT_DESC was not negotiated. */
+  | 'VQ_INDIRECT_NOT_NEGOTIATED'
+  /** avail.idx is more than the queue size ahead of the device's last_avail_idx. */
+  | 'VQ_AVAIL_JUMP'
+  /** A device-readable descriptor after a device-writable one (virtio v1.2 2.7.4.2). */
+  | 'VQ_WRITE_BEFORE_READ'
+  /** A ring is misaligned, not contiguous in one memory region, or not viewable with the needed alignment. */
+  | 'VQ_RING_LAYOUT'
+  /** Queue size is zero, not a power of two, or above 32768 (virtio v1.2 2.7). */
+  | 'VQ_BAD_SIZE'
+  /** RegionMemory: a region overlaps an existing one in guest-physical space. */
+  | 'VQ_REGION_OVERLAP'
+  /** RegionMemory: a region description is malformed (negative, zero length, view too short, past 2^53). */
+  | 'VQ_BAD_REGION';
+
+export class VirtqError extends Error {
+  readonly code: VirtqErrorCode;
+  constructor(code: VirtqErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'VirtqError';
+    this.code = code;
+  }
+}
+
+/** Formats a guest address for messages. */
+export function hexAddr(n: number): string {
+  return '0x' + n.toString(16);
+}

@@ -1,0 +1,50 @@
+/**
+ * The virtqueue engine: pure TypeScript over guest-memory views, no native code, no sockets.
+ * Devices use SplitQueue (pop / pushUsed / flushUsed / drain) with Chain, ChainReader and ChainWriter;
+ * the session builds queues from SET_VRING_* state over a RegionMemory.
+ */
+export type { VirtqErrorCode } from './errors.ts';
+export { VirtqError } from './errors.ts';
+export {
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_AVAIL_F_NO_INTERRUPT,
+  VIRTQ_USED_F_NO_NOTIFY,
+  DESC_BYTES,
+  MAX_SPLIT_QUEUE_SIZE,
+  MAX_INDIRECT_DESCS,
+  MAX_CHAIN_BYTES,
+  descTableBytes,
+  availRingBytes,
+  usedRingBytes,
+  needEvent,
+} from './defs.ts';
+export type { GuestMemory, Span, MemoryRegion } from './memory.ts';
+export {
+  RegionMemory,
+  FlatMemory,
+  createSpan,
+  joinAddr,
+  readBytes,
+  writeBytes,
+  readU8,
+  readU16,
+  readU32,
+  readU64,
+  readAddr64,
+  writeU8,
+  writeU16,
+  writeU32,
+  writeU64,
+  ringView,
+  ringU16,
+  ringU32,
+  ringDataView,
+} from './memory.ts';
+export type { Segment } from './chain.ts';
+export { Chain, ChainReader, ChainWriter, SplitChainWalker, appendBuffer } from './chain.ts';
+export type { SplitQueueConfig, SplitQueueStats, DrainResult, ChainHandler } from './split.ts';
+export { SplitQueue } from './split.ts';
+export type { MockBuffer, AddChainOptions, RawDesc, UsedEntry, MockDriverOptions } from './mock-driver.ts';
+export { MockDriver } from './mock-driver.ts';

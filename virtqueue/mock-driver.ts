@@ -1,0 +1,359 @@
+/**
+ * A DRIVER-side mock of a split virtqueue (the guest's half), for engine and device tests — the
+ * counterpart of vm-virtio's `MockSplitQueue`. It lays out desc/avail/used rings in any GuestMemory,
+ * allocates buffers and indirect tables from a heap range, adds chains, reads used elements back
+ * (with the bytes the device wrote), plays the driver's half of notification suppression, and offers
+ * raw writes for fault injection (loops, bad next, unmapped addresses, nested indirect tables...).
+ *
+ * It goes through the GuestMemory helpers with dirty = false: driver writes are not device writes.
+ */
+import type { GuestMemory } from './memory.ts';
+import { readBytes, readU16, readU32, writeBytes, writeU16, writeU32 } from './memory.ts';
+import {
+  DESC_BYTES,
+  VIRTQ_AVAIL_F_NO_INTERRUPT,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_WRITE,
+  VIRTQ_USED_F_NO_NOTIFY,
+  availRingBytes,
+  descTableBytes,
+  needEvent,
+  usedRingBytes,
+} from './defs.ts';
+import type { SplitQueueConfig } from './split.ts';
+
+export interface MockBuffer {
+  byteLen: number;
+  /** Device-writable (VIRTQ_DESC_F_WRITE). */
+  write: boolean;
+  /** Initial contents (readable buffers: what the device should read). */
+  data?: Uint8Array;
+  /** Place the buffer here instead of allocating it from the heap (region-crossing tests). */
+  addr?: number;
+}
+
+export interface AddChainOptions {
+  /** Put the buffers in an indirect table referenced by one ring descriptor. */
+  indirect?: boolean;
+  /** Publish avail.idx right away (default true). */
+  publish?: boolean;
+}
+
+/** A descriptor as raw fields (fault injection). `addr` may be a bigint to express values >= 2^53. */
+export interface RawDesc {
+  addr: number | bigint;
+  len: number;
+  flags: number;
+  next: number;
+}
+
+export interface UsedEntry {
+  id: number;
+  len: number;
+  /** The first `len` bytes of the chain's writable buffers (undefined for an unknown id). */
+  data?: Uint8Array;
+}
+
+export interface MockDriverOptions {
+  size: number;
+  /** Ring placement; defaults laid out from `base` (see MockDriver.layout). */
+  descAddr?: number;
+  availAddr?: number;
+  usedAddr?: number;
+  /** Where rings start when addresses are not given (default 0). */
+  base?: number;
+  /** Buffer / indirect table heap; default: right after the rings, `heapByteLen` bytes (default 64 KiB). */
+  heapAddr?: number;
+  heapByteLen?: number;
+  eventIdx?: boolean;
+}
+
+interface InFlight {
+  descs: number[];
+  allocs: [number, number][];
+  writable: { addr: number; byteLen: number }[];
+}
+
+function align(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
+}
+
+export class MockDriver {
+  readonly size: number;
+  readonly descAddr: number;
+  readonly availAddr: number;
+  readonly usedAddr: number;
+  readonly heapAddr: number;
+  readonly heapByteLen: number;
+  readonly eventIdx: boolean;
+
+  private availIdxValue = 0;
+  private kickedIdx = 0;
+  private lastUsed = 0;
+  private freeDescs: number[] = [];
+  private inflight = new Map<number, InFlight>();
+  /** Free heap ranges [addr, byteLen], sorted, coalesced. */
+  private free: [number, number][] = [];
+
+  /** Ring addresses for `size` starting at `base` (desc 16-, avail 2-, used 4-aligned; used on a 4 KiB page as legacy did). */
+  static layout(size: number, base = 0): { descAddr: number; availAddr: number; usedAddr: number; end: number } {
+    const descAddr = align(base, 16);
+    const availAddr = descAddr + descTableBytes(size);
+    const usedAddr = align(availAddr + availRingBytes(size), 4096);
+    return { descAddr, availAddr, usedAddr, end: usedAddr + usedRingBytes(size) };
+  }
+
+  constructor(
+    readonly mem: GuestMemory,
+    opts: MockDriverOptions,
+  ) {
+    this.size = opts.size;
+    const l = MockDriver.layout(opts.size, opts.base ?? 0);
+    this.descAddr = opts.descAddr ?? l.descAddr;
+    this.availAddr = opts.availAddr ?? l.availAddr;
+    this.usedAddr = opts.usedAddr ?? l.usedAddr;
+    this.heapAddr = opts.heapAddr ?? align(Math.max(l.end, this.usedAddr + usedRingBytes(opts.size)), 4096);
+    this.heapByteLen = opts.heapByteLen ?? 65536;
+    this.eventIdx = opts.eventIdx ?? false;
+    this.free = [[this.heapAddr, this.heapByteLen]];
+    for (let i = opts.size - 1; i >= 0; i--) this.freeDescs.push(i);
+    // Rings start zeroed (2.7.10.1: the driver initializes used.flags to 0).
+    writeBytes(mem, this.descAddr, new Uint8Array(descTableBytes(opts.size)), false);
+    writeBytes(mem, this.availAddr, new Uint8Array(availRingBytes(opts.size)), false);
+    writeBytes(mem, this.usedAddr, new Uint8Array(usedRingBytes(opts.size)), false);
+  }
+
+  /** The SplitQueue configuration matching this driver's rings. */
+  queueConfig(extra: Partial<SplitQueueConfig> = {}): SplitQueueConfig {
+    return {
+      size: this.size,
+      descAddr: this.descAddr,
+      availAddr: this.availAddr,
+      usedAddr: this.usedAddr,
+      eventIdx: this.eventIdx,
+      indirect: true,
+      ...extra,
+    };
+  }
+
+  // ---- heap ------------------------------------------------------------------------------------
+
+  /** Allocates `byteLen` bytes (16-byte granularity) from the heap; throws when full. */
+  alloc(byteLen: number): number {
+    const n = align(Math.max(byteLen, 1), 16);
+    for (let i = 0; i < this.free.length; i++) {
+      const f = this.free[i]!;
+      if (f[1] >= n) {
+        const addr = f[0];
+        f[0] += n;
+        f[1] -= n;
+        if (f[1] === 0) this.free.splice(i, 1);
+        return addr;
+      }
+    }
+    throw new Error(`mock driver heap exhausted (${byteLen} bytes)`);
+  }
+
+  release(addr: number, byteLen: number): void {
+    const n = align(Math.max(byteLen, 1), 16);
+    let i = 0;
+    while (i < this.free.length && this.free[i]![0] < addr) i++;
+    this.free.splice(i, 0, [addr, n]);
+    // Coalesce adjacent ranges (the list is short).
+    for (let k = 0; k < this.free.length - 1; ) {
+      const a = this.free[k]!;
+      const b = this.free[k + 1]!;
+      if (a[0] + a[1] === b[0]) {
+        a[1] += b[1];
+        this.free.splice(k + 1, 1);
+      } else k++;
+    }
+  }
+
+  get freeDescCount(): number {
+    return this.freeDescs.length;
+  }
+  get inFlightCount(): number {
+    return this.inflight.size;
+  }
+
+  // ---- adding chains ---------------------------------------------------------------------------
+
+  /** Builds a chain of `bufs` (readable ones first, as 2.7.4.2 requires), makes it available, returns its head. */
+  addChain(bufs: readonly MockBuffer[], opts: AddChainOptions = {}): number {
+    if (bufs.length === 0) throw new Error('addChain: empty chain');
+    const indirect = opts.indirect === true;
+    const need = indirect ? 1 : bufs.length;
+    if (this.freeDescs.length < need) throw new Error(`addChain: ${need} descriptors needed, ${this.freeDescs.length} free`);
+    const fl: InFlight = { descs: [], allocs: [], writable: [] };
+    const placed: RawDesc[] = [];
+    for (const b of bufs) {
+      let addr = b.addr;
+      if (addr === undefined) {
+        addr = this.alloc(b.byteLen);
+        fl.allocs.push([addr, b.byteLen]);
+      }
+      if (b.data !== undefined) writeBytes(this.mem, addr, b.data.subarray(0, b.byteLen), false);
+      if (b.write) fl.writable.push({ addr, byteLen: b.byteLen });
+      placed.push({ addr, len: b.byteLen, flags: b.write ? VIRTQ_DESC_F_WRITE : 0, next: 0 });
+    }
+    for (let i = 0; i < placed.length - 1; i++) placed[i]!.flags |= VIRTQ_DESC_F_NEXT;
+    let head: number;
+    if (indirect) {
+      for (let i = 0; i < placed.length; i++) placed[i]!.next = i + 1;
+      const tableLen = placed.length * DESC_BYTES;
+      const table = this.alloc(tableLen);
+      fl.allocs.push([table, tableLen]);
+      this.writeTable(table, placed);
+      head = this.freeDescs.pop()!;
+      fl.descs.push(head);
+      this.writeDesc(head, { addr: table, len: tableLen, flags: VIRTQ_DESC_F_INDIRECT, next: 0 });
+    } else {
+      const idx = placed.map(() => this.freeDescs.pop()!);
+      placed.forEach((d, i) => {
+        d.next = idx[i + 1] ?? 0;
+        this.writeDesc(idx[i]!, d);
+      });
+      fl.descs.push(...idx);
+      head = idx[0]!;
+    }
+    this.inflight.set(head, fl);
+    this.pushHead(head, opts.publish ?? true);
+    return head;
+  }
+
+  /** Writes avail.idx (the driver's release store; our writes are program-ordered in one thread). */
+  publish(): void {
+    writeU16(this.mem, this.availAddr + 2, this.availIdxValue, false);
+  }
+
+  /** Next avail index the driver will write (published or not). */
+  get availIdx(): number {
+    return this.availIdxValue;
+  }
+
+  // ---- notifications (driver side of 2.7.7 / 2.7.10) -------------------------------------------
+
+  /** Whether the device asked to be kicked for what was published since the last kick(). */
+  get kickable(): boolean {
+    if (this.eventIdx) return needEvent(this.availEvent, this.availIdxValue, this.kickedIdx);
+    return this.availIdxValue !== this.kickedIdx && (this.usedFlags & VIRTQ_USED_F_NO_NOTIFY) === 0;
+  }
+
+  /** Returns `kickable` and records the current avail.idx as kicked. */
+  kick(): boolean {
+    const k = this.kickable;
+    this.kickedIdx = this.availIdxValue;
+    return k;
+  }
+
+  /** used_event (EVENT_IDX): "interrupt me when used.idx reaches v + 1". */
+  setUsedEvent(v: number): void {
+    writeU16(this.mem, this.availAddr + 4 + 2 * this.size, v & 0xffff, false);
+  }
+  /** avail.flags VIRTQ_AVAIL_F_NO_INTERRUPT. */
+  setNoInterrupt(on: boolean): void {
+    writeU16(this.mem, this.availAddr, on ? VIRTQ_AVAIL_F_NO_INTERRUPT : 0, false);
+  }
+  get usedFlags(): number {
+    return readU16(this.mem, this.usedAddr);
+  }
+  get availEvent(): number {
+    return readU16(this.mem, this.usedAddr + 4 + 8 * this.size);
+  }
+  get usedIdx(): number {
+    return readU16(this.mem, this.usedAddr + 2);
+  }
+
+  // ---- used ring -------------------------------------------------------------------------------
+
+  /** Used elements published since the last call, with the bytes written; frees their descriptors. */
+  readUsed(): UsedEntry[] {
+    const idx = this.usedIdx;
+    const out: UsedEntry[] = [];
+    while (this.lastUsed !== idx) {
+      const slot = this.lastUsed % this.size;
+      const e = this.usedAddr + 4 + 8 * slot;
+      const id = readU32(this.mem, e);
+      const len = readU32(this.mem, e + 4);
+      this.lastUsed = (this.lastUsed + 1) & 0xffff;
+      const fl = this.inflight.get(id);
+      if (fl === undefined) {
+        out.push({ id, len });
+        continue;
+      }
+      const total = fl.writable.reduce((s, w) => s + w.byteLen, 0);
+      const data = new Uint8Array(Math.min(len, total));
+      let off = 0;
+      for (const w of fl.writable) {
+        if (off >= data.length) break;
+        const n = Math.min(w.byteLen, data.length - off);
+        readBytes(this.mem, w.addr, data.subarray(off, off + n));
+        off += n;
+      }
+      out.push({ id, len, data });
+      this.inflight.delete(id);
+      for (const d of fl.descs) this.freeDescs.push(d);
+      for (const [a, n] of fl.allocs) this.release(a, n);
+    }
+    return out;
+  }
+
+  // ---- fault injection -------------------------------------------------------------------------
+
+  /** Raw write of ring descriptor `i`. */
+  writeDesc(i: number, d: RawDesc): void {
+    this.writeRaw(this.descAddr + DESC_BYTES * i, d);
+  }
+
+  /** Writes a descriptor table (indirect) at `addr`. */
+  writeTable(addr: number, descs: readonly RawDesc[]): void {
+    descs.forEach((d, i) => this.writeRaw(addr + DESC_BYTES * i, d));
+  }
+
+  /** Allocates and writes an indirect table; returns its address (not freed by readUsed). */
+  addTable(descs: readonly RawDesc[]): number {
+    const addr = this.alloc(descs.length * DESC_BYTES);
+    this.writeTable(addr, descs);
+    return addr;
+  }
+
+  private writeRaw(at: number, d: RawDesc): void {
+    const a = BigInt(d.addr);
+    writeU32(this.mem, at, Number(a & 0xffffffffn), false);
+    writeU32(this.mem, at + 4, Number((a >> 32n) & 0xffffffffn), false);
+    writeU32(this.mem, at + 8, d.len, false);
+    writeU16(this.mem, at + 12, d.flags, false);
+    writeU16(this.mem, at + 14, d.next, false);
+  }
+
+  /** Puts `head` in the next avail slot (no descriptor bookkeeping) and optionally publishes. */
+  pushHead(head: number, publish = true): void {
+    writeU16(this.mem, this.availAddr + 4 + 2 * (this.availIdxValue % this.size), head, false);
+    this.availIdxValue = (this.availIdxValue + 1) & 0xffff;
+    if (publish) this.publish();
+  }
+
+  /** Sets avail.idx to any value (avail-jump tests, starting near the wrap). */
+  setAvailIdx(v: number): void {
+    this.availIdxValue = v & 0xffff;
+    this.publish();
+  }
+
+  /** Starts the driver's indices at `v` (both avail and expected used), as after a long run. */
+  startAt(v: number): void {
+    this.availIdxValue = v & 0xffff;
+    this.kickedIdx = this.availIdxValue;
+    this.lastUsed = this.availIdxValue;
+    this.publish();
+    writeU16(this.mem, this.usedAddr + 2, this.availIdxValue, false);
+  }
+
+  /** Takes a free descriptor index out of the pool (for hand-built chains). */
+  takeDesc(): number {
+    const d = this.freeDescs.pop();
+    if (d === undefined) throw new Error('no free descriptor');
+    return d;
+  }
+}
