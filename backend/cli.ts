@@ -23,7 +23,7 @@ const USAGE = `usage:
   DEBUG=vhost:*     debug logging`;
 
 function usage(msg: string): never {
-  throw new BackendError('CLI_USAGE', `${msg}\n${USAGE}`);
+  throw new BackendError('CLI_USAGE', msg);
 }
 
 export function parseNetArgs(argv: string[]): NetOptions {
@@ -107,8 +107,11 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     const err = e as Error & { code?: string; syscall?: string };
     const where = err.syscall ? ` (${err.syscall})` : '';
+    // node:util parseArgs reports unknown/ill-typed options with ERR_PARSE_ARGS_* codes.
+    const isUsage = err.code === 'CLI_USAGE' || err.code?.startsWith('ERR_PARSE_ARGS') === true;
     process.stderr.write(`vhost-user-ts: ${err.code ? `[${err.code}] ` : ''}${err.message}${where}\n`);
-    return err.code === 'CLI_USAGE' ? 2 : 1;
+    if (isUsage) process.stderr.write(USAGE + '\n');
+    return isUsage ? 2 : 1;
   }
 }
 

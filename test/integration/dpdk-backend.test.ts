@@ -12,9 +12,12 @@ import test, { type ExecutionContext } from 'ava';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { quitAll, startTestpmd, type PortStats, type Testpmd } from '../helpers/testpmd.ts';
 import { startBackend, type Backend } from '../helpers/backend.ts';
 
+const BIN = fileURLToPath(new URL('../../bin/vhost-user-ts.js', import.meta.url));
 const HAVE_TESTPMD = existsSync('/usr/bin/dpdk-testpmd');
 const dpdkTest = HAVE_TESTPMD ? test.serial : test.serial.skip;
 const dir = mkdtempSync(join(tmpdir(), 'vut-dpdkbe-'));
@@ -68,6 +71,14 @@ async function echoRun(t: ExecutionContext, name: string, fe: { mrg: boolean; in
   t.is(await be.stop(), 0, 'backend exits cleanly on SIGTERM');
   t.regex(be.log, /port .*"txFrames":128/);
   t.true(existsSync(trace), 'trace file written');
+  // The recorded conversation of both sockets, printed as users read it.
+  const printed = execFileSync(process.execPath, [BIN, 'trace', 'print', trace], { encoding: 'utf8' });
+  for (const s of [s0, s1]) {
+    t.regex(printed, new RegExp(`\\[${s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\]\\s+rx → SET_MEM_TABLE need_reply nregions=1`));
+  }
+  t.regex(printed, /tx ← GET_FEATURES reply 0x[0-9a-f]+ <.*VERSION_1>/);
+  t.regex(printed, /rx → SET_VRING_KICK index=1 noFd=false fds=1/);
+  t.regex(printed, /tx ← GET_VRING_BASE reply index=1 num=\d+/);
 }
 
 dpdkTest('DPDK virtio-user x2 <-> vhost-user-ts switch: split ring, mergeable RX buffers', async (t) => {
@@ -78,4 +89,57 @@ dpdkTest('DPDK virtio-user x2 <-> vhost-user-ts switch: split ring, mergeable RX
 dpdkTest('DPDK virtio-user x2 <-> vhost-user-ts switch: split ring, no mergeable buffers', async (t) => {
   t.timeout(60_000);
   await echoRun(t, 'split-nomrg', { mrg: false });
+});
+
+dpdkTest('client mode with 2 queue pairs: virtio-user servers (server=1, queues=2), vhost-user-ts connects (--client)', async (t) => {
+  t.timeout(90_000);
+  const s0 = join(dir, 'cl-0.sock');
+  const s1 = join(dir, 'cl-1.sock');
+  const tps: Testpmd[] = [];
+  let be: Backend | null = null;
+  t.teardown(async () => {
+    await quitAll(...tps);
+    await be?.stop();
+  });
+  const common = {
+    role: 'virtio-user' as const,
+    server: true,
+    queues: 2,
+    fwdMode: 'io' as const,
+    fwdCore: 0,
+    mainCore: 1,
+    noFlushRx: true,
+    mrg: true,
+  };
+  // virtio-user in server mode shows no prompt until a backend connects: start them, then the backend.
+  const pa = startTestpmd({ ...common, socket: s0 });
+  const pb = startTestpmd({ ...common, socket: s1 });
+  const until = Date.now() + 15000;
+  while (!(existsSync(s0) && existsSync(s1))) {
+    if (Date.now() > until) throw new Error('virtio-user servers did not create their sockets');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  be = await startBackend(['net', '--client', '--queues', '2', '--socket', s0, '--port', `vhost:${s1},client`], { core: 1 });
+  const [a, b] = await Promise.all([pa, pb]);
+  tps.push(a, b);
+  await Promise.all([a.waitForLinkUp(10000), b.waitForLinkUp(10000)]);
+
+  const aTx = port0(await a.sendBursts(2));
+  t.true(aTx.txPackets >= 128, `A sent on both queues (${aTx.txPackets} frames)`);
+  await b.start();
+  await b.waitForRxPackets(aTx.txPackets, { timeoutMs: 5000, quietMs: 200 });
+  const bS = port0(await b.stop());
+  t.is(bS.rxPackets, aTx.txPackets, 'every frame from both of A\'s TX queues reached B');
+  t.is(bS.txPackets, bS.rxPackets);
+  await a.start();
+  await a.waitForRxPackets(bS.txPackets, { timeoutMs: 5000, quietMs: 200 });
+  const aS = port0(await a.stop());
+  t.is(aS.rxPackets, bS.txPackets, 'and every echo came back');
+
+  // The frontends go away; in client mode the backend keeps trying to reconnect instead of exiting.
+  await quitAll(...tps);
+  tps.length = 0;
+  await be.waitForLog(/frontend gone[\s\S]*frontend gone/, 5000);
+  t.is(be.proc.exitCode, null, 'backend still running, waiting to reconnect');
+  t.is(await be.stop(), 0);
 });
