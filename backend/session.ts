@@ -624,3 +624,8 @@ const HANDLERS: Partial<Record<number, Handler>> = {
     this.device.sendRarp(mac);
   },
 };
+
+/** Frontend request ids this backend implements (the rest get a clear error reply). */
+export function supportedRequests(): number[] {
+  return Object.keys(HANDLERS).map(Number);
+}

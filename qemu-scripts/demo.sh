@@ -25,7 +25,7 @@ trap cleanup EXIT
 echo "== setup (packages, guest kernel + initramfs, npm deps, native addon)"
 bash qemu-scripts/setup.sh
 if [[ ! -f native/build/Release/vhost_native.node || ! -d node_modules ]]; then
-  npm ci --no-audit --no-fund
+  npm install --no-audit --no-fund
 fi
 
 echo "== vhost-user-ts on $SOCK, uplink tap:$TAP in netns $NS"
@@ -51,7 +51,7 @@ for _ in $(seq 900); do
   kill -0 "$qpid" 2>/dev/null || break
   sleep 0.1
 done
-grep -E "PING|bytes from|packets|VUT-" "$WORK/console.log" | sed 's/^/[guest] /' || true
+grep -aE "PING|bytes from|packets|VUT-" "$WORK/console.log" | sed "s/\x1b\[[0-9;?]*[a-zA-Z]//g; s/\x1bc//g" | sed 's/^/[guest] /' || true
 if [[ -z "$ok" ]]; then
   echo "demo: the guest did not reach the hold point; console:"; tail -40 "$WORK/console.log"; exit 1
 fi
