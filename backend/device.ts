@@ -35,6 +35,4 @@ export interface Device {
   reset(): void;
   /** SEND_RARP (protocol feature RARP): announce the guest MAC on the uplink. */
   sendRarp?(mac: Uint8Array): void;
-  /** NET_SET_MTU (protocol feature NET_MTU). */
-  setMtu?(mtu: number): void;
 }

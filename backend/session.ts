@@ -73,12 +73,14 @@ export interface SessionOptions {
   label?: string;
 }
 
-/** Protocol features the session implements for any device. */
+/**
+ * Protocol features the session implements for any device. NET_MTU is not offered: NET_SET_MTU also
+ * needs the virtio NET_F_MTU feature, which the net device does not offer yet.
+ */
 export const SESSION_PROTOCOL_FEATURES =
   bit(ProtoF.MQ) |
   bit(ProtoF.REPLY_ACK) |
   bit(ProtoF.RARP) |
-  bit(ProtoF.NET_MTU) |
   bit(ProtoF.BACKEND_REQ) |
   bit(ProtoF.CONFIGURE_MEM_SLOTS) |
   bit(ProtoF.RESET_DEVICE) |
@@ -121,7 +123,6 @@ export class Session {
   protocolFeaturesSet = false;
   owner = false;
   status = 0;
-  mtu = 0;
   backendReqFd: Fd | null = null;
   readonly memory: MemoryTable;
   private memGeneration = 0;
@@ -610,13 +611,6 @@ const HANDLERS: Partial<Record<number, Handler>> = {
     this.featuresSet = false;
     this.status = 0;
     this.device.reset();
-  },
-  [FrontendReq.NET_SET_MTU](msg) {
-    const mtu = u64(msg);
-    // virtio v1.2 5.1.4: mtu is a le16; 68 is the IPv4 minimum.
-    if (mtu < 68n || mtu > 65535n) fail('SESSION_BAD_STATE', `NET_SET_MTU ${mtu} out of range 68..65535`);
-    this.mtu = Number(mtu);
-    this.device.setMtu?.(this.mtu);
   },
   [FrontendReq.SEND_RARP](msg) {
     const { mac } = msg.payload as RarpMac;

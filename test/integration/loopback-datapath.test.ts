@@ -228,3 +228,21 @@ test('a descriptor loop on the TX ring breaks that ring only: err eventfd signal
   t.is(dev.deliver(frameOf(100, 6)), 'ok', 'RX ring unaffected');
   t.truthy(session.rings[0]!.queue, 'RX ring still ready');
 });
+
+test('SEND_RARP (protocol feature RARP): a RARP announcement for the guest MAC goes out on the uplink', async (t) => {
+  const { port, fe } = await setup(t, FEATURES);
+  // setup() negotiated REPLY_ACK|MQ only: without RARP the request is refused.
+  const mac = new Uint8Array([0x52, 0x54, 0x00, 0xab, 0xcd, 0xef]);
+  const refused = await fe.request(R.SEND_RARP, { mac }, { needReply: true });
+  t.not((refused!.payload as { value: bigint }).value, 0n);
+  await fe.request(R.SET_PROTOCOL_FEATURES, bit(ProtoF.REPLY_ACK) | bit(ProtoF.RARP));
+  const ok = await fe.request(R.SEND_RARP, { mac }, { needReply: true });
+  t.is((ok!.payload as { value: bigint }).value, 0n);
+  t.is(port.sent.length, 1);
+  const f = port.sent[0]!;
+  t.deepEqual(f.subarray(0, 6), new Uint8Array(6).fill(0xff), 'broadcast');
+  t.deepEqual(f.subarray(6, 12), mac);
+  t.is((f[12]! << 8) | f[13]!, 0x8035, 'ETH_P_RARP');
+  t.is((f[20]! << 8) | f[21]!, 3, 'reverse request');
+  t.deepEqual(f.subarray(22, 28), mac);
+});

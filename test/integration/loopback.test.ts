@@ -229,3 +229,44 @@ test.serial('every request this backend does not implement gets a clear error re
   t.is(u64(await r.fe.fe.request(R.GET_QUEUE_NUM)), 2n, 'session still serving');
   t.is(fdCount(), before, 'no fd leaked by refused requests');
 });
+
+test('CONFIGURE_MEM_SLOTS: GET_MAX_MEM_SLOTS, ADD_MEM_REG twice, REM_MEM_REG of one; overlap refused', async (t) => {
+  const r = await rig(t);
+  await negotiate(r, bit(ProtoF.REPLY_ACK) | bit(ProtoF.CONFIGURE_MEM_SLOTS));
+  t.is(u64(await r.fe.fe.request(R.GET_MAX_MEM_SLOTS)), 509n);
+  const fd = native.memfdCreate('guest', false);
+  native.ftruncate(fd, 2 << 20);
+  t.teardown(() => native.close(fd));
+  const reg = (gpa: number, uva: number, off: number) => ({
+    padding: 0n,
+    region: { guestPhysAddr: BigInt(gpa), memorySize: 1n << 20n, userspaceAddr: BigInt(uva), mmapOffset: BigInt(off) },
+  });
+  const a = reg(0, 0x7f0000000000, 0);
+  const b = reg(0x100000, 0x7f0000100000, 0x100000);
+  t.is(u64(await r.fe.fe.request(R.ADD_MEM_REG, a, { needReply: true, fds: [fd] })), 0n);
+  t.is(u64(await r.fe.fe.request(R.ADD_MEM_REG, b, { needReply: true, fds: [fd] })), 0n);
+  t.is(r.session().memory.regionCount, 2);
+  t.not(u64(await r.fe.fe.request(R.ADD_MEM_REG, reg(0x80000, 0x7f0000200000, 0), { needReply: true, fds: [fd] })), 0n, 'overlap');
+  t.is(u64(await r.fe.fe.request(R.REM_MEM_REG, a, { needReply: true, fds: [fd] })), 0n);
+  t.is(r.session().memory.regionCount, 1);
+  t.is(r.session().memory.uvaToGpa(0x7f0000100010), 0x100010);
+  t.is(r.session().memory.uvaToGpa(0x7f0000000010), null, 'removed region gone');
+  t.not(u64(await r.fe.fe.request(R.REM_MEM_REG, a, { needReply: true, fds: [fd] })), 0n, 'removing twice is refused');
+});
+
+test('STATUS and RESET_DEVICE: status byte round trip; reset returns rings and features to their initial state', async (t) => {
+  const r = await rig(t);
+  await negotiate(r, bit(ProtoF.REPLY_ACK) | bit(ProtoF.STATUS) | bit(ProtoF.RESET_DEVICE));
+  t.is(u64(await r.fe.fe.request(R.SET_STATUS, 0x0fn, { needReply: true })), 0n);
+  t.is(u64(await r.fe.fe.request(R.GET_STATUS)), 0x0fn);
+  t.not(u64(await r.fe.fe.request(R.SET_STATUS, 0x1ffn, { needReply: true })), 0n, 'not a status byte');
+  await r.fe.fe.request(R.SET_FEATURES, bit(VirtioF.VERSION_1) | bit(VirtioF.PROTOCOL_FEATURES), { needReply: true });
+  await r.fe.fe.request(R.SET_VRING_NUM, { index: 1, num: 128 }, { needReply: true });
+  await r.fe.fe.request(R.SET_VRING_ENABLE, { index: 1, num: 1 }, { needReply: true });
+  t.is(u64(await r.fe.fe.request(R.RESET_DEVICE, undefined, { needReply: true })), 0n);
+  const ring = r.session().rings[1]!;
+  t.is(ring.num, 0);
+  t.false(ring.enabled);
+  t.is(r.session().ackedFeatures, 0n);
+  t.is(u64(await r.fe.fe.request(R.GET_STATUS)), 0n);
+});
