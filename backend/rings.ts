@@ -26,6 +26,8 @@ export class RingState {
   callFd: Fd | null = null;
   errFd: Fd | null = null;
   kickPoller: Poller | null = null;
+  /** SET_VRING_KICK with NOFD: no kicks will come, so the ring is polled while it is ready. */
+  pollTimer: NodeJS.Timeout | null = null;
   /** The engine object while the ring is ready (started, enabled, mapped). */
   queue: SplitQueue | null = null;
   /** Memory generation the queue was built against; a new memory table restarts the queue. */

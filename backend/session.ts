@@ -54,6 +54,8 @@ const logProto = createDebug('vhost:proto');
 export const MAX_MEM_SLOTS = 509;
 /** REPLY_ACK failure value (vhost-user.rst: "zero on success, non-zero on failure"). */
 const NACK = 1n;
+/** Poll period of rings whose kick is NOFD. */
+const POLL_INTERVAL_MS = 1;
 
 export type SessionNative = Pick<
   NativeBinding,
@@ -309,6 +311,8 @@ export class Session {
     r.base = r.queue.lastAvailIdx;
     r.queue = null;
     r.kickPoller?.stop();
+    if (r.pollTimer) clearInterval(r.pollTimer);
+    r.pollTimer = null;
     this.device.ringStopped(r.index);
     log('%s: ring %d stopped at avail %d', this.label, r.index, r.base);
   }
@@ -344,7 +348,14 @@ export class Session {
   }
 
   private watchKick(r: RingState): void {
-    if (r.kickFd === null) return; // NOFD: the device polls (it is told on ringReady)
+    if (r.kickFd === null) {
+      // vhost-user.rst SET_VRING_KICK: "the invalid FD flag ... signals that polling should be used
+      // instead of waiting for the kick". Poll every millisecond while the ring is ready.
+      r.pollTimer ??= setInterval(() => {
+        if (r.queue) this.device.kick(r.index);
+      }, POLL_INTERVAL_MS);
+      return;
+    }
     if (!r.kickPoller) {
       const fd = r.kickFd;
       r.kickPoller = new this.sys.Poller(fd, (err) => {

@@ -5,7 +5,7 @@
  * exact bytes, used lengths, num_buffers, and that a hostile ring breaks only itself.
  */
 import test, { type ExecutionContext } from 'ava';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../../native/index.ts';
@@ -58,7 +58,7 @@ interface Ring {
   err: number;
 }
 
-async function setup(t: ExecutionContext, features: bigint) {
+async function setup(t: ExecutionContext, features: bigint, opts: { txKickNoFd?: boolean } = {}) {
   const path = join(dir, `dp${seq++}.sock`);
   const dev = new NetDevice({ queuePairs: 1, label: path });
   const port = new CapturePort();
@@ -87,7 +87,7 @@ async function setup(t: ExecutionContext, features: bigint) {
   const ack = (m: VhostMessage | null) => (m!.payload as { value: bigint }).value;
   t.is(ack(await fe.request(R.SET_FEATURES, features | bit(VirtioF.PROTOCOL_FEATURES), { needReply: true })), 0n);
   const region = { guestPhysAddr: 0n, memorySize: BigInt(MEM_BYTES), userspaceAddr: BigInt(UVA_BASE), mmapOffset: 0n };
-  t.is(ack(await fe.request(R.SET_MEM_TABLE, { nregions: 1, padding: 0, regions: [region] }, { needReply: true, fds: [native.dup(memfd)] })), 0n);
+  t.is(ack(await fe.request(R.SET_MEM_TABLE, { nregions: 1, padding: 0, regions: [region] }, { needReply: true, fds: [memfd] })), 0n);
 
   const rings: Ring[] = [];
   for (const index of [0, 1]) {
@@ -116,16 +116,17 @@ async function setup(t: ExecutionContext, features: bigint) {
       },
       opt,
     );
-    await fe.request(R.SET_VRING_CALL, { index, noFd: false }, { ...opt, fds: [native.dup(call)] });
-    await fe.request(R.SET_VRING_ERR, { index, noFd: false }, { ...opt, fds: [native.dup(err)] });
-    await fe.request(R.SET_VRING_KICK, { index, noFd: false }, { ...opt, fds: [native.dup(kick)] });
+    await fe.request(R.SET_VRING_CALL, { index, noFd: false }, { ...opt, fds: [call] });
+    await fe.request(R.SET_VRING_ERR, { index, noFd: false }, { ...opt, fds: [err] });
+    if (index === 1 && opts.txKickNoFd) await fe.request(R.SET_VRING_KICK, { index, noFd: true }, opt);
+    else await fe.request(R.SET_VRING_KICK, { index, noFd: false }, { ...opt, fds: [kick] });
     await fe.request(R.SET_VRING_ENABLE, { index, num: 1 }, opt);
     rings.push({ drv, kick, call, err });
   }
   const session = ep.session!;
   t.truthy(session.rings[0]!.queue, 'RX ring ready');
   t.truthy(session.rings[1]!.queue, 'TX ring ready');
-  return { dev, port, rx: rings[0]!, tx: rings[1]!, session, fe };
+  return { dev, port, rx: rings[0]!, tx: rings[1]!, session, fe, sf, ep };
 }
 
 const FEATURES = bit(VirtioF.VERSION_1) | bit(VirtioF.NET_F_MRG_RXBUF) | bit(VirtioF.RING_EVENT_IDX) | bit(VirtioF.RING_INDIRECT_DESC);
@@ -245,4 +246,39 @@ test('SEND_RARP (protocol feature RARP): a RARP announcement for the guest MAC g
   t.is((f[12]! << 8) | f[13]!, 0x8035, 'ETH_P_RARP');
   t.is((f[20]! << 8) | f[21]!, 3, 'reverse request');
   t.deepEqual(f.subarray(22, 28), mac);
+});
+
+test('SET_VRING_KICK with NOFD: the ring is polled, frames leave without any kick', async (t) => {
+  const { port, tx, session } = await setup(t, FEATURES, { txKickNoFd: true });
+  t.is(session.rings[1]!.kickFd, null);
+  const frame = frameOf(80, 11);
+  tx.drv.addChain([
+    { byteLen: 12, write: false, data: new Uint8Array(12) },
+    { byteLen: 80, write: false, data: frame },
+  ]);
+  await until('polled frame on the uplink', () => port.sent.length === 1);
+  t.deepEqual(port.sent[0], frame);
+});
+
+// Serial: counts process-wide mappings and fds, so no sibling test may run meanwhile.
+test.serial('disconnect releases everything the session owned: guest memory mapping, kick/call/err eventfds', async (t) => {
+  const guestMaps = () => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('memfd:guest')).length;
+  const eventfds = () =>
+    readdirSync('/proc/self/fd').filter((f) => {
+      try {
+        return readlinkSync(`/proc/self/fd/${f}`).includes('eventfd');
+      } catch {
+        return false;
+      }
+    }).length;
+  const { sf, ep, session } = await setup(t, FEATURES);
+  t.is(session.memory.regionCount, 1);
+  const mapsBefore = guestMaps();
+  const fdsBefore = eventfds();
+  const gone = new Promise<void>((r) => ep.once('disconnect', () => r()));
+  sf.close();
+  await gone;
+  t.is(guestMaps(), mapsBefore - 1, "the backend's mapping of guest memory is gone (the test's own stays)");
+  t.is(eventfds(), fdsBefore - 6, 'the backend closed its 6 eventfds (kick/call/err of 2 rings)');
+  t.is(session.memory.regionCount, 0);
 });

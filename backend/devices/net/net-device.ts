@@ -72,7 +72,6 @@ export class NetDevice implements Device, FrameSink {
   private readonly rxHeads = new Uint32Array(MAX_MRG_BUFFERS);
   private readonly rxLens = new Uint32Array(MAX_MRG_BUFFERS);
   private readonly mrgChains: Chain[] = Array.from({ length: MAX_MRG_BUFFERS }, () => new Chain());
-  private rxRobin = 0;
 
   constructor(opts: { queuePairs: number; label?: string; features?: bigint }) {
     this.maxRings = opts.queuePairs * 2;
@@ -202,7 +201,6 @@ export class NetDevice implements Device, FrameSink {
       const r = this.rings[i];
       if (r && k-- === 0) return r;
     }
-    this.rxRobin++;
     return first;
   }
 
