@@ -36,7 +36,12 @@ import {
   type Encoded,
   type MessageDef,
   type TraceMessageRecord,
+  type MemoryRegion,
+  type MemoryTable as MemoryTablePayload,
   type RarpMac,
+  type SingleMemoryRegion,
+  type VringAddr,
+  type VringState,
   type RawFrame,
   type VringFd,
   type VhostMessage,
@@ -484,7 +489,7 @@ function u64Bytes(v: bigint): Uint8Array {
   return b;
 }
 
-function regionOf(p: { guestPhysAddr: bigint; memorySize: bigint; userspaceAddr: bigint; mmapOffset: bigint }): RegionSpec {
+function regionOf(p: MemoryRegion): RegionSpec {
   return { gpa: p.guestPhysAddr, byteLen: p.memorySize, uva: p.userspaceAddr, mmapOffset: p.mmapOffset };
 }
 
@@ -521,22 +526,22 @@ const HANDLERS: Partial<Record<number, Handler>> = {
     return { payload: { value: BigInt(this.device.queueNum) } };
   },
   [FrontendReq.SET_MEM_TABLE](msg, fds) {
-    const p = msg.payload as { regions: Parameters<typeof regionOf>[0][] };
+    const p = msg.payload as MemoryTablePayload;
     this.setMemory(p.regions.map(regionOf), fds.takeAll());
   },
   [FrontendReq.GET_MAX_MEM_SLOTS]() {
     return { payload: { value: BigInt(MAX_MEM_SLOTS) } };
   },
   [FrontendReq.ADD_MEM_REG](msg, fds) {
-    const p = msg.payload as { region: Parameters<typeof regionOf>[0] };
+    const p = msg.payload as SingleMemoryRegion;
     this.addMemory(regionOf(p.region), fds.take(0));
   },
   [FrontendReq.REM_MEM_REG](msg) {
-    const p = msg.payload as { region: Parameters<typeof regionOf>[0] };
+    const p = msg.payload as SingleMemoryRegion;
     this.removeMemory(regionOf(p.region));
   },
   [FrontendReq.SET_VRING_NUM](msg) {
-    const p = msg.payload as { index: number; num: number };
+    const p = msg.payload as VringState;
     const r = this.ring(p.index);
     if (r.started) fail('SESSION_BAD_STATE', `SET_VRING_NUM on started ring ${p.index}`);
     // virtio v1.2 2.7: "Queue Size value is always a power of 2. The maximum Queue Size value is 32768."
@@ -546,14 +551,7 @@ const HANDLERS: Partial<Record<number, Handler>> = {
     r.num = p.num;
   },
   [FrontendReq.SET_VRING_ADDR](msg) {
-    const p = msg.payload as {
-      index: number;
-      flags: number;
-      descUserAddr: bigint;
-      usedUserAddr: bigint;
-      availUserAddr: bigint;
-      logGuestAddr: bigint;
-    };
+    const p = msg.payload as VringAddr;
     const r = this.ring(p.index);
     r.addr = {
       flags: p.flags,
@@ -568,14 +566,14 @@ const HANDLERS: Partial<Record<number, Handler>> = {
     if (r.queue) this.stopQueue(r);
   },
   [FrontendReq.SET_VRING_BASE](msg) {
-    const p = msg.payload as { index: number; num: number };
+    const p = msg.payload as VringState;
     const r = this.ring(p.index);
     if (r.started) fail('SESSION_BAD_STATE', `SET_VRING_BASE on started ring ${p.index}`);
     r.base = p.num & 0xffff;
     r.broken = null;
   },
   [FrontendReq.GET_VRING_BASE](msg) {
-    const p = msg.payload as { index: number; num: number };
+    const p = msg.payload as VringState;
     const r = this.ring(p.index);
     const base = this.stopRing(r);
     return { payload: { index: p.index, num: base } };
@@ -599,7 +597,7 @@ const HANDLERS: Partial<Record<number, Handler>> = {
     ring.errFd = p.noFd ? null : fds.take(0);
   },
   [FrontendReq.SET_VRING_ENABLE](msg) {
-    const p = msg.payload as { index: number; num: number };
+    const p = msg.payload as VringState;
     const r = this.ring(p.index);
     if (p.num !== 0 && p.num !== 1) fail('SESSION_BAD_STATE', `SET_VRING_ENABLE with ${p.num} (must be 0 or 1)`);
     r.enabled = p.num === 1;

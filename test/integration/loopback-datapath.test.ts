@@ -5,7 +5,7 @@
  * exact bytes, used lengths, num_buffers, and that a hostile ring breaks only itself.
  */
 import test, { type ExecutionContext } from 'ava';
-import { mkdtempSync, readFileSync, readdirSync, readlinkSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../../native/index.ts';
@@ -14,6 +14,7 @@ import { FlatMemory, MockDriver, VIRTQ_DESC_F_NEXT } from '../../virtqueue/index
 import { VhostUserEndpoint } from '../../backend/server.ts';
 import { NetDevice } from '../../backend/devices/net/net-device.ts';
 import { emptyStats, type Delivery, type FrameSink, type Port } from '../../backend/ports/port.ts';
+import { countFds } from '../helpers/proc.ts';
 import { connectFrontend } from '../helpers/frontend-socket.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vut-dp-'));
@@ -263,14 +264,7 @@ test('SET_VRING_KICK with NOFD: the ring is polled, frames leave without any kic
 // Serial: counts process-wide mappings and fds, so no sibling test may run meanwhile.
 test.serial('disconnect releases everything the session owned: guest memory mapping, kick/call/err eventfds', async (t) => {
   const guestMaps = () => readFileSync('/proc/self/maps', 'utf8').split('\n').filter((l) => l.includes('memfd:guest')).length;
-  const eventfds = () =>
-    readdirSync('/proc/self/fd').filter((f) => {
-      try {
-        return readlinkSync(`/proc/self/fd/${f}`).includes('eventfd');
-      } catch {
-        return false;
-      }
-    }).length;
+  const eventfds = () => countFds('eventfd');
   const { sf, ep, session } = await setup(t, FEATURES);
   t.is(session.memory.regionCount, 1);
   const mapsBefore = guestMaps();

@@ -12,9 +12,9 @@ import { FrontendReq as R, ProtoF, VirtioF, bit, has, type VhostMessage } from '
 import { VhostUserEndpoint } from '../../backend/server.ts';
 import { NetDevice } from '../../backend/devices/net/net-device.ts';
 import { supportedRequests, type Session } from '../../backend/session.ts';
-import { readdirSync, readlinkSync } from 'node:fs';
 import { FRONTEND_MESSAGES, requestLayout, type MessageDef } from '../../protocol/index.ts';
 import { sample } from '../helpers/samples.ts';
+import { countFds } from '../helpers/proc.ts';
 import { connectFrontend, type SocketFrontend } from '../helpers/frontend-socket.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vut-loop-'));
@@ -189,14 +189,7 @@ test('a second frontend is refused while one is connected, and accepted after it
 test.serial('every request this backend does not implement gets a clear error reply, closes its fds, and the session goes on', async (t) => {
   const r = await rig(t);
   await negotiate(r, bit(ProtoF.MQ) | bit(ProtoF.REPLY_ACK));
-  const fdCount = () =>
-    readdirSync('/proc/self/fd').filter((f) => {
-      try {
-        return readlinkSync(`/proc/self/fd/${f}`).includes('eventfd');
-      } catch {
-        return false; // the fd of readdir itself
-      }
-    }).length;
+  const fdCount = () => countFds('eventfd');
   const before = fdCount();
   const supported = new Set(supportedRequests());
   const unsupported = (Object.values(FRONTEND_MESSAGES) as MessageDef[]).filter((d) => !supported.has(d.id));
