@@ -1,8 +1,10 @@
 /**
  * Switching between two vhost-user devices: a pair of ports where what one device transmits is
- * delivered straight into the other device's RX path. 'busy' propagates, so a guest whose peer has
+ * delivered straight into the other device's RX path, header included (the receiving device does in
+ * software the offload work its guest did not negotiate). 'busy' propagates, so a guest whose peer has
  * no RX buffers is held back (its TX ring is left as is) instead of losing frames.
  */
+import type { NetHdr } from '../devices/net/net-hdr.ts';
 import { emptyStats, type Delivery, type FrameSink, type Port, type PortStats } from './port.ts';
 
 class PairPort implements Port {
@@ -15,13 +17,13 @@ class PairPort implements Port {
     this.device = device;
   }
   /** The local device transmits: hand the frame to the peer's device. */
-  deliver(frame: Uint8Array): Delivery {
+  deliver(frame: Uint8Array, hdr: NetHdr): Delivery {
     const target = this.peer.device;
     if (!target) {
       this.stats.txDropped++;
       return 'dropped';
     }
-    const res = target.deliver(frame);
+    const res = target.deliver(frame, hdr);
     if (res === 'ok') {
       this.stats.txFrames++;
       this.stats.txBytes += frame.length;

@@ -7,10 +7,12 @@
  * frame *right now* (guest RX ring empty) answers 'busy' and later calls the onSpace callback, so a
  * switch between two guests loses nothing; a sink that cannot take it at all answers 'dropped'.
  */
+import type { NetHdr } from '../devices/net/net-hdr.ts';
+
 export type Delivery = 'ok' | 'busy' | 'dropped';
 
 export interface FrameSink {
-  deliver(frame: Uint8Array): Delivery;
+  deliver(frame: Uint8Array, hdr: NetHdr): Delivery;
   /** Register a one-shot callback for when a sink that answered 'busy' has room again. */
   onSpace(cb: () => void): void;
 }
@@ -34,5 +36,10 @@ export interface Port extends FrameSink {
   readonly stats: PortStats;
   /** Where received frames go (the device's RX path). */
   connect(device: FrameSink): void;
+  /**
+   * The device's guest acked these virtio features: a port that can produce offloaded frames (TAP)
+   * enables exactly the GUEST_* offloads the guest accepts.
+   */
+  configure?(guestFeatures: bigint): void;
   close(): void;
 }

@@ -1,16 +1,25 @@
 /**
  * TAP port: a kernel tap device, so the host (or a network namespace the tap is moved into) talks
- * to the guest. The tap is opened without IFF_VNET_HDR for now: frames are plain Ethernet and no
- * offloads are negotiated (offloads pass through the vnet header in a later step).
+ * to the guest. The tap is opened with IFF_VNET_HDR (12-byte header, TUNSETVNETHDRSZ), so offload
+ * metadata passes straight through: the kernel accepts partial checksums and GSO frames from us, and
+ * sends partial-checksum / GSO frames to us only for the offloads the guest acked (TUNSETOFFLOAD).
  */
 import createDebug from 'debug';
 import type { NativeBinding, Fd, Poller } from '../../native/types.ts';
 import { POLL_READABLE } from '../../native/types.ts';
+import { VirtioF, has } from '../../protocol/index.ts';
+import { NET_HDR_MRG_BYTES, NetHdr } from '../devices/net/net-hdr.ts';
 import { emptyStats, type Delivery, type FrameSink, type Port, type PortStats } from './port.ts';
 
 const log = createDebug('vhost:tap');
-/** Largest frame a tap hands us without offloads (64 KiB covers any MTU). */
-const MAX_FRAME = 65536;
+/** Header + largest frame a tap hands us (a 64 KiB GSO frame). */
+const MAX_FRAME = NET_HDR_MRG_BYTES + 65536;
+const VNET_HDR_BYTES = NET_HDR_MRG_BYTES;
+/** linux/if_tun.h TUN_F_* offload flags for TUNSETOFFLOAD. */
+const TUN_F_CSUM = 0x01;
+const TUN_F_TSO4 = 0x02;
+const TUN_F_TSO6 = 0x04;
+const TUN_F_TSO_ECN = 0x08;
 /** Frames read per readiness event before yielding to the loop. */
 const READ_BUDGET = 64;
 
@@ -21,15 +30,20 @@ export class TapPort implements Port {
   private readonly poller: Poller;
   private device: FrameSink | null = null;
   private readonly buf = new Uint8Array(MAX_FRAME);
+  private readonly rxHdr = new NetHdr();
+  private readonly txHdr = new Uint8Array(VNET_HDR_BYTES);
+  private readonly txBufs: Uint8Array[] = [this.txHdr, this.txHdr];
+  private readonly txOffs = [0, 0];
+  private readonly txLens = [VNET_HDR_BYTES, 0];
   /** Length of a frame read but not yet accepted by the device ('busy'), 0 if none. */
   private pendingLen = 0;
   private closed = false;
 
   constructor(
-    private readonly sys: Pick<NativeBinding, 'tapOpen' | 'linkSetUp' | 'read' | 'write' | 'close' | 'Poller'>,
+    private readonly sys: Pick<NativeBinding, 'tapOpen' | 'tapSetOffload' | 'linkSetUp' | 'read' | 'writev' | 'close' | 'Poller'>,
     ifname: string,
   ) {
-    const tap = sys.tapOpen(ifname, 0);
+    const tap = sys.tapOpen(ifname, VNET_HDR_BYTES);
     this.fd = tap.fd;
     this.name = tap.name;
     try {
@@ -50,11 +64,31 @@ export class TapPort implements Port {
     this.poller.start(POLL_READABLE);
   }
 
-  deliver(frame: Uint8Array): Delivery {
+  /** Enables the receive offloads the guest accepts (the kernel requires CSUM for any TSO flag). */
+  configure(guestFeatures: bigint): void {
+    let f = 0;
+    if (has(guestFeatures, VirtioF.NET_F_GUEST_CSUM)) {
+      f |= TUN_F_CSUM;
+      if (has(guestFeatures, VirtioF.NET_F_GUEST_TSO4)) f |= TUN_F_TSO4;
+      if (has(guestFeatures, VirtioF.NET_F_GUEST_TSO6)) f |= TUN_F_TSO6;
+      if (has(guestFeatures, VirtioF.NET_F_GUEST_ECN) && f & (TUN_F_TSO4 | TUN_F_TSO6)) f |= TUN_F_TSO_ECN;
+    }
+    try {
+      this.sys.tapSetOffload(this.fd, f);
+      log('%s: offloads 0x%s', this.name, f.toString(16));
+    } catch (e) {
+      log('%s: TUNSETOFFLOAD 0x%s failed: %s', this.name, f.toString(16), (e as Error).message);
+    }
+  }
+
+  deliver(frame: Uint8Array, hdr: NetHdr): Delivery {
     if (this.closed) return 'dropped';
     let n: number | null;
     try {
-      n = this.sys.write(this.fd, frame, 0, frame.length);
+      hdr.write(this.txHdr, 0, VNET_HDR_BYTES, 0);
+      this.txBufs[1] = frame;
+      this.txLens[1] = frame.length;
+      n = this.sys.writev(this.fd, this.txBufs, this.txOffs, this.txLens);
     } catch (e) {
       // EIO while the link is down, EINVAL for a runt: the kernel refused this frame only.
       log('%s: write failed: %s', this.name, (e as Error).message);
@@ -87,10 +121,12 @@ export class TapPort implements Port {
           return;
         }
         if (n === null || n === 0) return;
+        if (n < VNET_HDR_BYTES) continue; // not a frame
         this.pendingLen = n;
       }
-      const frame = this.buf.subarray(0, this.pendingLen);
-      const res = dev.deliver(frame);
+      this.rxHdr.read(this.buf, 0);
+      const frame = this.buf.subarray(VNET_HDR_BYTES, this.pendingLen);
+      const res = dev.deliver(frame, this.rxHdr);
       if (res === 'busy') {
         // Keep the frame, stop reading (the kernel queues behind us) until the guest posts buffers.
         this.poller.stop();
@@ -103,7 +139,7 @@ export class TapPort implements Port {
       }
       if (res === 'ok') {
         this.stats.rxFrames++;
-        this.stats.rxBytes += this.pendingLen;
+        this.stats.rxBytes += this.pendingLen - VNET_HDR_BYTES;
       } else this.stats.rxDropped++;
       this.pendingLen = 0;
     }

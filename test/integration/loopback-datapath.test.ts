@@ -13,6 +13,9 @@ import { FrontendReq as R, ProtoF, VirtioF, bit, type VhostMessage } from '../..
 import { FlatMemory, MockDriver, VIRTQ_DESC_F_NEXT } from '../../virtqueue/index.ts';
 import { VhostUserEndpoint } from '../../backend/server.ts';
 import { NetDevice } from '../../backend/devices/net/net-device.ts';
+import { GSO_TCPV4, NET_HDR_F_NEEDS_CSUM, NetHdr } from '../../backend/devices/net/net-hdr.ts';
+import { fold, sum16 } from '../../backend/devices/net/offload.ts';
+import { ipv4Tcp, tcpValid } from '../helpers/frames.ts';
 import { emptyStats, type Delivery, type FrameSink, type Port } from '../../backend/ports/port.ts';
 import { countFds } from '../helpers/proc.ts';
 import { connectFrontend } from '../helpers/frontend-socket.ts';
@@ -30,12 +33,14 @@ class CapturePort implements Port {
   readonly name = 'capture';
   readonly stats = emptyStats();
   readonly sent: Uint8Array[] = [];
+  readonly hdrs: NetHdr[] = [];
   device: FrameSink | null = null;
   connect(d: FrameSink): void {
     this.device = d;
   }
-  deliver(frame: Uint8Array): Delivery {
+  deliver(frame: Uint8Array, hdr: NetHdr): Delivery {
     this.sent.push(frame.slice());
+    this.hdrs.push(new NetHdr().copyFrom(hdr));
     return 'ok';
   }
   onSpace(cb: () => void): void {
@@ -130,6 +135,8 @@ async function setup(t: ExecutionContext, features: bigint, opts: { txKickNoFd?:
   return { dev, port, rx: rings[0]!, tx: rings[1]!, session, fe, sf, ep };
 }
 
+/** A frame with no offload work. */
+const PLAIN = new NetHdr();
 const FEATURES = bit(VirtioF.VERSION_1) | bit(VirtioF.NET_F_MRG_RXBUF) | bit(VirtioF.RING_EVENT_IDX) | bit(VirtioF.RING_INDIRECT_DESC);
 
 function frameOf(len: number, seed: number): Uint8Array {
@@ -177,7 +184,7 @@ test('guest RX, mergeable: a 3000-byte frame spans three 1024-byte buffers with 
   const heads = [0, 1, 2, 3].map(() => rx.drv.addChain([{ byteLen: 1024, write: true }]));
   native.eventfdWrite(rx.kick, 1n);
   const frame = frameOf(3000, 9);
-  t.is(dev.deliver(frame), 'ok');
+  t.is(dev.deliver(frame, PLAIN), 'ok');
   const used = rx.drv.readUsed();
   t.deepEqual(used.map((u) => u.id), heads.slice(0, 3));
   t.deepEqual(used.map((u) => u.len), [1024, 1024, 3012 - 2048]);
@@ -191,11 +198,11 @@ test('guest RX without mergeable buffers: header + frame in one buffer; too smal
   const features = bit(VirtioF.VERSION_1) | bit(VirtioF.RING_EVENT_IDX);
   const { dev, rx } = await setup(t, features);
   rx.drv.addChain([{ byteLen: 100, write: true }]);
-  t.is(dev.deliver(frameOf(200, 3)), 'dropped', 'does not fit in 100 bytes');
+  t.is(dev.deliver(frameOf(200, 3), PLAIN), 'dropped', 'does not fit in 100 bytes');
   t.is(dev.stats.rxDroppedTooBig, 1);
   t.is(rx.drv.readUsed().length, 0, 'buffer not consumed');
   const small = frameOf(60, 4);
-  t.is(dev.deliver(small), 'ok');
+  t.is(dev.deliver(small, PLAIN), 'ok');
   const [u] = rx.drv.readUsed();
   t.is(u!.len, 72);
   t.deepEqual(u!.data!.subarray(12), small);
@@ -203,13 +210,13 @@ test('guest RX without mergeable buffers: header + frame in one buffer; too smal
 
 test('guest RX with no buffers answers busy, and the waiter runs when the guest posts buffers and kicks', async (t) => {
   const { dev, rx } = await setup(t, FEATURES);
-  t.is(dev.deliver(frameOf(64, 5)), 'busy');
+  t.is(dev.deliver(frameOf(64, 5), PLAIN), 'busy');
   let woke = false;
   dev.onSpace(() => (woke = true));
   rx.drv.addChain([{ byteLen: 2048, write: true }]);
   native.eventfdWrite(rx.kick, 1n);
   await until('space waiter', () => woke);
-  t.is(dev.deliver(frameOf(64, 5)), 'ok');
+  t.is(dev.deliver(frameOf(64, 5), PLAIN), 'ok');
 });
 
 test('a descriptor loop on the TX ring breaks that ring only: err eventfd signalled, RX keeps working (D13)', async (t) => {
@@ -227,7 +234,7 @@ test('a descriptor loop on the TX ring breaks that ring only: err eventfd signal
   t.is(session.rings[1]!.queue, null, 'TX ring stopped');
   t.is(port.sent.length, 0);
   rx.drv.addChain([{ byteLen: 2048, write: true }]);
-  t.is(dev.deliver(frameOf(100, 6)), 'ok', 'RX ring unaffected');
+  t.is(dev.deliver(frameOf(100, 6), PLAIN), 'ok', 'RX ring unaffected');
   t.truthy(session.rings[0]!.queue, 'RX ring still ready');
 });
 
@@ -275,4 +282,73 @@ test.serial('disconnect releases everything the session owned: guest memory mapp
   t.is(guestMaps(), mapsBefore - 1, "the backend's mapping of guest memory is gone (the test's own stays)");
   t.is(eventfds(), fdsBefore - 6, 'the backend closed its 6 eventfds (kick/call/err of 2 rings)');
   t.is(session.memory.regionCount, 0);
+});
+
+/** A 3000-byte TCP/IPv4 frame as a TSO sender leaves it: GSO TCPV4 mss 1000, partial checksum. */
+function tsoFrame(): { frame: Uint8Array; hdr: NetHdr } {
+  const frame = ipv4Tcp(3000);
+  const pseudo = fold(sum16(frame, 26, 34) + 6 + (frame.length - 34));
+  frame[50] = pseudo >> 8;
+  frame[51] = pseudo & 0xff;
+  const hdr = new NetHdr();
+  hdr.flags = NET_HDR_F_NEEDS_CSUM;
+  hdr.gsoType = GSO_TCPV4;
+  hdr.gsoSize = 1000;
+  hdr.hdrLen = 54;
+  hdr.csumStart = 34;
+  hdr.csumOffset = 16;
+  return { frame, hdr };
+}
+
+test('offloads, guest without GUEST_CSUM/TSO: a TSO frame arrives as 3 segments with valid checksums and plain headers', async (t) => {
+  const { dev, rx } = await setup(t, FEATURES);
+  for (let i = 0; i < 8; i++) rx.drv.addChain([{ byteLen: 2048, write: true }]);
+  const { frame, hdr } = tsoFrame();
+  t.is(dev.deliver(frame, hdr), 'ok');
+  const used = rx.drv.readUsed();
+  t.is(used.length, 3);
+  const payload: number[] = [];
+  for (const u of used) {
+    const b = u.data!;
+    t.deepEqual([...b.subarray(0, 10)], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 'no offload flags for this guest');
+    const seg = b.subarray(12);
+    t.true(tcpValid(seg, false));
+    payload.push(...seg.subarray(54));
+  }
+  t.deepEqual(Uint8Array.from(payload), frame.subarray(54));
+  t.is(dev.stats.rxSwSegmented, 1);
+  t.is(frame[50]! << 8 | frame[51]!, fold(sum16(frame, 26, 34) + 6 + (frame.length - 34)), "the sender's frame is untouched");
+});
+
+test('offloads, guest with GUEST_CSUM + GUEST_TSO4: the TSO frame passes whole with its header', async (t) => {
+  const features = FEATURES | bit(VirtioF.NET_F_GUEST_CSUM) | bit(VirtioF.NET_F_GUEST_TSO4);
+  const { dev, rx } = await setup(t, features);
+  for (let i = 0; i < 4; i++) rx.drv.addChain([{ byteLen: 2048, write: true }]);
+  const { frame, hdr } = tsoFrame();
+  t.is(dev.deliver(frame, hdr), 'ok');
+  const used = rx.drv.readUsed();
+  t.is(used.length, 2, 'one 3054-byte frame in two mergeable buffers');
+  const b = Buffer.concat(used.map((u) => u.data!));
+  const got = new NetHdr().read(b, 0);
+  t.deepEqual([got.flags, got.gsoType, got.gsoSize, got.csumStart, got.csumOffset], [1, GSO_TCPV4, 1000, 34, 16]);
+  t.is(b.readUInt16LE(10), 2, 'num_buffers');
+  t.deepEqual(new Uint8Array(b.subarray(12)), frame);
+  t.is(dev.stats.rxSwSegmented, 0);
+});
+
+test('offloads, guest TX: the virtio header travels with the frame to the port', async (t) => {
+  const features = FEATURES | bit(VirtioF.NET_F_CSUM) | bit(VirtioF.NET_F_HOST_TSO4);
+  const { port, tx } = await setup(t, features);
+  const { frame, hdr } = tsoFrame();
+  const h = new Uint8Array(12);
+  hdr.write(h, 0, 12, 0);
+  tx.drv.addChain([
+    { byteLen: 12, write: false, data: h },
+    { byteLen: frame.length, write: false, data: frame },
+  ]);
+  native.eventfdWrite(tx.kick, 1n);
+  await until('frame on the uplink', () => port.sent.length === 1);
+  t.deepEqual(port.sent[0], frame);
+  const got = port.hdrs[0]!;
+  t.deepEqual([got.flags, got.gsoType, got.gsoSize, got.csumStart, got.csumOffset], [1, GSO_TCPV4, 1000, 34, 16]);
 });

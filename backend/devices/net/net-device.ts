@@ -14,18 +14,42 @@ import { VirtioF, bit, has } from '../../../protocol/index.ts';
 import { Chain, ChainReader, ChainWriter } from '../../../virtqueue/index.ts';
 import type { Device, ReadyQueue } from '../../device.ts';
 import type { Delivery, FrameSink, Port } from '../../ports/port.ts';
-import { NET_HDR_LEGACY_BYTES, NET_HDR_MRG_BYTES, writeRxHeader } from './net-hdr.ts';
+import {
+  GSO_ECN,
+  GSO_NONE,
+  GSO_TCPV4,
+  GSO_TCPV6,
+  GSO_UDP,
+  NET_HDR_F_DATA_VALID,
+  NET_HDR_F_NEEDS_CSUM,
+  NET_HDR_LEGACY_BYTES,
+  NET_HDR_MRG_BYTES,
+  NetHdr,
+} from './net-hdr.ts';
+import { completeChecksum, segmentTcp } from './offload.ts';
 
 const log = createDebug('vhost:net');
 /** Chains handled per kick before yielding to the event loop (fairness between rings and ports). */
 const TX_BUDGET = 256;
-/** A frame never exceeds 64 KiB of payload plus header (no GSO offloads are offered yet). */
+/** A frame (GSO frames included) never exceeds 64 KiB plus the virtio header. */
 const MAX_FRAME = 65536 + 64;
 /** The most buffers one mergeable RX frame may take (virtio v1.2 5.1.6.4: num_buffers is a le16). */
 const MAX_MRG_BUFFERS = 64;
 
-/** Features this device offers (virtio v1.2 5.1.3). */
+/**
+ * Features this device offers (virtio v1.2 5.1.3). Checksum and TCP segmentation offloads both
+ * ways: what the receiving side did not negotiate is done in software (offload.ts), so any port can
+ * carry them. UFO is not offered (deprecated in Linux, and IP fragmentation in software is not done).
+ */
 export const NET_FEATURES =
+  bit(VirtioF.NET_F_CSUM) |
+  bit(VirtioF.NET_F_GUEST_CSUM) |
+  bit(VirtioF.NET_F_HOST_TSO4) |
+  bit(VirtioF.NET_F_HOST_TSO6) |
+  bit(VirtioF.NET_F_HOST_ECN) |
+  bit(VirtioF.NET_F_GUEST_TSO4) |
+  bit(VirtioF.NET_F_GUEST_TSO6) |
+  bit(VirtioF.NET_F_GUEST_ECN) |
   bit(VirtioF.NET_F_MRG_RXBUF) |
   bit(VirtioF.NET_F_MQ) |
   bit(VirtioF.RING_INDIRECT_DESC) |
@@ -40,6 +64,11 @@ export interface NetStats {
   txFrames: number;
   txBytes: number;
   txDropped: number;
+  /** Offload work done in software for a guest that did not negotiate it. */
+  rxSwChecksums: number;
+  rxSwSegmented: number;
+  /** Segments lost because the guest ran out of RX buffers in the middle of a software-segmented frame. */
+  rxDroppedSegments: number;
 }
 
 export class NetDevice implements Device, FrameSink {
@@ -55,7 +84,12 @@ export class NetDevice implements Device, FrameSink {
     txFrames: 0,
     txBytes: 0,
     txDropped: 0,
+    rxSwChecksums: 0,
+    rxSwSegmented: 0,
+    rxDroppedSegments: 0,
   };
+  /** Acked features, for the receive-side offload decisions. */
+  private acked = 0n;
   private hdrLen = NET_HDR_LEGACY_BYTES;
   private mergeable = false;
   private readonly rings: (ReadyQueue | null)[];
@@ -72,6 +106,13 @@ export class NetDevice implements Device, FrameSink {
   private readonly rxHeads = new Uint32Array(MAX_MRG_BUFFERS);
   private readonly rxLens = new Uint32Array(MAX_MRG_BUFFERS);
   private readonly mrgChains: Chain[] = Array.from({ length: MAX_MRG_BUFFERS }, () => new Chain());
+  private readonly txHdr = new NetHdr();
+  private readonly rxHdr = new NetHdr();
+  private readonly segHdr = new NetHdr();
+  private readonly hdrBytes = new Uint8Array(NET_HDR_MRG_BYTES);
+  /** Software offload work happens in a copy: the frame may live in another guest's memory. */
+  private readonly scratch = new Uint8Array(MAX_FRAME);
+  private readonly segScratch = new Uint8Array(MAX_FRAME);
 
   constructor(opts: { queuePairs: number; label?: string; features?: bigint }) {
     this.maxRings = opts.queuePairs * 2;
@@ -88,6 +129,8 @@ export class NetDevice implements Device, FrameSink {
   }
 
   setFeatures(acked: bigint): void {
+    this.acked = acked;
+    this.uplink?.configure?.(acked);
     this.mergeable = has(acked, VirtioF.NET_F_MRG_RXBUF);
     // virtio v1.2 5.1.6: the header has num_buffers when VERSION_1 or MRG_RXBUF is negotiated.
     this.hdrLen = this.mergeable || has(acked, VirtioF.VERSION_1) ? NET_HDR_MRG_BYTES : NET_HDR_LEGACY_BYTES;
@@ -115,7 +158,7 @@ export class NetDevice implements Device, FrameSink {
   }
 
   sendRarp(mac: Uint8Array): void {
-    this.uplink?.deliver(rarpFrame(mac));
+    this.uplink?.deliver(rarpFrame(mac), new NetHdr());
   }
 
   // ---- guest TX -> uplink --------------------------------------------------------------------
@@ -141,7 +184,8 @@ export class NetDevice implements Device, FrameSink {
         return 0;
       }
       const frame = this.txBuf.subarray(this.hdrLen, n);
-      const out: Delivery = uplink ? uplink.deliver(frame) : 'dropped';
+      const hdr = this.txHdr.read(this.txBuf, 0);
+      const out: Delivery = uplink ? uplink.deliver(frame, hdr) : 'dropped';
       if (out === 'busy') {
         blocked = true;
         return false; // give the chain back; resume when the uplink has room
@@ -204,14 +248,84 @@ export class NetDevice implements Device, FrameSink {
     return first;
   }
 
-  deliver(frame: Uint8Array): Delivery {
+  /**
+   * A frame for the guest. Offload work the guest did not negotiate is done here in software
+   * (virtio v1.2 5.1.6.4: the device MUST NOT set NEEDS_CSUM / a gso_type the driver did not accept).
+   */
+  deliver(frame: Uint8Array, hdr: NetHdr): Delivery {
+    const h = this.rxHdr.copyFrom(hdr);
+    if (!has(this.acked, VirtioF.NET_F_GUEST_CSUM)) h.flags &= ~NET_HDR_F_DATA_VALID;
+    if (h.plain) return this.deliverOne(frame, h);
+    const gso = h.gsoType & ~GSO_ECN;
+    if (gso !== GSO_NONE && !this.guestTakesGso(h.gsoType)) {
+      if (gso === GSO_UDP) return this.countBadOffload(); // UFO is never offered, so never produced
+      return this.deliverSegmented(frame, h);
+    }
+    if (h.flags & NET_HDR_F_NEEDS_CSUM && !has(this.acked, VirtioF.NET_F_GUEST_CSUM)) {
+      const copy = this.scratch.subarray(0, frame.length);
+      copy.set(frame);
+      if (!completeChecksum(copy, copy.length, h.csumStart, h.csumOffset)) return this.countBadOffload();
+      this.stats.rxSwChecksums++;
+      h.clear();
+      return this.deliverOne(copy, h);
+    }
+    return this.deliverOne(frame, h);
+  }
+
+  private guestTakesGso(gsoType: number): boolean {
+    const a = this.acked;
+    if (gsoType & GSO_ECN && !has(a, VirtioF.NET_F_GUEST_ECN)) return false;
+    switch (gsoType & ~GSO_ECN) {
+      case GSO_TCPV4:
+        return has(a, VirtioF.NET_F_GUEST_TSO4);
+      case GSO_TCPV6:
+        return has(a, VirtioF.NET_F_GUEST_TSO6);
+      case GSO_UDP:
+        return has(a, VirtioF.NET_F_GUEST_UFO);
+      default:
+        return false;
+    }
+  }
+
+  private countBadOffload(): Delivery {
+    this.stats.rxDroppedTooBig++;
+    return 'dropped';
+  }
+
+  /**
+   * TCP segmentation in software. Once the first segment is in the guest's ring the frame is
+   * committed: a later 'busy' loses the remaining segments (counted; TCP retransmits) rather than
+   * deliver the first ones twice on retry.
+   */
+  private deliverSegmented(frame: Uint8Array, h: NetHdr): Delivery {
+    const seg = this.segHdr;
+    let first: Delivery = 'ok';
+    let delivered = 0;
+    const copy = this.scratch.subarray(0, frame.length);
+    copy.set(frame);
+    const n = segmentTcp(copy, copy.length, h.gsoSize, this.segScratch, (s, len) => {
+      const r = this.deliverOne(s.subarray(0, len), seg.clear());
+      if (delivered === 0 && r !== 'ok') {
+        first = r;
+        return false;
+      }
+      if (r === 'ok') delivered++;
+      else this.stats.rxDroppedSegments++;
+      return true;
+    });
+    if (n < 0) return this.countBadOffload();
+    if (delivered > 0) this.stats.rxSwSegmented++;
+    return delivered > 0 ? 'ok' : first;
+  }
+
+  private deliverOne(frame: Uint8Array, hdr: NetHdr): Delivery {
     const ring = this.pickRx(frame);
     if (!ring) {
       this.stats.rxDroppedNoQueue++;
       return 'dropped';
     }
     const need = this.hdrLen + frame.length;
-    const res = this.mergeable ? this.rxMergeable(ring, frame, need) : this.rxSingle(ring, frame, need);
+    const res = this.mergeable ? this.rxMergeable(ring, frame, need, hdr) : this.rxSingle(ring, frame, need, hdr);
     if (ring.queue.broken) {
       ring.fail(ring.queue.broken);
       return 'dropped';
@@ -224,7 +338,7 @@ export class NetDevice implements Device, FrameSink {
     return res;
   }
 
-  private rxSingle(ring: ReadyQueue, frame: Uint8Array, need: number): Delivery {
+  private rxSingle(ring: ReadyQueue, frame: Uint8Array, need: number, hdr: NetHdr): Delivery {
     const q = ring.queue;
     const c = this.chain;
     if (!this.popRx(ring, c)) return 'busy';
@@ -236,13 +350,14 @@ export class NetDevice implements Device, FrameSink {
       this.stats.rxDroppedTooBig++;
       return 'dropped';
     }
-    writeRxHeader(this.writer, this.hdrLen, 1);
+    hdr.write(this.hdrBytes, 0, this.hdrLen, 1);
+    this.writer.write(this.hdrBytes, 0, this.hdrLen);
     this.writer.write(frame, 0, frame.length);
     q.pushUsed(c.head, this.writer.written);
     return 'ok';
   }
 
-  private rxMergeable(ring: ReadyQueue, frame: Uint8Array, need: number): Delivery {
+  private rxMergeable(ring: ReadyQueue, frame: Uint8Array, need: number, hdr: NetHdr): Delivery {
     const q = ring.queue;
     let n = 0;
     let room = 0;
@@ -266,7 +381,10 @@ export class NetDevice implements Device, FrameSink {
     for (let i = 0; i < n; i++) {
       const c = this.mrgChains[i]!;
       this.writer.reset(c, ring.memory);
-      if (i === 0) writeRxHeader(this.writer, this.hdrLen, n);
+      if (i === 0) {
+        hdr.write(this.hdrBytes, 0, this.hdrLen, n);
+        this.writer.write(this.hdrBytes, 0, this.hdrLen);
+      }
       const take = Math.min(this.writer.remaining, frame.length - off);
       if (take > 0) this.writer.write(frame, off, take);
       off += take;

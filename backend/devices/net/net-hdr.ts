@@ -1,22 +1,79 @@
 /**
  * struct virtio_net_hdr (virtio v1.2 §5.1.6): flags, gso_type, hdr_len, gso_size, csum_start,
- * csum_offset, and num_buffers (present when VERSION_1 or MRG_RXBUF is negotiated).
- * No offloads are negotiated yet, so RX headers are all zero except num_buffers, and TX headers
- * are skipped.
+ * csum_offset, and num_buffers (present when VERSION_1 or MRG_RXBUF is negotiated: 12 bytes, else 10).
+ *
+ * One NetHdr object travels with a frame between device and port (reused, valid during the call).
  */
-import type { ChainWriter } from '../../../virtqueue/index.ts';
 
 export const NET_HDR_LEGACY_BYTES = 10;
 export const NET_HDR_MRG_BYTES = 12;
 
-const hdr = new Uint8Array(NET_HDR_MRG_BYTES);
+/** flags (§5.1.6): the driver/device left a partial checksum to complete. */
+export const NET_HDR_F_NEEDS_CSUM = 1;
+/** flags: the checksum was already validated (a receive-side hint). */
+export const NET_HDR_F_DATA_VALID = 2;
 
-/** Writes an RX header with no offload flags; num_buffers is a le16 at offset 10. */
-export function writeRxHeader(w: ChainWriter, hdrLen: number, numBuffers: number): void {
-  hdr.fill(0);
-  if (hdrLen === NET_HDR_MRG_BYTES) {
-    hdr[10] = numBuffers & 0xff;
-    hdr[11] = numBuffers >> 8;
+/** gso_type values (§5.1.6). */
+export const GSO_NONE = 0;
+export const GSO_TCPV4 = 1;
+export const GSO_UDP = 3;
+export const GSO_TCPV6 = 4;
+export const GSO_ECN = 0x80;
+
+export class NetHdr {
+  flags = 0;
+  gsoType = 0;
+  hdrLen = 0;
+  gsoSize = 0;
+  csumStart = 0;
+  csumOffset = 0;
+
+  clear(): this {
+    this.flags = this.gsoType = this.hdrLen = this.gsoSize = this.csumStart = this.csumOffset = 0;
+    return this;
   }
-  w.write(hdr, 0, hdrLen);
+
+  copyFrom(o: NetHdr): this {
+    this.flags = o.flags;
+    this.gsoType = o.gsoType;
+    this.hdrLen = o.hdrLen;
+    this.gsoSize = o.gsoSize;
+    this.csumStart = o.csumStart;
+    this.csumOffset = o.csumOffset;
+    return this;
+  }
+
+  /** True when the frame needs no offload work from whoever receives it. */
+  get plain(): boolean {
+    return (this.flags & NET_HDR_F_NEEDS_CSUM) === 0 && (this.gsoType & ~GSO_ECN) === GSO_NONE;
+  }
+
+  /** Reads the first 10 bytes of a header (num_buffers, if any, is the receiver's business). */
+  read(b: Uint8Array, off = 0): this {
+    this.flags = b[off]!;
+    this.gsoType = b[off + 1]!;
+    this.hdrLen = b[off + 2]! | (b[off + 3]! << 8);
+    this.gsoSize = b[off + 4]! | (b[off + 5]! << 8);
+    this.csumStart = b[off + 6]! | (b[off + 7]! << 8);
+    this.csumOffset = b[off + 8]! | (b[off + 9]! << 8);
+    return this;
+  }
+
+  /** Writes `byteLen` (10 or 12) bytes; num_buffers (le16 at 10) when 12. */
+  write(b: Uint8Array, off: number, byteLen: number, numBuffers = 0): void {
+    b[off] = this.flags;
+    b[off + 1] = this.gsoType;
+    b[off + 2] = this.hdrLen & 0xff;
+    b[off + 3] = this.hdrLen >> 8;
+    b[off + 4] = this.gsoSize & 0xff;
+    b[off + 5] = this.gsoSize >> 8;
+    b[off + 6] = this.csumStart & 0xff;
+    b[off + 7] = this.csumStart >> 8;
+    b[off + 8] = this.csumOffset & 0xff;
+    b[off + 9] = this.csumOffset >> 8;
+    if (byteLen === NET_HDR_MRG_BYTES) {
+      b[off + 10] = numBuffers & 0xff;
+      b[off + 11] = numBuffers >> 8;
+    }
+  }
 }
