@@ -13,9 +13,9 @@ import { FrontendReq as R, ProtoF, VirtioF, bit, type VhostMessage } from '../..
 import { FlatMemory, MockDriver, VIRTQ_DESC_F_NEXT } from '../../virtqueue/index.ts';
 import { VhostUserEndpoint } from '../../backend/server.ts';
 import { NetDevice } from '../../backend/devices/net/net-device.ts';
-import { GSO_TCPV4, NET_HDR_F_NEEDS_CSUM, NetHdr } from '../../backend/devices/net/net-hdr.ts';
+import { GSO_ECN, GSO_TCPV4, GSO_TCPV6, NET_HDR_F_NEEDS_CSUM, NetHdr } from '../../backend/devices/net/net-hdr.ts';
 import { fold, sum16 } from '../../backend/devices/net/offload.ts';
-import { ipv4Tcp, tcpValid } from '../helpers/frames.ts';
+import { ipv4Tcp, ipv6Tcp, tcpValid } from '../helpers/frames.ts';
 import { emptyStats, type Delivery, type FrameSink, type Port } from '../../backend/ports/port.ts';
 import { countFds } from '../helpers/proc.ts';
 import { connectFrontend } from '../helpers/frontend-socket.ts';
@@ -351,4 +351,27 @@ test('offloads, guest TX: the virtio header travels with the frame to the port',
   t.deepEqual(port.sent[0], frame);
   const got = port.hdrs[0]!;
   t.deepEqual([got.flags, got.gsoType, got.gsoSize, got.csumStart, got.csumOffset], [1, GSO_TCPV4, 1000, 34, 16]);
+});
+
+test('offloads, TCPV6 and ECN: passed whole only to a guest with GUEST_TSO6 (+GUEST_ECN for ECN), else segmented', async (t) => {
+  const features = FEATURES | bit(VirtioF.NET_F_GUEST_CSUM) | bit(VirtioF.NET_F_GUEST_TSO6);
+  const { dev, rx } = await setup(t, features);
+  for (let i = 0; i < 16; i++) rx.drv.addChain([{ byteLen: 4096, write: true }]);
+  const v6 = ipv6Tcp(2500);
+  const hdr = new NetHdr();
+  hdr.gsoType = GSO_TCPV6;
+  hdr.gsoSize = 1200;
+  t.is(dev.deliver(v6, hdr), 'ok');
+  let used = rx.drv.readUsed();
+  t.is(used.length, 1, 'TSO6 guest: one whole frame');
+  t.is(used[0]!.data![1], GSO_TCPV6);
+  hdr.gsoType = GSO_TCPV6 | GSO_ECN; // guest did not ack GUEST_ECN
+  t.is(dev.deliver(v6, hdr), 'ok');
+  used = rx.drv.readUsed();
+  t.is(used.length, 3, 'ECN without GUEST_ECN: segmented in software');
+  for (const u of used) t.true(tcpValid(u.data!.subarray(12), true));
+  hdr.gsoType = GSO_TCPV4; // guest did not ack GUEST_TSO4
+  const v4 = ipv4Tcp(2000);
+  t.is(dev.deliver(v4, hdr), 'ok');
+  t.is(rx.drv.readUsed().length, 2, 'TCPV4 without GUEST_TSO4: segmented');
 });

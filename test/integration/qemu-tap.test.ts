@@ -6,7 +6,8 @@
  *   guest eth0 10.0.2.15 --virtio/vhost-user--> vhost-user-ts --tap vutq0--> netns 10.0.2.1
  */
 import test from 'ava';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,6 +16,7 @@ import { guestAvailable, startGuest } from '../helpers/qemu.ts';
 import { startBackend } from '../helpers/backend.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/vhost-user-ts.js', import.meta.url));
+const PEER = fileURLToPath(new URL('../helpers/tcp-peer.mjs', import.meta.url));
 const canRun = guestAvailable() && existsSync('/dev/net/tun') && process.getuid?.() === 0;
 const qemuTest = canRun ? test.serial : test.serial.skip;
 const dir = mkdtempSync(join(tmpdir(), 'vut-qemu-'));
@@ -95,3 +97,90 @@ for (const variant of [{ name: 'split, mergeable', mrg: true }, { name: 'split, 
     t.notRegex(printed, /error|ERROR/, 'no request was refused');
   });
 }
+
+/** Runs tcp-peer.mjs in the namespace; resolves with its result line. */
+function netnsPeer(args: string[]): { line: Promise<string>; listening: Promise<void>; kill(): void } {
+  const p = spawn('ip', ['netns', 'exec', ns, process.execPath, PEER, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  let onListen!: () => void;
+  const listening = new Promise<void>((r) => (onListen = r));
+  const line = new Promise<string>((resolve) => {
+    p.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('LISTENING')) onListen();
+      const m = /(RECV|SENT|TIMEOUT|CONNECT-FAILED).*\n/.exec(out);
+      if (m) resolve(m[0].trim());
+    });
+  });
+  return { line, listening, kill: () => p.kill('SIGKILL') };
+}
+
+qemuTest('TCP both ways between the guest and the netns (4 MiB each): offloads (TSO, checksum) pass through the TAP port intact', async (t) => {
+  t.timeout(180_000);
+  try {
+    sh('ip', ['netns', 'add', ns]);
+  } catch {
+    /* exists */
+  }
+  const sock = join(dir, 'tcp.sock');
+  const tap = 'vutq1';
+  const trace = join(dir, 'tcp.vutrace');
+  const be = await startBackend(['net', '--socket', sock, '--port', `tap:${tap}`, '--trace', trace], { core: 1, netns: ns, waitSockets: [sock] });
+  t.teardown(() => be.stop().then(() => undefined));
+  await until('tap device in netns', 5000, () => {
+    try {
+      return sh('ip', ['netns', 'exec', ns, 'ip', 'link', 'show', tap]).includes('UP');
+    } catch {
+      return false;
+    }
+  });
+  sh('ip', ['netns', 'exec', ns, 'ip', 'addr', 'add', '10.0.2.1/24', 'dev', tap]);
+  const BYTES = 4 << 20;
+  // The guest script runs from the host root shared read-only over 9p (/host).
+  const script = join(dir, 'tcp.sh');
+  writeFileSync(
+    script,
+    [
+      'dd if=/dev/urandom of=/tmp/up bs=1024 count=4096 2>/dev/null',
+      'echo "UP-MD5 $(md5sum /tmp/up | cut -d" " -f1)"',
+      'nc 10.0.2.1 5001 < /tmp/up & up=$!',
+      'echo LISTEN-5002',
+      'nc -l -p 5002 > /tmp/down',
+      'kill $up 2>/dev/null',
+      'echo "DOWN $(wc -c < /tmp/down) $(md5sum /tmp/down | cut -d" " -f1)"',
+      '',
+    ].join('\n'),
+  );
+  const recv = netnsPeer(['recv', '5001', String(BYTES)]);
+  t.teardown(() => recv.kill());
+  await recv.listening;
+  const g = startGuest({
+    sock,
+    cpus: '0',
+    hostRoot: true,
+    vut: { ip: '10.0.2.15/24', run: `sh,/host${script}` },
+    teardown: t.teardown,
+    maxLifetimeMs: 170_000,
+  });
+  const upMd5 = (await g.waitFor(/UP-MD5 ([0-9a-f]{32})/, 90_000))[1];
+  const up = await recv.line;
+  t.is(up, `RECV ${BYTES} ${upMd5}`, 'guest -> netns: every byte, intact');
+  await g.waitFor(/LISTEN-5002/, 30_000);
+  const send = netnsPeer(['send', '10.0.2.15', '5002', String(BYTES), '7']);
+  t.teardown(() => send.kill());
+  const sent = await send.line;
+  const m = /^SENT (\d+) ([0-9a-f]{32})$/.exec(sent);
+  t.truthy(m, sent);
+  const down = await g.waitFor(/DOWN (\d+) ([0-9a-f]{32})/, 90_000);
+  t.is(down[1], String(BYTES), 'netns -> guest: every byte');
+  t.is(down[2], m![2], 'netns -> guest: intact');
+  await g.kill();
+  t.is(await be.stop(), 0);
+  const printed = execFileSync(process.execPath, [BIN, 'trace', 'print', trace], { encoding: 'utf8' });
+  t.regex(printed, /rx → SET_FEATURES 0x[0-9a-f]+ <[^>]*NET_F_GUEST_TSO4[^>]*NET_F_HOST_TSO4/, 'the guest negotiated TSO both ways');
+  // GSO frames crossed the port: the average frame is larger than an Ethernet MTU in both directions.
+  const stats = JSON.parse(/port vutq1: (\{.*\})/.exec(be.log)![1]!) as { rxFrames: number; rxBytes: number; txFrames: number; txBytes: number };
+  t.log(`port stats ${JSON.stringify(stats)}`);
+  t.true(stats.txBytes / stats.txFrames > 1514, 'guest TX carried TSO frames to the tap');
+  t.true(stats.rxBytes / stats.rxFrames > 1514, 'the tap delivered GSO frames to the guest');
+});
