@@ -92,6 +92,7 @@ for (const variant of [{ name: 'split, mergeable', mrg: true }, { name: 'split, 
     t.regex(printed, /rx → SET_BACKEND_REQ_FD need_reply fds=1/);
     t.regex(printed, /rx → SET_VRING_KICK index=1 noFd=false fds=1/);
     t.regex(printed, /rx → SET_FEATURES 0x[0-9a-f]+ <[^>]*RING_EVENT_IDX/);
+    t.regex(printed, /rx → SET_FEATURES 0x[0-9a-f]+ <[^>]*NET_F_GUEST_ANNOUNCE/);
     if (variant.mrg) t.regex(printed, /rx → SET_FEATURES 0x[0-9a-f]+ <[^>]*NET_F_MRG_RXBUF/);
     else t.notRegex(printed, /rx → SET_FEATURES 0x[0-9a-f]+ <[^>]*NET_F_MRG_RXBUF/);
     t.notRegex(printed, /error|ERROR/, 'no request was refused');

@@ -51,6 +51,8 @@ export const NET_FEATURES =
   bit(VirtioF.NET_F_GUEST_TSO6) |
   bit(VirtioF.NET_F_GUEST_ECN) |
   bit(VirtioF.NET_F_MRG_RXBUF) |
+  // The guest announces itself (gratuitous ARP) after migration; QEMU handles the config bit.
+  bit(VirtioF.NET_F_GUEST_ANNOUNCE) |
   bit(VirtioF.NET_F_MQ) |
   bit(VirtioF.RING_INDIRECT_DESC) |
   bit(VirtioF.RING_EVENT_IDX) |
