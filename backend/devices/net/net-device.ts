@@ -56,7 +56,11 @@ export const NET_FEATURES =
   bit(VirtioF.NET_F_MQ) |
   bit(VirtioF.RING_INDIRECT_DESC) |
   bit(VirtioF.RING_EVENT_IDX) |
-  bit(VirtioF.VERSION_1);
+  bit(VirtioF.VERSION_1) |
+  // virtio v1.2 2.7.9 / 2.8.x: buffers are used in the order they were made available. Every path
+  // here completes chains strictly in pop order (a chain that cannot be completed now is unpopped),
+  // and one used element per chain is always allowed, so IN_ORDER needs no other change.
+  bit(VirtioF.IN_ORDER);
 
 export interface NetStats {
   rxFrames: number;
