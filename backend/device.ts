@@ -3,12 +3,12 @@
  * Like rust-vmm's VhostUserBackend, a device never sees a vhost-user message: the session turns
  * messages into ring readiness edges and feature/config calls.
  */
-import type { GuestMemory, SplitQueue } from '../virtqueue/index.ts';
+import type { GuestMemory, Virtqueue } from '../virtqueue/index.ts';
 
 /** One ring that is started, enabled and mapped: the device may process it. */
 export interface ReadyQueue {
   readonly index: number;
-  readonly queue: SplitQueue;
+  readonly queue: Virtqueue;
   readonly memory: GuestMemory;
   /** Signal the driver (call eventfd) that used buffers are available. */
   notify(): void;

@@ -5,7 +5,7 @@
  * (NUM, ADDR, BASE) and the three eventfds.
  */
 import type { Fd, Poller } from '../native/types.ts';
-import type { SplitQueue } from '../virtqueue/index.ts';
+import type { Virtqueue } from '../virtqueue/index.ts';
 
 export interface RingAddr {
   flags: number;
@@ -18,7 +18,11 @@ export interface RingAddr {
 export class RingState {
   num = 0;
   addr: RingAddr | null = null;
-  /** SET_VRING_BASE value: next avail index the device will read (split rings). */
+  /**
+   * SET_VRING_BASE value as received: split rings use bits 0-15 (next avail index); packed rings
+   * the 32-bit encoding of avail/used positions and wrap counters (vhost-user.rst "Vring descriptor
+   * indices for packed virtqueues"). GET_VRING_BASE answers in the same form.
+   */
   base = 0;
   started = false;
   enabled = false;
@@ -29,7 +33,7 @@ export class RingState {
   /** SET_VRING_KICK with NOFD: no kicks will come, so the ring is polled while it is ready. */
   pollTimer: NodeJS.Timeout | null = null;
   /** The engine object while the ring is ready (started, enabled, mapped). */
-  queue: SplitQueue | null = null;
+  queue: Virtqueue | null = null;
   /** Memory generation the queue was built against; a new memory table restarts the queue. */
   memGeneration = -1;
   /** Sticky guest error: the ring stays down until reconfigured (SET_VRING_BASE/ADDR/KICK). */

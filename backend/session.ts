@@ -46,7 +46,7 @@ import {
   type VringFd,
   type VhostMessage,
 } from '../protocol/index.ts';
-import { SplitQueue, VirtqError } from '../virtqueue/index.ts';
+import { PackedQueue, SplitQueue, VirtqError } from '../virtqueue/index.ts';
 import type { Device, ReadyQueue } from './device.ts';
 import { BackendError, fail } from './errors.ts';
 import { MemoryTable, hex, type RegionSpec } from './memory-table.ts';
@@ -146,6 +146,11 @@ export class Session {
     this.offeredProtocolFeatures = (opts.protocolFeatures ?? SESSION_PROTOCOL_FEATURES) & SESSION_PROTOCOL_FEATURES;
     this.memory = new MemoryTable(opts.native);
     this.rings = Array.from({ length: opts.device.maxRings }, (_, i) => new RingState(i));
+  }
+
+  /** VIRTIO_F_RING_PACKED acked: rings use the packed layout (virtio v1.2 2.8). */
+  get packed(): boolean {
+    return has(this.ackedFeatures, VirtioF.RING_PACKED);
   }
 
   /** A protocol feature is in force once SET_PROTOCOL_FEATURES acked it. */
@@ -281,18 +286,26 @@ export class Session {
       const avail = this.ringAddr(a.availUva, 'available ring');
       const used = this.ringAddr(a.usedUva, 'used ring');
       const mem = this.memory.memory;
-      r.queue = new SplitQueue(
-        {
-          size: r.num,
-          descAddr: desc,
-          availAddr: avail,
-          usedAddr: used,
-          eventIdx: has(this.ackedFeatures, VirtioF.RING_EVENT_IDX),
-          indirect: has(this.ackedFeatures, VirtioF.RING_INDIRECT_DESC),
-          lastAvailIdx: r.base,
-        },
-        mem,
-      );
+      const common = {
+        size: r.num,
+        descAddr: desc,
+        eventIdx: has(this.ackedFeatures, VirtioF.RING_EVENT_IDX),
+        indirect: has(this.ackedFeatures, VirtioF.RING_INDIRECT_DESC),
+        label: `${this.label}:${r.index}`,
+      };
+      // SET_VRING_ADDR's avail/used fields carry the driver and device areas for packed rings.
+      r.queue = this.packed
+        ? new PackedQueue(
+            {
+              ...common,
+              driverEventAddr: avail,
+              deviceEventAddr: used,
+              inOrder: has(this.ackedFeatures, VirtioF.IN_ORDER),
+              vhostBase: r.base,
+            },
+            mem,
+          )
+        : new SplitQueue({ ...common, availAddr: avail, usedAddr: used, lastAvailIdx: r.base & 0xffff }, mem);
       r.memGeneration = this.memGeneration;
       log('%s: ring %d ready (size %d, base %d, desc %s)', this.label, r.index, r.num, r.base, hex(desc));
       this.watchKick(r);
@@ -313,7 +326,7 @@ export class Session {
   stopQueue(r: RingState): void {
     if (!r.queue) return;
     r.queue.flushUsed();
-    r.base = r.queue.lastAvailIdx;
+    r.base = r.queue instanceof PackedQueue ? r.queue.vhostBase : r.queue.lastAvailIdx;
     r.queue = null;
     r.kickPoller?.stop();
     if (r.pollTimer) clearInterval(r.pollTimer);
@@ -544,9 +557,11 @@ const HANDLERS: Partial<Record<number, Handler>> = {
     const p = msg.payload as VringState;
     const r = this.ring(p.index);
     if (r.started) fail('SESSION_BAD_STATE', `SET_VRING_NUM on started ring ${p.index}`);
-    // virtio v1.2 2.7: "Queue Size value is always a power of 2. The maximum Queue Size value is 32768."
-    if (p.num === 0 || p.num > 32768 || (p.num & (p.num - 1)) !== 0) {
-      fail('SESSION_BAD_RING', `ring ${p.index}: size ${p.num} is not a power of two in 1..32768`);
+    // virtio v1.2 2.7: "Queue Size value is always a power of 2. The maximum Queue Size value is
+    // 32768." 2.8 (packed) drops the power-of-two rule.
+    if (p.num === 0 || p.num > 32768) fail('SESSION_BAD_RING', `ring ${p.index}: size ${p.num} is not in 1..32768`);
+    if (!this.packed && (p.num & (p.num - 1)) !== 0) {
+      fail('SESSION_BAD_RING', `ring ${p.index}: size ${p.num} is not a power of two (split ring)`);
     }
     r.num = p.num;
   },
@@ -569,7 +584,7 @@ const HANDLERS: Partial<Record<number, Handler>> = {
     const p = msg.payload as VringState;
     const r = this.ring(p.index);
     if (r.started) fail('SESSION_BAD_STATE', `SET_VRING_BASE on started ring ${p.index}`);
-    r.base = p.num & 0xffff;
+    r.base = p.num >>> 0; // interpreted per ring format when the ring starts
     r.broken = null;
   },
   [FrontendReq.GET_VRING_BASE](msg) {

@@ -29,7 +29,7 @@ function port0(stats: PortStats[]): PortStats {
   return s;
 }
 
-async function echoRun(t: ExecutionContext, name: string, fe: { mrg: boolean; inOrder?: boolean; queueSize?: number }) {
+async function echoRun(t: ExecutionContext, name: string, fe: { mrg: boolean; inOrder?: boolean; queueSize?: number; packed?: boolean }) {
   const s0 = join(dir, `${name}-0.sock`);
   const s1 = join(dir, `${name}-1.sock`);
   const trace = join(dir, `${name}.vutrace`);
@@ -79,8 +79,11 @@ async function echoRun(t: ExecutionContext, name: string, fe: { mrg: boolean; in
   t.regex(printed, /tx ← GET_FEATURES reply 0x[0-9a-f]+ <[^>]*VERSION_1[^>]*>/);
   t.regex(printed, /rx → SET_VRING_KICK index=1 noFd=false fds=1/);
   t.regex(printed, /tx ← GET_VRING_BASE reply index=1 num=\d+/);
-  // virtio-user asks for IN_ORDER by default (in_order=1): it must have been negotiated.
-  t.regex(printed, new RegExp(`rx → SET_FEATURES 0x[0-9a-f]+ <[^>]*IN_ORDER`));
+  // virtio-user asks for IN_ORDER unless in_order=0, and RING_PACKED with packed_vq=1.
+  const setFeatures = /rx → SET_FEATURES 0x[0-9a-f]+ <([^>]*)>/.exec(printed)![1]!.split('|');
+  t.is(setFeatures.includes('IN_ORDER'), fe.inOrder !== false, 'IN_ORDER negotiated as asked');
+  t.is(setFeatures.includes('RING_PACKED'), fe.packed === true, 'RING_PACKED negotiated as asked');
+  t.is(setFeatures.includes('NET_F_MRG_RXBUF'), fe.mrg, 'MRG_RXBUF negotiated as asked');
 }
 
 dpdkTest('DPDK virtio-user x2 <-> vhost-user-ts switch: split ring, mergeable RX buffers', async (t) => {
@@ -92,6 +95,18 @@ dpdkTest('DPDK virtio-user x2 <-> vhost-user-ts switch: split ring, no mergeable
   t.timeout(60_000);
   await echoRun(t, 'split-nomrg', { mrg: false });
 });
+
+for (const v of [
+  { name: 'packed ring, mergeable, in_order', fe: { packed: true, mrg: true } },
+  { name: 'packed ring, no mergeable, in_order off', fe: { packed: true, mrg: false, inOrder: false } },
+  { name: 'packed ring, odd queue size 1000', fe: { packed: true, mrg: true, queueSize: 1000 } },
+  { name: 'split ring, in_order off', fe: { mrg: true, inOrder: false } },
+]) {
+  dpdkTest(`DPDK virtio-user x2 <-> vhost-user-ts switch: ${v.name}`, async (t) => {
+    t.timeout(60_000);
+    await echoRun(t, v.name.replace(/[^a-z0-9]+/g, '-'), v.fe);
+  });
+}
 
 dpdkTest('client mode with 2 queue pairs: virtio-user servers (server=1, queues=2), vhost-user-ts connects (--client)', async (t) => {
   t.timeout(90_000);

@@ -39,7 +39,12 @@ async function until(what: string, ms: number, f: () => boolean): Promise<void> 
   }
 }
 
-for (const variant of [{ name: 'split, mergeable', mrg: true }, { name: 'split, no mergeable', mrg: false }]) {
+for (const variant of [
+  { name: 'split, mergeable', mrg: true, packed: false },
+  { name: 'split, no mergeable', mrg: false, packed: false },
+  { name: 'packed, mergeable', mrg: true, packed: true },
+  { name: 'packed, no mergeable', mrg: false, packed: true },
+]) {
   qemuTest(`QEMU guest on vhost-user-ts pings a host netns through the TAP port (${variant.name})`, async (t) => {
     t.timeout(120_000);
     try {
@@ -47,9 +52,9 @@ for (const variant of [{ name: 'split, mergeable', mrg: true }, { name: 'split, 
     } catch {
       /* exists from the previous variant */
     }
-    const sock = join(dir, `q-${variant.mrg}.sock`);
+    const sock = join(dir, `q-${variant.mrg}-${variant.packed}.sock`);
     const tap = 'vutq0';
-    const trace = join(dir, `q-${variant.mrg}.vutrace`);
+    const trace = join(dir, `q-${variant.mrg}-${variant.packed}.vutrace`);
     const be = await startBackend(['net', '--socket', sock, '--port', `tap:${tap}`, '--trace', trace], {
       core: 1,
       netns: ns,
@@ -69,6 +74,7 @@ for (const variant of [{ name: 'split, mergeable', mrg: true }, { name: 'split, 
       sock,
       cpus: '0',
       mrg: variant.mrg,
+      packed: variant.packed,
       vut: { ip: '10.0.2.15/24', ping: '10.0.2.1,5', hold: '20' },
       teardown: t.teardown,
       maxLifetimeMs: 100_000,
@@ -93,6 +99,11 @@ for (const variant of [{ name: 'split, mergeable', mrg: true }, { name: 'split, 
     t.regex(printed, /rx → SET_VRING_KICK index=1 noFd=false fds=1/);
     t.regex(printed, /rx → SET_FEATURES 0x[0-9a-f]+ <[^>]*RING_EVENT_IDX/);
     t.regex(printed, /rx → SET_FEATURES 0x[0-9a-f]+ <[^>]*NET_F_GUEST_ANNOUNCE/);
+    if (variant.packed) {
+      t.regex(printed, /rx → SET_FEATURES 0x[0-9a-f]+ <[^>]*RING_PACKED/);
+      // QEMU's packed base carries both halves: avail and used positions with wrap counters set.
+      t.regex(printed, /rx → SET_VRING_BASE index=0 num=0x80008000|rx → SET_VRING_BASE index=0 num=2147516416/);
+    }
     if (variant.mrg) t.regex(printed, /rx → SET_FEATURES 0x[0-9a-f]+ <[^>]*NET_F_MRG_RXBUF/);
     else t.notRegex(printed, /rx → SET_FEATURES 0x[0-9a-f]+ <[^>]*NET_F_MRG_RXBUF/);
     t.notRegex(printed, /error|ERROR/, 'no request was refused');

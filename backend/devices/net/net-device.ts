@@ -60,7 +60,8 @@ export const NET_FEATURES =
   // virtio v1.2 2.7.9 / 2.8.x: buffers are used in the order they were made available. Every path
   // here completes chains strictly in pop order (a chain that cannot be completed now is unpopped),
   // and one used element per chain is always allowed, so IN_ORDER needs no other change.
-  bit(VirtioF.IN_ORDER);
+  bit(VirtioF.IN_ORDER) |
+  bit(VirtioF.RING_PACKED);
 
 export interface NetStats {
   rxFrames: number;
