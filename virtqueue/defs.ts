@@ -53,3 +53,26 @@ export function usedRingBytes(size: number): number {
 export function needEvent(event: number, next: number, old: number): boolean {
   return ((next - event - 1) & 0xffff) < ((next - old) & 0xffff);
 }
+
+// ---- Packed virtqueues (virtio v1.2 2.8) --------------------------------------------------------
+//
+//   descriptor ring:          size × 16 bytes, 16-byte aligned { le64 addr; le32 len; le16 id; le16 flags }
+//   driver event suppression: 4 bytes, 4-byte aligned          { le16 off_wrap; le16 flags }  (read by the device)
+//   device event suppression: 4 bytes, 4-byte aligned          { le16 off_wrap; le16 flags }  (written by the device)
+
+/** 2.8.1: available / used marks, compared against the ring wrap counters. */
+export const VIRTQ_DESC_F_AVAIL = 1 << 7;
+export const VIRTQ_DESC_F_USED = 1 << 15;
+/** 2.8.10 Descriptor Ring Change Event Flags. */
+export const RING_EVENT_FLAGS_ENABLE = 0;
+export const RING_EVENT_FLAGS_DISABLE = 1;
+/** Only with VIRTIO_F_RING_EVENT_IDX: notify when the descriptor named by off_wrap is made available / used. */
+export const RING_EVENT_FLAGS_DESC = 2;
+/** 2.8: "Packed virtqueues support up to 2^15 entries each"; the size need not be a power of two. */
+export const MAX_PACKED_QUEUE_SIZE = 32768;
+export const EVENT_SUPPRESS_BYTES = 4;
+export const EVENT_SUPPRESS_ALIGN = 4;
+
+export function packedRingBytes(size: number): number {
+  return DESC_BYTES * size;
+}

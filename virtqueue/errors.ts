@@ -23,13 +23,21 @@ export type VirtqErrorCode =
   | 'VQ_BAD_INDIRECT'
   /** VIRTQ_DESC_F_INDIRECT used although VIRTIO_F_INDIRECT_DESC was not negotiated. */
   | 'VQ_INDIRECT_NOT_NEGOTIATED'
-  /** avail.idx is more than the queue size ahead of the device's last_avail_idx. */
+  /**
+   * Split: avail.idx is more than the queue size ahead of the device's last_avail_idx. Packed: the
+   * driver made more descriptors available than the ring holds (in flight past the used index).
+   */
   | 'VQ_AVAIL_JUMP'
   /** A device-readable descriptor after a device-writable one (virtio v1.2 2.7.4.2). */
   | 'VQ_WRITE_BEFORE_READ'
   /** A ring is misaligned, not contiguous in one memory region, or not viewable with the needed alignment. */
   | 'VQ_RING_LAYOUT'
-  /** Queue size is zero, not a power of two, or above 32768 (virtio v1.2 2.7). */
+  /**
+   * Packed ring: a buffer id made available while the same id is still in flight (virtio v1.2
+   * 2.8.21.1: the driver takes "the next free buffer id"), so used elements could not be attributed.
+   */
+  | 'VQ_BAD_ID'
+  /** Queue size is zero, above 32768, or (split only) not a power of two (virtio v1.2 2.7, 2.8). */
   | 'VQ_BAD_SIZE'
   /** RegionMemory: a region overlaps an existing one in guest-physical space. */
   | 'VQ_REGION_OVERLAP'

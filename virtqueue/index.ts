@@ -1,7 +1,8 @@
 /**
  * The virtqueue engine: pure TypeScript over guest-memory views, no native code, no sockets.
- * Devices use SplitQueue (pop / pushUsed / flushUsed / drain) with Chain, ChainReader and ChainWriter;
- * the session builds queues from SET_VRING_* state over a RegionMemory.
+ * Devices use a Virtqueue (SplitQueue, virtio v1.2 2.7, or PackedQueue, 2.8: pop / pushUsed / flushUsed /
+ * drain) with Chain, ChainReader and ChainWriter; the session builds queues from SET_VRING_* state over a
+ * RegionMemory.
  */
 export type { VirtqErrorCode } from './errors.ts';
 export { VirtqError } from './errors.ts';
@@ -19,6 +20,13 @@ export {
   availRingBytes,
   usedRingBytes,
   needEvent,
+  VIRTQ_DESC_F_AVAIL,
+  VIRTQ_DESC_F_USED,
+  RING_EVENT_FLAGS_ENABLE,
+  RING_EVENT_FLAGS_DISABLE,
+  RING_EVENT_FLAGS_DESC,
+  MAX_PACKED_QUEUE_SIZE,
+  packedRingBytes,
 } from './defs.ts';
 export type { GuestMemory, Span, MemoryRegion } from './memory.ts';
 export {
@@ -44,7 +52,17 @@ export {
 } from './memory.ts';
 export type { Segment } from './chain.ts';
 export { Chain, ChainReader, ChainWriter, SplitChainWalker, appendBuffer } from './chain.ts';
-export type { SplitQueueConfig, SplitQueueStats, DrainResult, ChainHandler } from './split.ts';
+export type { Virtqueue, VirtqueueStats, DrainResult, ChainHandler } from './queue.ts';
+export type { SplitQueueConfig, SplitQueueStats } from './split.ts';
 export { SplitQueue } from './split.ts';
 export type { MockBuffer, AddChainOptions, RawDesc, UsedEntry, MockDriverOptions } from './mock-driver.ts';
 export { MockDriver } from './mock-driver.ts';
+export type { PackedQueueConfig, PackedBase } from './packed.ts';
+export { PackedQueue, packedBaseFromVhost, packedBaseToVhost } from './packed.ts';
+export type {
+  PackedAddOptions,
+  RawPackedDesc,
+  PackedUsedEntry,
+  MockPackedDriverOptions,
+} from './mock-packed-driver.ts';
+export { MockPackedDriver } from './mock-packed-driver.ts';

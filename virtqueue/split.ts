@@ -45,6 +45,7 @@ import {
 } from './defs.ts';
 import type { VirtqErrorCode } from './errors.ts';
 import { VirtqError, hexAddr } from './errors.ts';
+import type { ChainHandler, DrainResult, Virtqueue, VirtqueueStats } from './queue.ts';
 
 const log = createDebug('vhost:vq');
 
@@ -75,35 +76,9 @@ export interface SplitQueueConfig {
   label?: string;
 }
 
-export interface SplitQueueStats {
-  /** Chains popped (unpops subtract). */
-  popped: number;
-  /** Used elements pushed. */
-  pushed: number;
-  /** used.idx publications. */
-  flushes: number;
-  /** Flushes after which the driver had to be notified. */
-  notifies: number;
-  /** Flushes whose notification the driver suppressed (NO_INTERRUPT / used_event). */
-  suppressed: number;
-}
-
-export interface DrainResult {
-  /** Chains completed (pushed as used). */
-  processed: number;
-  /** The driver must be notified (call eventfd): some flush crossed used_event / flags allowed it. */
-  notify: boolean;
-  /**
-   * Work remains: the budget ran out with chains still available. Notifications are left disabled;
-   * call drain() again later (e.g. setImmediate).
-   */
-  more: boolean;
-  /** `fn` returned false: that chain was given back (unpop) and notifications were re-enabled. */
-  stopped: boolean;
-}
-
-/** What drain() hands each chain to: bytes written into it (used len), or false to stop. */
-export type ChainHandler = (chain: Chain) => number | false;
+/** Kept as the split-specific name; same shape as every queue's stats. */
+export type SplitQueueStats = VirtqueueStats;
+export type { DrainResult, ChainHandler } from './queue.ts';
 
 function isPow2(n: number): boolean {
   return Number.isInteger(n) && n > 0 && (n & (n - 1)) === 0;
@@ -115,7 +90,7 @@ function checkIdx(v: number | undefined, what: string): void {
   }
 }
 
-export class SplitQueue {
+export class SplitQueue implements Virtqueue {
   readonly size: number;
   readonly descGpa: number;
   readonly availGpa: number;

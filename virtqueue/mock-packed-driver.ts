@@ -1,0 +1,434 @@
+/**
+ * A DRIVER-side mock of a packed virtqueue (the guest's half, virtio v1.2 2.8), for engine and device
+ * tests; the packed counterpart of MockDriver. It lays out the descriptor ring and the two event
+ * suppression areas in any GuestMemory, allocates buffers / indirect tables from a heap range, makes
+ * lists available the way 2.8.21.1 says (all descriptors written, the first one's flags last), reads
+ * used elements back (skipping by each id's descriptor count, 2.8.6, with the bytes the device wrote),
+ * plays the driver's half of event suppression, and offers raw writes for fault injection.
+ *
+ * Writes go through the GuestMemory helpers with dirty = false: driver writes are not device writes.
+ */
+import type { GuestMemory } from './memory.ts';
+import { readBytes, readU16, readU32, writeBytes, writeU16, writeU32 } from './memory.ts';
+import {
+  DESC_BYTES,
+  EVENT_SUPPRESS_BYTES,
+  RING_EVENT_FLAGS_DESC,
+  RING_EVENT_FLAGS_DISABLE,
+  RING_EVENT_FLAGS_ENABLE,
+  VIRTQ_DESC_F_AVAIL,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_USED,
+  VIRTQ_DESC_F_WRITE,
+  packedRingBytes,
+} from './defs.ts';
+import type { MockBuffer, UsedEntry } from './mock-driver.ts';
+import type { PackedQueueConfig } from './packed.ts';
+
+export interface PackedAddOptions {
+  /** Put the buffers in an indirect table referenced by one ring descriptor. */
+  indirect?: boolean;
+  /** Make the list available right away (default true); otherwise its first flags wait for publish(). */
+  publish?: boolean;
+  /** Use this buffer id instead of the next free one (duplicate-id tests; not tracked if in use). */
+  id?: number;
+}
+
+/** A packed descriptor as raw fields (fault injection). `addr` may be a bigint (values >= 2^53). */
+export interface RawPackedDesc {
+  addr: number | bigint;
+  len: number;
+  id: number;
+  flags: number;
+}
+
+export interface PackedUsedEntry extends UsedEntry {
+  /** Flags of the used descriptor (WRITE says whether len is meaningful, 2.8.3). */
+  flags: number;
+  /** Ring position the element was read at. */
+  pos: number;
+}
+
+export interface MockPackedDriverOptions {
+  size: number;
+  descAddr?: number;
+  driverEventAddr?: number;
+  deviceEventAddr?: number;
+  /** Where the ring starts when addresses are not given (default 0). */
+  base?: number;
+  heapAddr?: number;
+  heapByteLen?: number;
+  eventIdx?: boolean;
+}
+
+interface InFlight {
+  count: number;
+  allocs: [number, number][];
+  writable: { addr: number; byteLen: number }[];
+}
+
+function align(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
+}
+
+export class MockPackedDriver {
+  readonly size: number;
+  readonly descAddr: number;
+  readonly driverEventAddr: number;
+  readonly deviceEventAddr: number;
+  readonly heapAddr: number;
+  readonly heapByteLen: number;
+  readonly eventIdx: boolean;
+
+  /** Driver positions as in PackedQueue: pos + (wrap ? 0 : size), in [0, 2·size). */
+  private availL = 0;
+  private usedL = 0;
+  private kickedL = 0;
+  /** Descriptors made available since the last kick(): positions alone are ambiguous past 2·size. */
+  private sinceKick = 0;
+  private freeCount: number;
+  private freeIds: number[] = [];
+  private inflight = new Map<number, InFlight>();
+  private free: [number, number][] = [];
+  /** First-descriptor flags not yet written (publish: false): [position, flags]. */
+  private unpublished: [number, number][] = [];
+
+  static layout(size: number, base = 0): { descAddr: number; driverEventAddr: number; deviceEventAddr: number; end: number } {
+    const descAddr = align(base, 16);
+    const driverEventAddr = descAddr + packedRingBytes(size);
+    const deviceEventAddr = driverEventAddr + EVENT_SUPPRESS_BYTES;
+    return { descAddr, driverEventAddr, deviceEventAddr, end: deviceEventAddr + EVENT_SUPPRESS_BYTES };
+  }
+
+  constructor(
+    readonly mem: GuestMemory,
+    opts: MockPackedDriverOptions,
+  ) {
+    this.size = opts.size;
+    const l = MockPackedDriver.layout(opts.size, opts.base ?? 0);
+    this.descAddr = opts.descAddr ?? l.descAddr;
+    this.driverEventAddr = opts.driverEventAddr ?? l.driverEventAddr;
+    this.deviceEventAddr = opts.deviceEventAddr ?? l.deviceEventAddr;
+    const end = Math.max(l.end, this.descAddr + packedRingBytes(opts.size), this.deviceEventAddr + 4, this.driverEventAddr + 4);
+    this.heapAddr = opts.heapAddr ?? align(end, 4096);
+    this.heapByteLen = opts.heapByteLen ?? 65536;
+    this.eventIdx = opts.eventIdx ?? false;
+    this.free = [[this.heapAddr, this.heapByteLen]];
+    this.freeCount = opts.size;
+    for (let i = opts.size - 1; i >= 0; i--) this.freeIds.push(i);
+    // 2.8.13: "The descriptor ring is zero-initialized"; both event areas start at ENABLE.
+    writeBytes(mem, this.descAddr, new Uint8Array(packedRingBytes(opts.size)), false);
+    writeBytes(mem, this.driverEventAddr, new Uint8Array(EVENT_SUPPRESS_BYTES), false);
+    writeBytes(mem, this.deviceEventAddr, new Uint8Array(EVENT_SUPPRESS_BYTES), false);
+  }
+
+  queueConfig(extra: Partial<PackedQueueConfig> = {}): PackedQueueConfig {
+    return {
+      size: this.size,
+      descAddr: this.descAddr,
+      driverEventAddr: this.driverEventAddr,
+      deviceEventAddr: this.deviceEventAddr,
+      eventIdx: this.eventIdx,
+      indirect: true,
+      ...extra,
+    };
+  }
+
+  // ---- heap ------------------------------------------------------------------------------------
+
+  alloc(byteLen: number): number {
+    const n = align(Math.max(byteLen, 1), 16);
+    for (let i = 0; i < this.free.length; i++) {
+      const f = this.free[i]!;
+      if (f[1] >= n) {
+        const addr = f[0];
+        f[0] += n;
+        f[1] -= n;
+        if (f[1] === 0) this.free.splice(i, 1);
+        return addr;
+      }
+    }
+    throw new Error(`mock driver heap exhausted (${byteLen} bytes)`);
+  }
+
+  release(addr: number, byteLen: number): void {
+    const n = align(Math.max(byteLen, 1), 16);
+    let i = 0;
+    while (i < this.free.length && this.free[i]![0] < addr) i++;
+    this.free.splice(i, 0, [addr, n]);
+    for (let k = 0; k < this.free.length - 1; ) {
+      const a = this.free[k]!;
+      const b = this.free[k + 1]!;
+      if (a[0] + a[1] === b[0]) {
+        a[1] += b[1];
+        this.free.splice(k + 1, 1);
+      } else k++;
+    }
+  }
+
+  /** Ring descriptors the driver may still fill (not in flight). */
+  get freeDescCount(): number {
+    return this.freeCount;
+  }
+  get inFlightCount(): number {
+    return this.inflight.size;
+  }
+  /** Next position the driver fills and its Driver Ring Wrap Counter. */
+  get availPos(): number {
+    return this.availL % this.size;
+  }
+  get availWrap(): boolean {
+    return this.availL < this.size;
+  }
+  /** Next position the driver reads used elements at and the wrap counter it expects there. */
+  get usedPos(): number {
+    return this.usedL % this.size;
+  }
+  get usedWrap(): boolean {
+    return this.usedL < this.size;
+  }
+
+  // ---- adding lists ------------------------------------------------------------------------------
+
+  /** Flags marking a descriptor available under wrap counter `wrap` (2.8.1: AVAIL = wrap, USED = !wrap). */
+  static availFlags(wrap: boolean): number {
+    return wrap ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED;
+  }
+
+  /** Builds a list of `bufs` (readable first), makes it available (unless publish: false), returns its id. */
+  addChain(bufs: readonly MockBuffer[], opts: PackedAddOptions = {}): number {
+    if (bufs.length === 0) throw new Error('addChain: empty chain');
+    const indirect = opts.indirect === true;
+    const need = indirect ? 1 : bufs.length;
+    if (this.freeCount < need) throw new Error(`addChain: ${need} descriptors needed, ${this.freeCount} free`);
+    if (opts.id === undefined && this.freeIds.length === 0) throw new Error('addChain: no free buffer id');
+    const fl: InFlight = { count: need, allocs: [], writable: [] };
+    const placed: RawPackedDesc[] = [];
+    try {
+      for (const b of bufs) {
+        let addr = b.addr;
+        if (addr === undefined) {
+          addr = this.alloc(b.byteLen);
+          fl.allocs.push([addr, b.byteLen]);
+        }
+        if (b.data !== undefined) writeBytes(this.mem, addr, b.data.subarray(0, b.byteLen), false);
+        if (b.write) fl.writable.push({ addr, byteLen: b.byteLen });
+        placed.push({ addr, len: b.byteLen, id: 0, flags: b.write ? VIRTQ_DESC_F_WRITE : 0 });
+      }
+      if (indirect) {
+        const tableLen = placed.length * DESC_BYTES;
+        const table = this.alloc(tableLen);
+        fl.allocs.push([table, tableLen]);
+        this.writeTable(table, placed);
+        placed.length = 0;
+        placed.push({ addr: table, len: tableLen, id: 0, flags: VIRTQ_DESC_F_INDIRECT });
+      }
+    } catch (e) {
+      for (const [a, n] of fl.allocs) this.release(a, n);
+      throw e;
+    }
+    let id: number;
+    if (opts.id === undefined) id = this.freeIds.pop()!;
+    else {
+      id = opts.id;
+      const k = this.freeIds.indexOf(id);
+      if (k >= 0) this.freeIds.splice(k, 1);
+    }
+    for (let i = 0; i < placed.length - 1; i++) placed[i]!.flags |= VIRTQ_DESC_F_NEXT;
+    placed[placed.length - 1]!.id = id; // 2.8.6: the id goes in the last descriptor
+    this.makeAvailable(placed, opts.publish ?? true);
+    this.freeCount -= need;
+    if (!this.inflight.has(id)) this.inflight.set(id, fl);
+    return id;
+  }
+
+  /**
+   * Writes `descs` at the next positions with the current wrap counters' AVAIL/USED bits (flags given
+   * without them), the first one's flags last (2.8.21.1), and advances. No bookkeeping: for hand-built
+   * (faulty) lists. Returns the first position.
+   */
+  pushRaw(descs: readonly RawPackedDesc[], publish = true): number {
+    const first = this.availPos;
+    this.makeAvailable(descs, publish);
+    return first;
+  }
+
+  private makeAvailable(descs: readonly RawPackedDesc[], publish: boolean): void {
+    const S = this.size;
+    let firstFlags = 0;
+    let firstPos = 0;
+    descs.forEach((d, i) => {
+      const pos = this.availL % S;
+      const flags = (d.flags & ~(VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED)) | MockPackedDriver.availFlags(this.availL < S);
+      this.writeDesc(pos, { ...d, flags: i === 0 ? 0 : flags }, i === 0);
+      if (i === 0) {
+        firstFlags = flags;
+        firstPos = pos;
+      }
+      this.availL = (this.availL + 1) % (2 * S);
+      this.sinceKick++;
+    });
+    this.unpublished.push([firstPos, firstFlags]);
+    if (publish) this.publish();
+  }
+
+  /** Writes the first flags of every list added with publish: false, last-added first (one batch). */
+  publish(): void {
+    const u = this.unpublished;
+    for (let i = u.length - 1; i >= 0; i--) writeU16(this.mem, this.descAddr + DESC_BYTES * u[i]![0] + 14, u[i]![1], false);
+    this.unpublished = [];
+  }
+
+  // ---- notifications (driver side of 2.8.10 / 2.8.21.2) ----------------------------------------
+
+  get deviceEventFlags(): number {
+    return readU16(this.mem, this.deviceEventAddr + 2);
+  }
+  get deviceEventOffWrap(): number {
+    return readU16(this.mem, this.deviceEventAddr);
+  }
+
+  /** Whether the device asked to be notified for what was made available since the last kick(). */
+  get kickable(): boolean {
+    if (this.sinceKick === 0) return false;
+    const flags = this.deviceEventFlags & 3;
+    if (flags === RING_EVENT_FLAGS_DISABLE) return false;
+    if (flags !== RING_EVENT_FLAGS_DESC || !this.eventIdx) return true;
+    // 2.8.10 DESC: kick iff the named descriptor (position + wrap counter) is among those made
+    // available since the last kick, i.e. in [kickedL, availL) mod 2·size.
+    const S = this.size;
+    if (this.sinceKick >= 2 * S) return true;
+    const ow = this.deviceEventOffWrap;
+    const e = ((ow & 0x7fff) + ((ow & 0x8000) !== 0 ? 0 : S)) % (2 * S);
+    return (e - this.kickedL + 2 * S) % (2 * S) < this.sinceKick;
+  }
+
+  /** Returns `kickable` and records the current position as kicked. */
+  kick(): boolean {
+    const k = this.kickable;
+    this.kickedL = this.availL;
+    this.sinceKick = 0;
+    return k;
+  }
+
+  /** Driver event suppression flags (ENABLE / DISABLE / DESC) and, for DESC, the used position to be told about. */
+  setDriverEvent(flags: number, pos = 0, wrap = true): void {
+    writeU16(this.mem, this.driverEventAddr, (pos & 0x7fff) | (wrap ? 0x8000 : 0), false);
+    writeU16(this.mem, this.driverEventAddr + 2, flags, false);
+  }
+  disableInterrupts(): void {
+    this.setDriverEvent(RING_EVENT_FLAGS_DISABLE);
+  }
+  enableInterrupts(): void {
+    this.setDriverEvent(RING_EVENT_FLAGS_ENABLE);
+  }
+  /** EVENT_IDX: "interrupt me when the used element at (pos, wrap) is written" (RING_EVENT_FLAGS_DESC). */
+  setUsedEvent(pos: number, wrap: boolean): void {
+    this.setDriverEvent(RING_EVENT_FLAGS_DESC, pos, wrap);
+  }
+
+  // ---- used elements ---------------------------------------------------------------------------
+
+  /** Used elements the device published since the last call, with the bytes written; frees them. */
+  readUsed(): PackedUsedEntry[] {
+    const S = this.size;
+    const out: PackedUsedEntry[] = [];
+    for (let guard = 0; guard <= S; guard++) {
+      const pos = this.usedL % S;
+      const w = this.usedL < S;
+      const at = this.descAddr + DESC_BYTES * pos;
+      const flags = readU16(this.mem, at + 14);
+      const used = (flags & VIRTQ_DESC_F_USED) !== 0;
+      const avail = (flags & VIRTQ_DESC_F_AVAIL) !== 0;
+      if (used !== w || avail !== w) break;
+      const len = readU32(this.mem, at + 8);
+      const id = readU16(this.mem, at + 12);
+      const fl = this.inflight.get(id);
+      // An unknown id (corruption tests) is skipped as one descriptor.
+      const count = fl?.count ?? 1;
+      this.usedL = (this.usedL + count) % (2 * S);
+      this.freeCount = Math.min(S, this.freeCount + count);
+      if (fl === undefined) {
+        out.push({ id, len, flags, pos });
+        continue;
+      }
+      const total = fl.writable.reduce((s, x) => s + x.byteLen, 0);
+      const data = new Uint8Array(Math.min(len, total));
+      let off = 0;
+      for (const x of fl.writable) {
+        if (off >= data.length) break;
+        const n = Math.min(x.byteLen, data.length - off);
+        readBytes(this.mem, x.addr, data.subarray(off, off + n));
+        off += n;
+      }
+      out.push({ id, len, data, flags, pos });
+      this.inflight.delete(id);
+      this.freeIds.push(id);
+      for (const [a, n] of fl.allocs) this.release(a, n);
+    }
+    return out;
+  }
+
+  // ---- fault injection -------------------------------------------------------------------------
+
+  /** Raw write of ring descriptor `pos`; with `skipFlags` the flags word is left alone. */
+  writeDesc(pos: number, d: RawPackedDesc, skipFlags = false): void {
+    const at = this.descAddr + DESC_BYTES * pos;
+    const a = BigInt(d.addr);
+    writeU32(this.mem, at, Number(a & 0xffffffffn), false);
+    writeU32(this.mem, at + 4, Number((a >> 32n) & 0xffffffffn), false);
+    writeU32(this.mem, at + 8, d.len, false);
+    writeU16(this.mem, at + 12, d.id, false);
+    if (!skipFlags) writeU16(this.mem, at + 14, d.flags, false);
+  }
+
+  /** Raw read of ring descriptor `pos`. */
+  readDesc(pos: number): RawPackedDesc {
+    const at = this.descAddr + DESC_BYTES * pos;
+    const lo = readU32(this.mem, at);
+    const hi = readU32(this.mem, at + 4);
+    return {
+      addr: hi * 2 ** 32 + lo,
+      len: readU32(this.mem, at + 8),
+      id: readU16(this.mem, at + 12),
+      flags: readU16(this.mem, at + 14),
+    };
+  }
+
+  writeTable(addr: number, descs: readonly RawPackedDesc[]): void {
+    descs.forEach((d, i) => {
+      const at = addr + DESC_BYTES * i;
+      const a = BigInt(d.addr);
+      writeU32(this.mem, at, Number(a & 0xffffffffn), false);
+      writeU32(this.mem, at + 4, Number((a >> 32n) & 0xffffffffn), false);
+      writeU32(this.mem, at + 8, d.len, false);
+      writeU16(this.mem, at + 12, d.id, false);
+      writeU16(this.mem, at + 14, d.flags, false);
+    });
+  }
+
+  /** Allocates and writes an indirect table; returns its address (never freed). */
+  addTable(descs: readonly RawPackedDesc[]): number {
+    const addr = this.alloc(Math.max(descs.length, 1) * DESC_BYTES);
+    this.writeTable(addr, descs);
+    return addr;
+  }
+
+  /**
+   * Starts the driver at position `pos` with wrap counter `wrap` (both avail and used, nothing in
+   * flight), as after a long run: the ring is filled with descriptors used in the current lap
+   * (before pos) and in the previous lap (from pos on), so neither side mistakes them for new.
+   */
+  startAt(pos: number, wrap: boolean): void {
+    const S = this.size;
+    for (let i = 0; i < S; i++) {
+      const w = i < pos ? wrap : !wrap;
+      this.writeDesc(i, { addr: 0, len: 0, id: 0, flags: w ? VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED : 0 });
+    }
+    this.availL = pos + (wrap ? 0 : S);
+    this.usedL = this.availL;
+    this.kickedL = this.availL;
+    this.sinceKick = 0;
+  }
+}

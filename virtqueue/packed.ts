@@ -1,0 +1,777 @@
+/**
+ * Packed virtqueue, device side (virtio v1.2 2.8). Same contract as SplitQueue (the `Virtqueue`
+ * interface): indices + ring views over a GuestMemory, no allocation per chain, guest errors mark the
+ * queue `broken` (sticky, first error wins) and are never thrown.
+ *
+ * Positions. Every ring position is kept as one number in [0, 2·size): `pos + (wrap ? 0 : size)`.
+ * Wrap counters start at 1 (2.8.1), so position 0 of the first lap is 0, and the counter flips exactly
+ * when the number crosses a multiple of size. Distances and the event-index test (2.8.10) then
+ * become plain modular arithmetic mod 2·size, for any size 1..32768 (2.8: no power of two needed).
+ *
+ * Available detection (2.8.1): the descriptor at the device's position is available iff its AVAIL
+ * bit equals the device's avail wrap counter and its USED bit does not. Only the first descriptor of
+ * a list is tested (the driver makes it available last, 2.8.6 / 2.8.21.1); the flags of the others
+ * are not checked (as DPDK and QEMU do).
+ *
+ * Lists (2.8.6): descriptors linked by NEXT in ring order, crossing the ring end; the buffer id is
+ * taken from the last one. At most `size` descriptors (the ttl guard: more is a loop, VQ_LOOP), and
+ * never more than the ring has free: descriptors between the published used position and the end of
+ * the list must fit in `size` (otherwise the driver reused slots it does not own: VQ_AVAIL_JUMP).
+ *
+ * Indirect (2.8.7): a descriptor with INDIRECT must be alone (no NEXT, not after NEXT-linked ones:
+ * 2.8.19 "MUST NOT write direct descriptors with DESC_F_INDIRECT set in a scatter-gather list linked
+ * by VIRTQ_DESC_F_NEXT"), VQ_BAD_INDIRECT otherwise. Its table (len a non-zero multiple of 16, at most
+ * MAX_INDIRECT_DESCS entries) is walked SEQUENTIALLY over all its entries: in a table only WRITE is
+ * valid and NEXT / id are "reserved and ignored by the device". INDIRECT inside a table is refused
+ * (VQ_NESTED_INDIRECT): only one level exists, and a driver setting it expects something we cannot do.
+ *
+ * Buffer ids: a used element must name an id the device popped; the queue remembers how many ring
+ * descriptors each in-flight id took (2.8.6: both sides skip that many), so `pushUsed(id, len)` needs
+ * no count. An id popped while the same id is in flight is a driver error (VQ_BAD_ID).
+ *
+ * Used elements (2.8.3, 2.8.4, 2.8.6): written in completion order at the device's used position,
+ * {id, len, flags = AVAIL|USED both equal to the used wrap counter at that position, WRITE iff
+ * len > 0}; the position then advances by the list's descriptor count (out-of-order completion is
+ * fine: the driver skips by the id's count). Ordering, like DPDK's shadow flush: `pushUsed` writes id
+ * and len of every element and the flags of all but the FIRST pending element with plain stores
+ * (the driver polls only its next used position, the first one, 2.8.2); `flushUsed` then stores the
+ * first element's flags with `Atomics.store` (release), so the whole batch becomes visible at once,
+ * each element's id/len before its flags (2.8.9: the first descriptor of a multi-buffer request is
+ * marked used after the rest). Slots written are ones the device has already read (they trail the
+ * avail position), and the driver does not look at them before their flags flip.
+ *
+ * Event suppression (2.8.10, 2.8.14): the device READS the driver area {off_wrap, flags} after
+ * publishing (store-load, both seq-cst Atomics): DISABLE = no notification; ENABLE = notify; DESC
+ * (only with EVENT_IDX) = notify iff the used position named by off_wrap lies in the range this flush
+ * covered. Reserved values (DESC without EVENT_IDX, 3) notify: an extra interrupt is harmless, a lost
+ * one hangs the guest. The device WRITES the device area: disableNotification stores DISABLE;
+ * enableNotification stores ENABLE, or with EVENT_IDX off_wrap := the first position not yet seen and
+ * then flags := DESC, and re-checks that descriptor afterwards (the race of 2.8.21.2 / 2.8.22 note).
+ */
+import createDebug from 'debug';
+import type { GuestMemory } from './memory.ts';
+import { createSpan, ringU16, ringU32 } from './memory.ts';
+import { Chain, appendBuffer } from './chain.ts';
+import {
+  DESC_BYTES,
+  EVENT_SUPPRESS_ALIGN,
+  EVENT_SUPPRESS_BYTES,
+  MAX_INDIRECT_DESCS,
+  MAX_PACKED_QUEUE_SIZE,
+  RING_EVENT_FLAGS_DESC,
+  RING_EVENT_FLAGS_DISABLE,
+  RING_EVENT_FLAGS_ENABLE,
+  VIRTQ_DESC_F_AVAIL,
+  VIRTQ_DESC_F_INDIRECT,
+  VIRTQ_DESC_F_NEXT,
+  VIRTQ_DESC_F_USED,
+  VIRTQ_DESC_F_WRITE,
+  packedRingBytes,
+} from './defs.ts';
+import type { VirtqErrorCode } from './errors.ts';
+import { VirtqError, hexAddr } from './errors.ts';
+import type { ChainHandler, DrainResult, Virtqueue, VirtqueueStats } from './queue.ts';
+
+const log = createDebug('vhost:vq');
+
+// Module-local copies of imported bindings used per operation (tsx's CJS output turns imports
+// into getter calls).
+const F_NEXT = VIRTQ_DESC_F_NEXT;
+const F_WRITE = VIRTQ_DESC_F_WRITE;
+const F_INDIRECT = VIRTQ_DESC_F_INDIRECT;
+const F_AVAIL = VIRTQ_DESC_F_AVAIL;
+const F_USED = VIRTQ_DESC_F_USED;
+const F_AVAIL_USED = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
+const EV_ENABLE = RING_EVENT_FLAGS_ENABLE;
+const EV_DISABLE = RING_EVENT_FLAGS_DISABLE;
+const EV_DESC = RING_EVENT_FLAGS_DESC;
+const DESC_SZ = DESC_BYTES;
+const MAX_IND = MAX_INDIRECT_DESCS;
+const appendBuf = appendBuffer;
+const TWO_32 = 2 ** 32;
+/** hi halves >= this make a 64-bit address >= 2^53 (see joinAddr). */
+const HI_LIMIT = 2 ** 21;
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([0x0102]).buffer)[0] === 0x02;
+
+/** The device's ring state as vhost-user carries it (SET_VRING_BASE / GET_VRING_BASE). */
+export interface PackedBase {
+  /** Next descriptor position the device will read, 0..size-1. */
+  lastAvailIdx: number;
+  /** Driver (available) ring wrap counter the device expects at that position. */
+  availWrap: boolean;
+  /** Position where the device writes its next used element, 0..size-1. */
+  usedIdx: number;
+  /** Device (used) ring wrap counter. */
+  usedWrap: boolean;
+}
+
+/**
+ * Decodes a packed SET_VRING_BASE `num` (vhost-user.rst "Vring descriptor indices for packed
+ * virtqueues"): bits 0-14 last avail idx, bit 15 avail wrap counter, bits 16-30 used idx, bit 31
+ * used wrap counter.
+ *
+ * A zero used half means "used = avail" (same position and wrap). QEMU sends both halves (0x80008000
+ * for a fresh ring), but DPDK's virtio-user frontend sends 0x8000 and DPDK's vhost library reports
+ * and expects only the avail half, setting used := avail itself. A genuine used state of position 0
+ * with wrap counter 0 next to a different avail position would need descriptors in flight across a
+ * ring stop, which a vhost-user back-end does not keep (GET_VRING_BASE stops the ring after its
+ * chains completed); with avail also at (0, 0) both readings agree.
+ */
+export function packedBaseFromVhost(num: number): PackedBase {
+  const n = num >>> 0;
+  const lastAvailIdx = n & 0x7fff;
+  const availWrap = (n & 0x8000) !== 0;
+  const hi = n >>> 16;
+  if (hi === 0) return { lastAvailIdx, availWrap, usedIdx: lastAvailIdx, usedWrap: availWrap };
+  return { lastAvailIdx, availWrap, usedIdx: hi & 0x7fff, usedWrap: (hi & 0x8000) !== 0 };
+}
+
+/** Encodes the state for GET_VRING_BASE (always both halves, QEMU's layout); an unsigned 32-bit number. */
+export function packedBaseToVhost(b: PackedBase): number {
+  return (
+    ((b.lastAvailIdx & 0x7fff) |
+      (b.availWrap ? 0x8000 : 0) |
+      ((b.usedIdx & 0x7fff) << 16) |
+      (b.usedWrap ? 0x80000000 : 0)) >>>
+    0
+  );
+}
+
+export interface PackedQueueConfig {
+  /** Queue size 1..32768, any integer (SET_VRING_NUM; 2.8 does not require a power of two). */
+  size: number;
+  /** Guest-physical addresses (SET_VRING_ADDR's desc / avail / used fields carry these three). */
+  descAddr: number;
+  /** Driver Event Suppression (the Driver Area): read by the device. */
+  driverEventAddr: number;
+  /** Device Event Suppression (the Device Area): written by the device. */
+  deviceEventAddr: number;
+  /** VIRTIO_F_RING_EVENT_IDX negotiated (enables RING_EVENT_FLAGS_DESC both ways). */
+  eventIdx: boolean;
+  /** VIRTIO_F_INDIRECT_DESC negotiated. */
+  indirect: boolean;
+  /**
+   * VIRTIO_F_IN_ORDER negotiated. Informational: the queue writes one used element per chain, which
+   * is valid with IN_ORDER too (2.8.8 lets the device batch, it does not oblige it).
+   */
+  inOrder?: boolean;
+  /** Next position to read (default 0) and its wrap counter (default true, 2.8.1). */
+  lastAvailIdx?: number;
+  availWrapCounter?: boolean;
+  /** Next used position (default: lastAvailIdx) and its wrap counter (default: availWrapCounter). */
+  usedIdx?: number;
+  usedWrapCounter?: boolean;
+  /** The raw SET_VRING_BASE value; when given it replaces the four fields above (packedBaseFromVhost). */
+  vhostBase?: number;
+  /** For log lines. */
+  label?: string;
+}
+
+export class PackedQueue implements Virtqueue {
+  readonly size: number;
+  readonly descGpa: number;
+  readonly driverEventGpa: number;
+  readonly deviceEventGpa: number;
+  readonly eventIdx: boolean;
+  readonly indirect: boolean;
+  readonly inOrder: boolean;
+  readonly label: string;
+  /** Sticky guest error; null while the queue is healthy. */
+  broken: VirtqError | null = null;
+  readonly stats: VirtqueueStats = { popped: 0, pushed: 0, flushes: 0, notifies: 0, suppressed: 0 };
+
+  private mem: GuestMemory;
+  /** The ring as u32 words: [addr lo, addr hi, len, id | flags << 16] per descriptor. */
+  private desc!: Uint32Array;
+  /** The same ring as u16: id at 8·pos + 6, flags at 8·pos + 7. */
+  private descU16!: Uint16Array;
+  /** Driver area [off_wrap, flags] (read) and device area (written). */
+  private drvEvt!: Uint16Array;
+  private devEvt!: Uint16Array;
+  /** 2·size: positions live in [0, twoSize). */
+  private readonly twoSize: number;
+
+  /** Next position to read (linear, see header). */
+  private availL: number;
+  /** Descriptors given back by unpop: the furthest position seen is availL + ahead. */
+  private ahead = 0;
+  /** Published used position / next used position (published + pending). */
+  private usedL: number;
+  private shadowUsedL: number;
+  /** Pending (pushed, unpublished) elements; the first one's flags are stored at flush. */
+  private pending = 0;
+  private firstFlagsAt = 0;
+  private firstFlags = 0;
+  /** Ring positions of the pending elements (dirty logging after publication). */
+  private readonly pendPos: Uint16Array;
+  /** Chains popped and not pushed nor given back. */
+  private outstanding = 0;
+
+  /** Per buffer id: descriptors it took in the ring (0 = not in flight) and its history slot. */
+  private idCount: Uint16Array;
+  private idSlot: Uint16Array;
+  /** Pop history (a ring of `size`): id and descriptor count per pop, count 0 once pushed. */
+  private readonly histId: Uint16Array;
+  private readonly histCount: Uint16Array;
+  private histTop = 0;
+  private histLen = 0;
+
+  /** What we last wrote to the device area (-1: not written by us), to skip redundant stores. */
+  private devFlags = -1;
+  private devOffWrap = -1;
+  private notifyOn = true;
+  private ringsMapped = true;
+  private readonly scratchChain = new Chain();
+
+  // Walker scratch (allocation only on error).
+  private errCode: VirtqErrorCode | null = null;
+  private errMessage = '';
+  private readonly span = createSpan();
+  private readonly tableSpan = createSpan();
+  private scratch = new Uint8Array(0);
+
+  /** Validates the layout and maps the rings; throws VirtqError (VQ_BAD_SIZE, VQ_RING_LAYOUT, VQ_UNMAPPED) or RangeError (indices). */
+  constructor(cfg: PackedQueueConfig, mem: GuestMemory) {
+    if (!LITTLE_ENDIAN) throw new Error('virtqueue engine needs a little-endian host');
+    const { size } = cfg;
+    if (!(Number.isInteger(size) && size >= 1 && size <= MAX_PACKED_QUEUE_SIZE)) {
+      throw new VirtqError('VQ_BAD_SIZE', `packed queue size ${size} is not in 1..${MAX_PACKED_QUEUE_SIZE}`);
+    }
+    const addrs: [number, number, string][] = [
+      [cfg.descAddr, DESC_SZ, 'descriptor ring'],
+      [cfg.driverEventAddr, EVENT_SUPPRESS_ALIGN, 'driver event suppression area'],
+      [cfg.deviceEventAddr, EVENT_SUPPRESS_ALIGN, 'device event suppression area'],
+    ];
+    for (const [a, align, what] of addrs) {
+      if (!Number.isSafeInteger(a) || a < 0) throw new VirtqError('VQ_UNMAPPED', `${what} address ${a} is invalid`);
+      if (a % align !== 0) {
+        throw new VirtqError('VQ_RING_LAYOUT', `${what} at ${hexAddr(a)} is not ${align}-byte aligned (virtio v1.2 2.8.10.1)`);
+      }
+    }
+    let availIdx = cfg.lastAvailIdx ?? 0;
+    let availWrap = cfg.availWrapCounter ?? true;
+    let usedIdx = cfg.usedIdx ?? availIdx;
+    let usedWrap = cfg.usedWrapCounter ?? availWrap;
+    if (cfg.vhostBase !== undefined) {
+      const b = packedBaseFromVhost(cfg.vhostBase);
+      availIdx = b.lastAvailIdx;
+      availWrap = b.availWrap;
+      usedIdx = b.usedIdx;
+      usedWrap = b.usedWrap;
+    }
+    for (const [v, what] of [
+      [availIdx, 'lastAvailIdx'],
+      [usedIdx, 'usedIdx'],
+    ] as const) {
+      if (!(Number.isInteger(v) && v >= 0 && v < size)) throw new RangeError(`${what} ${v} is not a position in a ring of ${size}`);
+    }
+    this.size = size;
+    this.twoSize = 2 * size;
+    this.availL = availIdx + (availWrap ? 0 : size);
+    this.usedL = usedIdx + (usedWrap ? 0 : size);
+    this.shadowUsedL = this.usedL;
+    const gap = this.availL - this.usedL + (this.availL < this.usedL ? this.twoSize : 0);
+    if (gap > size) {
+      throw new RangeError(
+        `used position ${usedIdx}/${+usedWrap} is not within one ring behind avail position ${availIdx}/${+availWrap}`,
+      );
+    }
+    this.descGpa = cfg.descAddr;
+    this.driverEventGpa = cfg.driverEventAddr;
+    this.deviceEventGpa = cfg.deviceEventAddr;
+    this.eventIdx = cfg.eventIdx;
+    this.indirect = cfg.indirect;
+    this.inOrder = cfg.inOrder === true;
+    this.label = cfg.label ?? `pvq@${hexAddr(cfg.descAddr)}`;
+    this.pendPos = new Uint16Array(size);
+    this.histId = new Uint16Array(size);
+    this.histCount = new Uint16Array(size);
+    // Linux and DPDK drivers use ids < size; any other id grows the tables to the full 16-bit range.
+    this.idCount = new Uint16Array(size);
+    this.idSlot = new Uint16Array(size);
+    this.mem = mem;
+    this.mapRings(mem);
+  }
+
+  private mapRings(mem: GuestMemory): void {
+    const bytes = packedRingBytes(this.size);
+    const desc = ringU32(mem, this.descGpa, bytes, true);
+    const descU16 = ringU16(mem, this.descGpa, bytes, true);
+    const drvEvt = ringU16(mem, this.driverEventGpa, EVENT_SUPPRESS_BYTES, false);
+    const devEvt = ringU16(mem, this.deviceEventGpa, EVENT_SUPPRESS_BYTES, true);
+    this.desc = desc;
+    this.descU16 = descU16;
+    this.drvEvt = drvEvt;
+    this.devEvt = devEvt;
+  }
+
+  /** Switches to a new memory table; false and broken when the rings are no longer mapped. */
+  setMemory(mem: GuestMemory): boolean {
+    try {
+      this.mapRings(mem);
+    } catch (e) {
+      const err = e instanceof VirtqError ? e : new VirtqError('VQ_UNMAPPED', String(e), { cause: e });
+      this.ringsMapped = false;
+      this.markBroken(err.code, `rings not mapped in the new memory table: ${err.message}`);
+      return false;
+    }
+    this.mem = mem;
+    return true;
+  }
+
+  get memory(): GuestMemory {
+    return this.mem;
+  }
+  /** Next descriptor position the device will read (0..size-1). */
+  get lastAvailIdx(): number {
+    const L = this.availL;
+    return L < this.size ? L : L - this.size;
+  }
+  get availWrapCounter(): boolean {
+    return this.availL < this.size;
+  }
+  /** Used position as published (0..size-1). */
+  get usedIdx(): number {
+    const L = this.usedL;
+    return L < this.size ? L : L - this.size;
+  }
+  get usedWrapCounter(): boolean {
+    return this.usedL < this.size;
+  }
+  /** Published state, for GET_VRING_BASE (flushUsed() first). */
+  get base(): PackedBase {
+    return {
+      lastAvailIdx: this.lastAvailIdx,
+      availWrap: this.availWrapCounter,
+      usedIdx: this.usedIdx,
+      usedWrap: this.usedWrapCounter,
+    };
+  }
+  /** `base` in the vhost-user GET_VRING_BASE encoding. */
+  get vhostBase(): number {
+    return packedBaseToVhost(this.base);
+  }
+  get pendingUsed(): number {
+    return this.pending;
+  }
+  /** Chains popped and neither pushed nor given back. */
+  get inFlight(): number {
+    return this.outstanding;
+  }
+  get notificationsEnabled(): boolean {
+    return this.notifyOn;
+  }
+
+  private markBroken(code: VirtqErrorCode, message: string): void {
+    if (this.broken !== null) return;
+    this.broken = new VirtqError(code, `${this.label}: ${message}`);
+    log('%s broken: %s %s', this.label, code, message);
+  }
+
+  private fail(code: VirtqErrorCode, message: string): false {
+    this.errCode = code;
+    this.errMessage = message;
+    return false;
+  }
+
+  /** The descriptor at linear position L is available for the wrap counter that position implies. */
+  private availAt(L: number): boolean {
+    const S = this.size;
+    let pos = L;
+    let w = 1;
+    if (L >= S) {
+      pos = L - S;
+      w = 0;
+    }
+    const f = Atomics.load(this.descU16, (pos << 3) + 7);
+    return ((f >>> 7) & 1) === w && ((f >>> 15) & 1) !== w;
+  }
+
+  /** True when the next descriptor is available (a chain can be popped). False on a broken queue. */
+  hasAvailable(): boolean {
+    return this.broken === null && this.ringsMapped && this.availAt(this.availL);
+  }
+
+  /**
+   * Walks the next available descriptor list into `chain` (reset first). False when none is
+   * available or the queue is (or just became) broken; never throws for guest errors.
+   */
+  pop(chain: Chain): boolean {
+    if (this.broken !== null || !this.ringsMapped) return false;
+    const S = this.size;
+    const L = this.availL;
+    let pos = L;
+    let w = 1;
+    if (L >= S) {
+      pos = L - S;
+      w = 0;
+    }
+    // Acquire: the flags load orders the reads of this list's descriptors after it.
+    const f0 = Atomics.load(this.descU16, (pos << 3) + 7);
+    if (((f0 >>> 7) & 1) !== w || ((f0 >>> 15) & 1) === w) return false;
+    const n = this.walk(chain, pos, f0);
+    if (n === 0) {
+      this.markBroken(this.errCode!, `descriptor ${pos} (wrap ${w}): ${this.errMessage}`);
+      return false;
+    }
+    // Capacity: everything from the published used position to the end of this list is in flight.
+    const twoS = this.twoSize;
+    const U = this.usedL;
+    const inFlight = L >= U ? L - U : L + twoS - U;
+    if (inFlight + n > S) {
+      this.markBroken(
+        'VQ_AVAIL_JUMP',
+        `descriptor ${pos}: ${n} more descriptors available with ${inFlight} in flight exceed the ring (${S})`,
+      );
+      return false;
+    }
+    const id = chain.head;
+    if (id >= this.idCount.length) this.growIdTables();
+    if (this.idCount[id] !== 0) {
+      this.markBroken('VQ_BAD_ID', `descriptor ${pos}: buffer id ${id} is already in flight`);
+      return false;
+    }
+    const slot = this.histTop;
+    this.histId[slot] = id;
+    this.histCount[slot] = n;
+    this.histTop = slot + 1 === S ? 0 : slot + 1;
+    if (this.histLen < S) this.histLen++;
+    this.idCount[id] = n;
+    this.idSlot[id] = slot;
+    let next = L + n;
+    if (next >= twoS) next -= twoS;
+    this.availL = next;
+    this.ahead = this.ahead > n ? this.ahead - n : 0;
+    this.outstanding++;
+    this.stats.popped++;
+    return true;
+  }
+
+  private growIdTables(): void {
+    const c = new Uint16Array(65536);
+    const s = new Uint16Array(65536);
+    c.set(this.idCount);
+    s.set(this.idSlot);
+    this.idCount = c;
+    this.idSlot = s;
+  }
+
+  /**
+   * Resolves the list starting at ring position `pos` (first flags `f0`, already acquired) into
+   * `chain`; returns the ring descriptors it took, 0 on error (errCode / errMessage set).
+   */
+  private walk(chain: Chain, pos: number, f0: number): number {
+    chain.reset();
+    chain.mem = this.mem;
+    const S = this.size;
+    const d = this.desc;
+    const mem = this.mem;
+    const span = this.span;
+    let flags = f0;
+    let sawWrite = false;
+    let n = 0;
+    for (;;) {
+      if (n === S) {
+        this.fail('VQ_LOOP', `descriptor list longer than the ring (${S}): NEXT never ends`);
+        return 0;
+      }
+      const wi = pos << 2;
+      const lo = d[wi]!;
+      const hi = d[wi + 1]!;
+      const len = d[wi + 2]!;
+      const idf = d[wi + 3]!;
+      if (n !== 0) flags = idf >>> 16;
+      n++;
+      chain.head = idf & 0xffff;
+      const addr = hi >= HI_LIMIT ? -1 : hi * TWO_32 + lo;
+      if ((flags & F_INDIRECT) !== 0) {
+        if (!this.indirect) {
+          this.fail('VQ_INDIRECT_NOT_NEGOTIATED', `position ${pos}: INDIRECT without VIRTIO_F_INDIRECT_DESC`);
+          return 0;
+        }
+        if (n !== 1 || (flags & F_NEXT) !== 0) {
+          this.fail('VQ_BAD_INDIRECT', `position ${pos}: INDIRECT in a NEXT-linked list (virtio v1.2 2.8.19)`);
+          return 0;
+        }
+        if (!this.walkIndirect(chain, addr, len, pos)) return 0;
+        chain.descCount = 1;
+        return 1;
+      }
+      const write = (flags & F_WRITE) !== 0;
+      if (write) sawWrite = true;
+      else if (sawWrite) {
+        this.fail('VQ_WRITE_BEFORE_READ', `position ${pos}: readable descriptor after a writable one`);
+        return 0;
+      }
+      const err = appendBuf(chain, mem, addr, len, write, span);
+      if (err !== null) {
+        this.fail(err, bufferMessage(err, `position ${pos}`, lo, hi, len, write));
+        return 0;
+      }
+      if ((flags & F_NEXT) === 0) {
+        chain.descCount = n;
+        return n;
+      }
+      pos = pos + 1 === S ? 0 : pos + 1;
+    }
+  }
+
+  private walkIndirect(chain: Chain, tableAddr: number, tableLen: number, at: number): boolean {
+    if (tableLen === 0 || tableLen % DESC_SZ !== 0 || tableLen / DESC_SZ > MAX_IND) {
+      return this.fail('VQ_BAD_INDIRECT', `position ${at}: indirect table length ${tableLen} is invalid`);
+    }
+    if (tableAddr < 0) return this.fail('VQ_UNMAPPED', `position ${at}: indirect table address >= 2^53`);
+    const n = tableLen / DESC_SZ;
+    const mem = this.mem;
+    const ts = this.tableSpan;
+    if (!mem.translate(tableAddr, tableLen, false, ts)) {
+      return this.fail('VQ_UNMAPPED', `position ${at}: indirect table ${hexAddr(tableAddr)} +${tableLen} unmapped`);
+    }
+    let b = ts.bytes;
+    let base = ts.offset;
+    if (ts.byteLen < tableLen) {
+      // The table crosses a region boundary (rare): gather it into scratch once.
+      if (this.scratch.length < tableLen) this.scratch = new Uint8Array(Math.max(tableLen, 256));
+      const sc = this.scratch;
+      let done = 0;
+      while (done < tableLen) {
+        if (!mem.translate(tableAddr + done, tableLen - done, false, ts) || ts.byteLen <= 0) {
+          return this.fail('VQ_UNMAPPED', `position ${at}: indirect table ${hexAddr(tableAddr)} +${tableLen} unmapped`);
+        }
+        sc.set(ts.bytes.subarray(ts.offset, ts.offset + ts.byteLen), done);
+        done += ts.byteLen;
+      }
+      b = sc;
+      base = 0;
+    }
+    chain.indirect = true;
+    const span = this.span;
+    let sawWrite = false;
+    // 2.8.7: entries follow one another; NEXT and id are reserved in a table and ignored.
+    for (let i = 0; i < n; i++) {
+      const o = base + i * DESC_SZ;
+      const lo = le32(b, o);
+      const hi = le32(b, o + 4);
+      const len = le32(b, o + 8);
+      const flags = b[o + 14]! | (b[o + 15]! << 8);
+      if ((flags & F_INDIRECT) !== 0) {
+        return this.fail('VQ_NESTED_INDIRECT', `indirect table at ${hexAddr(tableAddr)}: entry ${i} is INDIRECT`);
+      }
+      const write = (flags & F_WRITE) !== 0;
+      if (write) sawWrite = true;
+      else if (sawWrite) {
+        return this.fail('VQ_WRITE_BEFORE_READ', `indirect table at ${hexAddr(tableAddr)}: entry ${i} readable after writable`);
+      }
+      const addr = hi >= HI_LIMIT ? -1 : hi * TWO_32 + lo;
+      const err = appendBuf(chain, mem, addr, len, write, span);
+      if (err !== null) {
+        return this.fail(err, bufferMessage(err, `indirect table at ${hexAddr(tableAddr)} entry ${i}`, lo, hi, len, write));
+      }
+    }
+    return true;
+  }
+
+  /**
+   * Gives back the last n popped chains (they will be popped again, e.g. mergeable RX short of
+   * buffers): rewinds the avail position AND its wrap counter by their descriptor counts. Throws
+   * RangeError when one of them was pushed already or fewer were popped (device bugs).
+   */
+  unpop(n = 1): void {
+    if (!(Number.isInteger(n) && n >= 0)) throw new RangeError(`unpop(${n})`);
+    if (n > this.histLen) throw new RangeError(`unpop(${n}): only ${this.outstanding} chains are outstanding`);
+    const S = this.size;
+    let h = this.histTop;
+    let total = 0;
+    for (let k = 0; k < n; k++) {
+      h = h === 0 ? S - 1 : h - 1;
+      const c = this.histCount[h]!;
+      if (c === 0) throw new RangeError(`unpop(${n}): chain ${k + 1} from the top (id ${this.histId[h]}) was already pushed`);
+      total += c;
+    }
+    h = this.histTop;
+    for (let k = 0; k < n; k++) {
+      h = h === 0 ? S - 1 : h - 1;
+      this.idCount[this.histId[h]!] = 0;
+      this.histCount[h] = 0;
+    }
+    this.histTop = h;
+    this.histLen -= n;
+    let L = this.availL - total;
+    if (L < 0) L += this.twoSize;
+    this.availL = L;
+    this.ahead += total;
+    this.outstanding -= n;
+    this.stats.popped -= n;
+  }
+
+  /**
+   * Records a completed chain: a used element {id, len} at the next used position, which then moves
+   * by the descriptors that id took. Not visible to the driver until flushUsed(). Allowed on a broken
+   * queue (chains completed before the error still reach the driver); ignored once the rings are
+   * unmapped. Throws RangeError for an id that is not in flight (a device bug).
+   */
+  pushUsed(head: number, byteLen: number): void {
+    if (!this.ringsMapped) return;
+    const tbl = this.idCount;
+    const cnt = head >= 0 && head < tbl.length ? tbl[head]! : 0;
+    if (cnt === 0 || !Number.isInteger(head)) throw new RangeError(`pushUsed: buffer id ${head} is not in flight`);
+    tbl[head] = 0;
+    this.histCount[this.idSlot[head]!] = 0;
+    const S = this.size;
+    const L = this.shadowUsedL;
+    let pos = L;
+    let flags = F_AVAIL_USED;
+    if (L >= S) {
+      pos = L - S;
+      flags = 0;
+    }
+    const len = byteLen >= 0xffffffff ? 0xffffffff : byteLen >>> 0;
+    if (len !== 0) flags |= F_WRITE;
+    this.desc[(pos << 2) + 2] = len;
+    const fi = (pos << 3) + 7;
+    this.descU16[fi - 1] = head;
+    if (this.pending === 0) {
+      // Published last, by flushUsed (release): it exposes the whole batch.
+      this.firstFlagsAt = fi;
+      this.firstFlags = flags;
+    } else this.descU16[fi] = flags;
+    this.pendPos[this.pending++] = pos;
+    let next = L + cnt;
+    if (next >= this.twoSize) next -= this.twoSize;
+    this.shadowUsedL = next;
+    this.outstanding--;
+    this.stats.pushed++;
+  }
+
+  /**
+   * Publishes everything pushed since the last flush (the first element's flags, release) and says
+   * whether the driver must be notified (driver event suppression, 2.8.10). Each true must be acted
+   * on (the next flush only considers its own range).
+   */
+  flushUsed(): boolean {
+    const n = this.pending;
+    if (n === 0 || !this.ringsMapped) return false;
+    Atomics.store(this.descU16, this.firstFlagsAt, this.firstFlags);
+    const old = this.usedL;
+    const next = this.shadowUsedL;
+    this.usedL = next;
+    this.pending = 0;
+    this.stats.flushes++;
+    const hook = this.mem.onWrite;
+    if (hook !== undefined) {
+      for (let i = 0; i < n; i++) hook.call(this.mem, this.descGpa + this.pendPos[i]! * DESC_SZ + 8, 8);
+    }
+    // Store-load: the driver area is read after the flags store is visible (Atomics are seq-cst).
+    const ev = Atomics.load(this.drvEvt, 1) & 3;
+    let notify: boolean;
+    if (ev === EV_DESC && this.eventIdx) {
+      const ow = Atomics.load(this.drvEvt, 0);
+      const twoS = this.twoSize;
+      let e = (ow & 0x7fff) + ((ow & 0x8000) !== 0 ? 0 : this.size);
+      if (e >= twoS) e %= twoS; // off >= size: a driver bug; any answer is as good
+      const span = next > old ? next - old : next + twoS - old;
+      const dist = e >= old ? e - old : e + twoS - old;
+      notify = dist < span;
+    } else notify = ev !== EV_DISABLE;
+    if (notify) this.stats.notifies++;
+    else this.stats.suppressed++;
+    return notify;
+  }
+
+  /** Asks the driver not to send available-buffer notifications: device area flags := DISABLE. */
+  disableNotification(): void {
+    if (this.broken !== null || !this.ringsMapped) return;
+    this.notifyOn = false;
+    if (this.devFlags !== EV_DISABLE) {
+      this.devFlags = EV_DISABLE;
+      Atomics.store(this.devEvt, 1, EV_DISABLE);
+      this.logWrite(this.deviceEventGpa + 2, 2);
+    }
+  }
+
+  /**
+   * Asks the driver to notify again, then re-checks the first descriptor not yet seen: true when it
+   * is available (it may have been made available before the driver could see our request, and no
+   * notification will come for it, so the caller must process it).
+   *
+   * With EVENT_IDX: off_wrap := that first unseen position with its wrap counter (it equals the
+   * avail position when the ring was drained; after unpop it is further on, so given-back lists are
+   * not reported again), stored before flags := DESC.
+   */
+  enableNotification(): boolean {
+    if (this.broken !== null || !this.ringsMapped) return false;
+    this.notifyOn = true;
+    let seen = this.availL + this.ahead;
+    if (seen >= this.twoSize) seen -= this.twoSize;
+    if (this.eventIdx) {
+      const S = this.size;
+      const ow = seen < S ? seen | 0x8000 : seen - S;
+      if (this.devOffWrap !== ow) {
+        this.devOffWrap = ow;
+        Atomics.store(this.devEvt, 0, ow);
+        this.logWrite(this.deviceEventGpa, 2);
+      }
+      if (this.devFlags !== EV_DESC) {
+        this.devFlags = EV_DESC;
+        Atomics.store(this.devEvt, 1, EV_DESC);
+        this.logWrite(this.deviceEventGpa + 2, 2);
+      }
+    } else if (this.devFlags !== EV_ENABLE) {
+      this.devFlags = EV_ENABLE;
+      Atomics.store(this.devEvt, 1, EV_ENABLE);
+      this.logWrite(this.deviceEventGpa + 2, 2);
+    }
+    // Store-load fence: the seq-cst store above (or an earlier one) is visible before this load.
+    return this.availAt(seen);
+  }
+
+  private logWrite(gpa: number, byteLen: number): void {
+    const hook = this.mem.onWrite;
+    if (hook !== undefined) hook.call(this.mem, gpa, byteLen);
+  }
+
+  /** The device loop; same contract as SplitQueue.drain (see there). */
+  drain(fn: ChainHandler, budget: number, chain: Chain = this.scratchChain): DrainResult {
+    let processed = 0;
+    let notify = false;
+    if (this.broken !== null) return { processed, notify, more: false, stopped: false };
+    for (;;) {
+      this.disableNotification();
+      let stopped = false;
+      while (processed < budget) {
+        if (!this.pop(chain)) break;
+        const r = fn(chain);
+        if (r === false) {
+          this.unpop(1);
+          stopped = true;
+          break;
+        }
+        this.pushUsed(chain.head, r);
+        processed++;
+      }
+      if (this.flushUsed()) notify = true;
+      if (this.broken !== null) return { processed, notify, more: false, stopped };
+      if (stopped) {
+        this.enableNotification();
+        return { processed, notify, more: false, stopped: true };
+      }
+      if (processed >= budget && this.hasAvailable()) return { processed, notify, more: true, stopped: false };
+      if (!this.enableNotification()) return { processed, notify, more: false, stopped: false };
+      if (processed >= budget) {
+        this.disableNotification();
+        return { processed, notify, more: true, stopped: false };
+      }
+    }
+  }
+}
+
+function le32(b: Uint8Array, o: number): number {
+  return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
+}
+
+function bufferMessage(code: VirtqErrorCode, where: string, lo: number, hi: number, len: number, write: boolean): string {
+  const addr = '0x' + ((BigInt(hi) << 32n) | BigInt(lo)).toString(16);
+  if (code === 'VQ_CHAIN_TOO_LONG') return `${where}: list longer than 2^32 bytes`;
+  return `${where}: buffer ${addr} +${len} is not mapped${write ? ' writable' : ''}`;
+}

@@ -1,0 +1,82 @@
+/**
+ * The device-facing virtqueue contract shared by the split (virtio v1.2 2.7) and packed (2.8) engines,
+ * so devices and the session drive either through one type. Everything here is ring-format neutral:
+ * `Chain.head` is what goes back in `pushUsed` (split: head descriptor index; packed: buffer id), and
+ * `lastAvailIdx` / `usedIdx` are the format's own positions (split: free-running 16-bit indices;
+ * packed: ring positions 0..size-1, with wrap counters on `PackedQueue`).
+ */
+import type { Chain } from './chain.ts';
+import type { VirtqError } from './errors.ts';
+import type { GuestMemory } from './memory.ts';
+
+export interface VirtqueueStats {
+  /** Chains popped (unpops subtract). */
+  popped: number;
+  /** Used elements pushed. */
+  pushed: number;
+  /** Used publications (split: used.idx stores; packed: batch flag releases). */
+  flushes: number;
+  /** Flushes after which the driver had to be notified. */
+  notifies: number;
+  /** Flushes whose notification the driver suppressed. */
+  suppressed: number;
+}
+
+export interface DrainResult {
+  /** Chains completed (pushed as used). */
+  processed: number;
+  /** The driver must be notified (call eventfd): some flush crossed the driver's event / flags allowed it. */
+  notify: boolean;
+  /**
+   * Work remains: the budget ran out with chains still available. Notifications are left disabled;
+   * call drain() again later (e.g. setImmediate).
+   */
+  more: boolean;
+  /** `fn` returned false: that chain was given back (unpop) and notifications were re-enabled. */
+  stopped: boolean;
+}
+
+/** What drain() hands each chain to: bytes written into it (used len), or false to stop. */
+export type ChainHandler = (chain: Chain) => number | false;
+
+/**
+ * One virtqueue, device side. Guest errors never throw: they set `broken` (sticky) and `pop` returns
+ * false from then on. RangeError is thrown only for device (host code) bugs: pushing an id that is not
+ * in flight, unpopping more than is outstanding.
+ */
+export interface Virtqueue {
+  readonly size: number;
+  readonly label: string;
+  /** VIRTIO_F_RING_EVENT_IDX negotiated. */
+  readonly eventIdx: boolean;
+  /** VIRTIO_F_INDIRECT_DESC negotiated. */
+  readonly indirect: boolean;
+  /** Sticky guest error; null while the queue is healthy. */
+  readonly broken: VirtqError | null;
+  readonly stats: VirtqueueStats;
+  readonly memory: GuestMemory;
+  /** Next available position the device will read (for GET_VRING_BASE; packed adds the wrap counter). */
+  readonly lastAvailIdx: number;
+  /** Used position as published to the driver (pending pushes not included). */
+  readonly usedIdx: number;
+  /** Used elements pushed but not yet published. */
+  readonly pendingUsed: number;
+  readonly notificationsEnabled: boolean;
+
+  /** Re-maps the rings in a new memory table; false (and broken) when they are no longer mapped. */
+  setMemory(mem: GuestMemory): boolean;
+  /** Resolves the next available chain into `chain`; false when none is available or the queue is broken. */
+  pop(chain: Chain): boolean;
+  /** Gives back the last n popped (and not pushed) chains; they will be popped again. */
+  unpop(n?: number): void;
+  /** Records a completed chain (id `head`, `byteLen` bytes written); visible after flushUsed(). */
+  pushUsed(head: number, byteLen: number): void;
+  /** Publishes pushed elements; true when the driver must be notified. */
+  flushUsed(): boolean;
+  /** Asks the driver not to send available-buffer notifications. */
+  disableNotification(): void;
+  /** Asks for notifications again; true when buffers arrived that must be processed now (the race). */
+  enableNotification(): boolean;
+  /** The device loop: pop, hand to `fn`, push, flush, re-enable with the race re-check. */
+  drain(fn: ChainHandler, budget: number, chain?: Chain): DrainResult;
+}
