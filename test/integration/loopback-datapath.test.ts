@@ -132,7 +132,7 @@ async function setup(t: ExecutionContext, features: bigint, opts: { txKickNoFd?:
   const session = ep.session!;
   t.truthy(session.rings[0]!.queue, 'RX ring ready');
   t.truthy(session.rings[1]!.queue, 'TX ring ready');
-  return { dev, port, rx: rings[0]!, tx: rings[1]!, session, fe, sf, ep };
+  return { dev, port, rx: rings[0]!, tx: rings[1]!, session, fe, sf, ep, mem };
 }
 
 /** A frame with no offload work. */
@@ -374,4 +374,42 @@ test('offloads, TCPV6 and ECN: passed whole only to a guest with GUEST_TSO6 (+GU
   const v4 = ipv4Tcp(2000);
   t.is(dev.deliver(v4, hdr), 'ok');
   t.is(rx.drv.readUsed().length, 2, 'TCPV4 without GUEST_TSO4: segmented');
+});
+
+test('one ring reset while the other runs (VIRTIO_F_RING_RESET): stop, resize, move and restart the TX ring', async (t) => {
+  const features = FEATURES | bit(VirtioF.RING_RESET);
+  const { dev, port, rx, tx, fe, session, mem } = await setup(t, features);
+  tx.drv.addChain([
+    { byteLen: 12, write: false, data: new Uint8Array(12) },
+    { byteLen: 60, write: false, data: frameOf(60, 1) },
+  ]);
+  native.eventfdWrite(tx.kick, 1n);
+  await until('first frame', () => port.sent.length === 1);
+  const base = await fe.request(R.GET_VRING_BASE, { index: 1, num: 0 });
+  t.deepEqual(base!.payload, { index: 1, num: 1 }, 'stopped after one chain');
+  t.is(session.rings[1]!.queue, null);
+  // Reconfigure: a new, smaller ring somewhere else, starting from index 0.
+  const drv = new MockDriver(mem, { size: 16, base: 0x80000, heapAddr: 0x300000, heapByteLen: 0x10000, eventIdx: true });
+  const opt = { needReply: true };
+  const ack = (m: VhostMessage | null) => (m!.payload as { value: bigint }).value;
+  t.is(ack(await fe.request(R.SET_VRING_NUM, { index: 1, num: 16 }, opt)), 0n);
+  t.is(ack(await fe.request(R.SET_VRING_BASE, { index: 1, num: 0 }, opt)), 0n);
+  const addr = (a: number) => BigInt(UVA_BASE + a);
+  await fe.request(R.SET_VRING_ADDR, { index: 1, flags: 0, descUserAddr: addr(drv.descAddr), usedUserAddr: addr(drv.usedAddr), availUserAddr: addr(drv.availAddr), logGuestAddr: 0n }, opt);
+  // Meanwhile the RX ring still delivers.
+  rx.drv.addChain([{ byteLen: 2048, write: true }]);
+  t.is(dev.deliver(frameOf(70, 2), PLAIN), 'ok');
+  const kick = native.eventfd(0);
+  t.teardown(() => native.close(kick));
+  t.is(ack(await fe.request(R.SET_VRING_KICK, { index: 1, noFd: false }, { ...opt, fds: [kick] })), 0n);
+  t.truthy(session.rings[1]!.queue, 'TX ring running again');
+  const f = frameOf(90, 3);
+  drv.addChain([
+    { byteLen: 12, write: false, data: new Uint8Array(12) },
+    { byteLen: 90, write: false, data: f },
+  ]);
+  native.eventfdWrite(kick, 1n);
+  await until('frame from the reset ring', () => port.sent.length === 2);
+  t.deepEqual(port.sent[1], f);
+  t.is(drv.readUsed().length, 1);
 });

@@ -61,7 +61,10 @@ export const NET_FEATURES =
   // here completes chains strictly in pop order (a chain that cannot be completed now is unpopped),
   // and one used element per chain is always allowed, so IN_ORDER needs no other change.
   bit(VirtioF.IN_ORDER) |
-  bit(VirtioF.RING_PACKED);
+  bit(VirtioF.RING_PACKED) |
+  // A ring reset arrives as GET_VRING_BASE + reconfiguration + SET_VRING_KICK of that ring only,
+  // which the session's per-ring states already handle (spec-notes/decisions.md D18).
+  bit(VirtioF.RING_RESET);
 
 export interface NetStats {
   rxFrames: number;
