@@ -32,6 +32,12 @@ class PairPort implements Port {
     } else if (res === 'dropped') this.stats.txDropped++;
     return res;
   }
+  beginBurst(): void {
+    this.peer.device?.beginBurst?.();
+  }
+  endBurst(): void {
+    this.peer.device?.endBurst?.();
+  }
   onSpace(cb: () => void): void {
     const target = this.peer.device;
     if (target) target.onSpace(cb);

@@ -15,6 +15,13 @@ export interface FrameSink {
   deliver(frame: Uint8Array, hdr: NetHdr): Delivery;
   /** Register a one-shot callback for when a sink that answered 'busy' has room again. */
   onSpace(cb: () => void): void;
+  /**
+   * Optional burst brackets: between them a sink may defer publishing (a guest's used ring index,
+   * its interrupt) to endBurst, once per burst instead of once per frame (DPDK publishes per burst).
+   * Senders bracket at most a few dozen frames so the receiver sees them promptly.
+   */
+  beginBurst?(): void;
+  endBurst?(): void;
 }
 
 export interface PortStats {

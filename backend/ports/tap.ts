@@ -111,6 +111,15 @@ export class TapPort implements Port {
   private pump(): void {
     const dev = this.device;
     if (!dev || this.closed) return;
+    dev.beginBurst?.();
+    try {
+      this.pumpBurst(dev);
+    } finally {
+      dev.endBurst?.();
+    }
+  }
+
+  private pumpBurst(dev: FrameSink): void {
     for (let i = 0; i < READ_BUDGET; i++) {
       if (this.pendingLen === 0) {
         let n: number | null;

@@ -21,7 +21,8 @@
  * time). Each run: warm-up, then a fixed window whose RX counters are read before and after
  * (`show port stats all`, cumulative counters). Also recorded per run: core-to-core latency before/after
  * (c2c.c; > 200 ns means the host placed the vCPUs "far"), CPU time used by processes that are not part of the
- * benchmark during the window ("foreign", flag > 10% of a core), steal time, the backend's RSS at the end, and
+ * benchmark during the window ("foreign"; above 10% of a core the run is repeated, at most twice, and left out
+ * of the medians), steal time, the backend's RSS at the end, and
  * for ours GC count / GC time / event-loop utilisation over the window (gc-count.mjs preload, SIGUSR2 marks).
  *
  * Ring sizes: both 256 (DPDK virtio-user's default) and 1024 by default. vhost-user-ts completes TX chains
@@ -29,8 +30,9 @@
  * frontend gets no TX descriptor back while a pass runs; its io engine drops what it cannot send and the loop
  * empties (0 Mpps). 1024 entries leave room and show the engine's throughput. See spec-notes/performance.md.
  *
- * Packed rings: vhost-user-ts does not offer VIRTIO_F_RING_PACKED yet (virtio-user would silently fall back to a
- * split ring), so `--packed` measures DPDK only and lists ours as "unsupported".
+ * Packed rings (`--packed` or `--rings packed`): measured for ours only if NetDevice offers VIRTIO_F_RING_PACKED
+ * (checked from NET_FEATURES); otherwise virtio-user would silently fall back to a split ring, so ours is listed as
+ * "unsupported" and only DPDK is measured.
  */
 import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -41,6 +43,11 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { quitAll, startTestpmd, killAllTestpmds, type Testpmd } from '../helpers/testpmd.ts';
 import { summarizeProfile, formatSummary } from './prof-summary.ts';
+import { NET_FEATURES } from '../../backend/devices/net/net-device.ts';
+import { VirtioF, has } from '../../protocol/index.ts';
+
+/** Whether vhost-user-ts offers packed rings (otherwise virtio-user would silently fall back to split). */
+const OURS_PACKED = has(NET_FEATURES, VirtioF.RING_PACKED);
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = join(ROOT, 'bin/vhost-user-ts.js');
@@ -50,6 +57,9 @@ const TESTPMD = '/usr/bin/dpdk-testpmd';
 const BACKEND_CPU = 1;
 const FRONTEND_CPU = 0;
 const BURST = 32;
+/** % of one core used by other processes during a window above which the run is excluded and retried. */
+const FOREIGN_LIMIT = 10;
+const MAX_RETRIES = 2;
 
 type Impl = 'dpdk' | 'ours';
 type Ring = 'split' | 'packed';
@@ -59,7 +69,7 @@ interface Opts {
   window: number;
   warmup: number;
   sizes: number[];
-  packed: boolean;
+  rings: Ring[];
   only: Impl | null;
   inflight: number;
   queueSizes: number[];
@@ -114,6 +124,8 @@ interface RunResult {
   gcWholeRun?: number;
   frontendTxDropped?: number;
   flags?: string[];
+  /** Left out of the summary: another process used > 10% of a core during the window (the run was retried). */
+  excluded?: boolean;
 }
 
 // ---- options -----------------------------------------------------------------------------------
@@ -127,6 +139,7 @@ function parseOpts(argv: string[]): Opts {
       warmup: { type: 'string' },
       sizes: { type: 'string', default: '64,1518' },
       packed: { type: 'boolean', default: false },
+      rings: { type: 'string' },
       only: { type: 'string' },
       quick: { type: 'boolean', default: false },
       inflight: { type: 'string', default: '1' },
@@ -139,7 +152,7 @@ function parseOpts(argv: string[]): Opts {
   });
   if (values.help) {
     process.stdout.write(
-      'npm run bench -- [--runs N=5] [--window S=5] [--warmup S=1] [--sizes 64,1518] [--packed] [--only dpdk|ours]\n' +
+      'npm run bench -- [--runs N=5] [--window S=5] [--warmup S=1] [--sizes 64,1518] [--packed | --rings split,packed] [--only dpdk|ours]\n' +
         '                 [--quick (1 run, 2 s)] [--inflight BURSTS=1] [--queue-sizes 256,1024] [--cpu-prof DIR] [--json FILE]\n',
     );
     process.exit(0);
@@ -150,6 +163,8 @@ function parseOpts(argv: string[]): Opts {
     return n;
   };
   const quick = values.quick ?? false;
+  const rings = (values.rings ?? (values.packed ? 'split,packed' : 'split')).split(',').map((r) => r.trim()) as Ring[];
+  for (const r of rings) if (r !== 'split' && r !== 'packed') throw new Error(`--rings split,packed: bad ring '${r}'`);
   const only = values.only ?? null;
   if (only !== null && only !== 'dpdk' && only !== 'ours') throw new Error(`--only dpdk|ours, got '${only}'`);
   const sizes = (values.sizes ?? '64,1518').split(',').map((s) => Number(s.trim()));
@@ -161,7 +176,7 @@ function parseOpts(argv: string[]): Opts {
     window: num(values.window, quick ? 2 : 5, 'window', 0.5),
     warmup: num(values.warmup, quick ? 0.5 : 1, 'warmup', 0),
     sizes,
-    packed: values.packed ?? false,
+    rings,
     only,
     inflight: Math.floor(num(values.inflight, 1, 'inflight', 1)),
     queueSizes,
@@ -337,7 +352,7 @@ async function readRx(fe: Testpmd): Promise<{ t: number; rx: [number, number] }>
 
 async function runOnce(impl: Impl, cfg: Config, run: number, o: Opts, baseDir: string): Promise<RunResult> {
   const res: RunResult = { impl, ring: cfg.ring, size: cfg.size, queueSize: cfg.queueSize, run, status: 'ok', flags: [] };
-  if (impl === 'ours' && cfg.ring === 'packed') {
+  if (impl === 'ours' && cfg.ring === 'packed' && !OURS_PACKED) {
     res.status = 'unsupported';
     return res;
   }
@@ -453,7 +468,7 @@ async function runOnce(impl: Impl, cfg: Config, run: number, o: Opts, baseDir: s
     }
     res.c2cAfter = c2c();
     if ((res.c2cBefore ?? 0) > 200 || (res.c2cAfter ?? 0) > 200) res.flags!.push('c2c>200ns (far placement)');
-    if (res.foreignPct > 10) res.flags!.push(`foreign load ${res.foreignPct.toFixed(0)}%`);
+    if (res.foreignPct > FOREIGN_LIMIT) res.flags!.push(`foreign load ${res.foreignPct.toFixed(0)}%`);
     if (res.stealPct > 5) res.flags!.push(`steal ${res.stealPct.toFixed(0)}%`);
   } catch (e) {
     res.status = 'error';
@@ -514,15 +529,15 @@ interface Summary {
 function summarize(results: RunResult[], configs: Config[]): Summary[] {
   return configs.map((c) => {
     const of = (impl: Impl) =>
-      results.filter((r) => r.ring === c.ring && r.size === c.size && r.queueSize === c.queueSize && r.impl === impl && r.status === 'ok').map((r) => r.mpps!);
+      results.filter((r) => r.ring === c.ring && r.size === c.size && r.queueSize === c.queueSize && r.impl === impl && r.status === 'ok' && !r.excluded).map((r) => r.mpps!);
     const d = of('dpdk');
     const u = of('ours');
     const dm = median(d);
     const um = median(u);
     // Ratio of the runs that ran next to each other (run k of DPDK and run k of ours).
     const paired: number[] = [];
-    for (const r of results.filter((x) => x.ring === c.ring && x.size === c.size && x.queueSize === c.queueSize && x.impl === 'ours' && x.status === 'ok')) {
-      const p = results.find((x) => x.ring === c.ring && x.size === c.size && x.queueSize === c.queueSize && x.impl === 'dpdk' && x.run === r.run && x.status === 'ok');
+    for (const r of results.filter((x) => x.ring === c.ring && x.size === c.size && x.queueSize === c.queueSize && x.impl === 'ours' && x.status === 'ok' && !x.excluded)) {
+      const p = results.find((x) => x.ring === c.ring && x.size === c.size && x.queueSize === c.queueSize && x.impl === 'dpdk' && x.run === r.run && x.status === 'ok' && !x.excluded);
       if (p?.mpps) paired.push(r.mpps! / p.mpps);
     }
     return { ring: c.ring, size: c.size, queueSize: c.queueSize, dpdk: d, ours: u, dpdkMedian: dm, oursMedian: um, ratio: um / dm, pairedRatioMedian: median(paired) };
@@ -533,14 +548,15 @@ function printSummary(results: RunResult[], configs: Config[]): Summary[] {
   const sums = summarize(results, configs);
   const out: string[] = [];
   out.push('');
-  out.push('Summary: frontend RX Mpps per port (median [min..max] of runs); ratio = vhost-user-ts / DPDK');
+  const nEx = results.filter((r) => r.excluded).length;
+  out.push(`Summary: frontend RX Mpps per port (median [min..max] of runs); ratio = vhost-user-ts / DPDK${nEx ? ` (${nEx} disturbed run(s) excluded)` : ''}`);
   out.push('ring   qsize size | DPDK median [min..max]      | vhost-user-ts median [min..max] | ratio of medians | median paired ratio');
   for (const s of sums) {
     const rng = (xs: number[]) => (xs.length ? `[${f2(Math.min(...xs))}..${f2(Math.max(...xs))}]` : '');
-    const oursTxt = s.ring === 'packed' ? 'unsupported' : `${f2(s.oursMedian)} ${rng(s.ours)}`;
+    const oursTxt = s.ring === 'packed' && !OURS_PACKED ? 'unsupported' : `${f2(s.oursMedian)} ${rng(s.ours)}`;
     out.push(
       `${s.ring.padEnd(7)}${String(s.queueSize).padStart(5)} ${String(s.size).padStart(4)} | ${`${f2(s.dpdkMedian)} ${rng(s.dpdk)}`.padEnd(27)} | ` +
-        `${oursTxt.padEnd(31)} | ${(s.ring === 'packed' ? '-' : f2(s.ratio)).padEnd(16)} | ${s.ring === 'packed' ? '-' : f2(s.pairedRatioMedian)}`,
+        `${oursTxt.padEnd(31)} | ${(s.ring === 'packed' && !OURS_PACKED ? '-' : f2(s.ratio)).padEnd(16)} | ${s.ring === 'packed' && !OURS_PACKED ? '-' : f2(s.pairedRatioMedian)}`,
     );
   }
   // Resource use, medians over the ok runs.
@@ -552,7 +568,7 @@ function printSummary(results: RunResult[], configs: Config[]): Summary[] {
   for (const c of configs) {
     for (const impl of ['dpdk', 'ours'] as const) {
       const rs = results.filter(
-        (r) => r.impl === impl && r.status === 'ok' && r.ring === c.ring && r.size === c.size && r.queueSize === c.queueSize,
+        (r) => r.impl === impl && r.status === 'ok' && !r.excluded && r.ring === c.ring && r.size === c.size && r.queueSize === c.queueSize,
       );
       if (!rs.length) continue;
       const m = (f: (r: RunResult) => number) => median(rs.map(f));
@@ -604,9 +620,8 @@ async function main(): Promise<void> {
   if (o.cpuProf) mkdirSync(o.cpuProf, { recursive: true });
   const profBefore = new Set(o.cpuProf ? readdirSync(o.cpuProf) : []);
 
-  const rings: Ring[] = o.packed ? ['split', 'packed'] : ['split'];
   const configs: Config[] = [];
-  for (const ring of rings) for (const queueSize of o.queueSizes) for (const size of o.sizes) configs.push({ ring, size, queueSize });
+  for (const ring of o.rings) for (const queueSize of o.queueSizes) for (const size of o.sizes) configs.push({ ring, size, queueSize });
   const impls: Impl[] = o.only ? [o.only] : ['dpdk', 'ours'];
   process.stdout.write(
     `vhost-user-ts benchmark: ${configs.length} config(s) x ${o.runs} run(s) x [${impls.join(', ')}], ` +
@@ -624,9 +639,16 @@ async function main(): Promise<void> {
     process.stdout.write(`\n== ${cfg.ring} ring of ${cfg.queueSize}, ${cfg.size}-byte frames ==\n`);
     for (let run = 1; run <= o.runs; run++) {
       for (const impl of impls) {
-        const r = await runOnce(impl, cfg, run, o, baseDir);
-        results.push(r);
-        process.stdout.write(runLine(r) + '\n');
+        // A run disturbed by another process (> 10% of a core used outside the benchmark) is repeated, up
+        // to twice; disturbed runs stay in the JSON but not in the medians.
+        for (let attempt = 0; ; attempt++) {
+          const r = await runOnce(impl, cfg, run, o, baseDir);
+          results.push(r);
+          const disturbed = r.status === 'ok' && (r.foreignPct ?? 0) > FOREIGN_LIMIT;
+          if (disturbed) r.excluded = true;
+          process.stdout.write(runLine(r) + (disturbed ? ` (excluded${attempt < MAX_RETRIES ? ', retrying' : ''})` : '') + '\n');
+          if (!disturbed || attempt >= MAX_RETRIES) break;
+        }
       }
     }
   }

@@ -31,6 +31,12 @@ import { completeChecksum, segmentTcp } from './offload.ts';
 const log = createDebug('vhost:net');
 /** Chains handled per kick before yielding to the event loop (fairness between rings and ports). */
 const TX_BUDGET = 256;
+/**
+ * Chains per TX burst: used entries go back to the driver (and the receiver publishes) after each
+ * burst, not at the end of the pass, so a driver whose ring is no larger than the budget never runs
+ * out of descriptors while we work (spec-notes/performance.md, finding 1).
+ */
+const TX_BURST = 32;
 /** A frame (GSO frames included) never exceeds 64 KiB plus the virtio header. */
 const MAX_FRAME = 65536 + 64;
 /** The most buffers one mergeable RX frame may take (virtio v1.2 5.1.6.4: num_buffers is a le16). */
@@ -98,8 +104,15 @@ export class NetDevice implements Device, FrameSink {
     rxSwSegmented: 0,
     rxDroppedSegments: 0,
   };
-  /** Acked features, for the receive-side offload decisions. */
-  private acked = 0n;
+  /** Acked offload features as booleans (no BigInt work per frame). */
+  private guestCsum = false;
+  private guestTso4 = false;
+  private guestTso6 = false;
+  private guestEcn = false;
+  private guestUfo = false;
+  /** Inside a sender's burst: RX used rings are published at endBurst. */
+  private burstDepth = 0;
+  private readonly rxDirty: (ReadyQueue | null)[];
   private hdrLen = NET_HDR_LEGACY_BYTES;
   private mergeable = false;
   private readonly rings: (ReadyQueue | null)[];
@@ -130,6 +143,7 @@ export class NetDevice implements Device, FrameSink {
     this.features = opts.features ?? NET_FEATURES;
     this.rings = new Array<ReadyQueue | null>(this.maxRings).fill(null);
     this.txScheduled = new Array<boolean>(this.maxRings).fill(false);
+    this.rxDirty = new Array<ReadyQueue | null>(this.maxRings).fill(null);
     this.label = opts.label ?? 'net';
   }
 
@@ -139,7 +153,11 @@ export class NetDevice implements Device, FrameSink {
   }
 
   setFeatures(acked: bigint): void {
-    this.acked = acked;
+    this.guestCsum = has(acked, VirtioF.NET_F_GUEST_CSUM);
+    this.guestTso4 = has(acked, VirtioF.NET_F_GUEST_TSO4);
+    this.guestTso6 = has(acked, VirtioF.NET_F_GUEST_TSO6);
+    this.guestEcn = has(acked, VirtioF.NET_F_GUEST_ECN);
+    this.guestUfo = has(acked, VirtioF.NET_F_GUEST_UFO);
     this.uplink?.configure?.(acked);
     this.mergeable = has(acked, VirtioF.NET_F_MRG_RXBUF);
     // virtio v1.2 5.1.6: the header has num_buffers when VERSION_1 or MRG_RXBUF is negotiated.
@@ -173,53 +191,77 @@ export class NetDevice implements Device, FrameSink {
 
   // ---- guest TX -> uplink --------------------------------------------------------------------
 
+  // Per-pass state read by txChain (one handler object for the device's life: no closure per kick).
+  private txRing: ReadyQueue | null = null;
+  private txBlocked = false;
+  private txDone = 0;
+  private readonly txChain = (chain: Chain): number | false => {
+    const ring = this.txRing!;
+    this.reader.reset(chain, ring.memory);
+    const total = this.reader.remaining;
+    if (total > MAX_FRAME) {
+      // A chain this long is no frame we can carry: complete it unsent rather than stall the ring.
+      this.stats.txDropped++;
+      return 0;
+    }
+    const n = this.reader.read(this.txBuf, 0, total);
+    if (n < this.hdrLen) {
+      this.stats.txDropped++;
+      return 0;
+    }
+    const frame = this.txBuf.subarray(this.hdrLen, n);
+    const hdr = this.txHdr.read(this.txBuf, 0);
+    const uplink = this.uplink;
+    const out: Delivery = uplink ? uplink.deliver(frame, hdr) : 'dropped';
+    if (out === 'busy') {
+      this.txBlocked = true;
+      return false; // give the chain back; resume when the uplink has room
+    }
+    if (out === 'ok') {
+      this.stats.txFrames++;
+      this.stats.txBytes += frame.length;
+    } else this.stats.txDropped++;
+    this.txDone++;
+    return 0; // TX buffers are read-only: used length 0 (virtio v1.2 5.1.6.2)
+  };
+
   private processTx(index: number): void {
     const ring = this.rings[index];
     if (!ring) return;
     const q = ring.queue;
     const uplink = this.uplink;
-    let done = 0;
-    let blocked = false;
-    const res = q.drain((chain) => {
-      this.reader.reset(chain, ring.memory);
-      const total = this.reader.remaining;
-      if (total > MAX_FRAME) {
-        // A chain this long is no frame we can carry: complete it unsent rather than stall the ring.
-        this.stats.txDropped++;
-        return 0;
+    this.txRing = ring;
+    this.txBlocked = false;
+    this.txDone = 0;
+    let processed = 0;
+    let more = false;
+    // Bursts of TX_BURST: each ends with our used entries published (drain flushes) and the
+    // receiver's burst published (endBurst), up to TX_BUDGET chains per turn of the event loop.
+    do {
+      uplink?.beginBurst?.();
+      let res;
+      try {
+        res = q.drain(this.txChain, TX_BURST, this.chain);
+      } finally {
+        uplink?.endBurst?.();
       }
-      const n = this.reader.read(this.txBuf, 0, total);
-      if (n < this.hdrLen) {
-        this.stats.txDropped++;
-        return 0;
-      }
-      const frame = this.txBuf.subarray(this.hdrLen, n);
-      const hdr = this.txHdr.read(this.txBuf, 0);
-      const out: Delivery = uplink ? uplink.deliver(frame, hdr) : 'dropped';
-      if (out === 'busy') {
-        blocked = true;
-        return false; // give the chain back; resume when the uplink has room
-      }
-      if (out === 'ok') {
-        this.stats.txFrames++;
-        this.stats.txBytes += frame.length;
-      } else this.stats.txDropped++;
-      done++;
-      return 0; // TX buffers are read-only: used length 0 (virtio v1.2 5.1.6.2)
-    }, TX_BUDGET, this.chain);
-    if (res.notify) ring.notify();
+      if (res.notify) ring.notify();
+      processed += res.processed;
+      more = res.more;
+    } while (more && !this.txBlocked && processed < TX_BUDGET && this.rings[index] === ring);
+    this.txRing = null;
     if (q.broken) return ring.fail(q.broken);
-    if (blocked && uplink) {
+    if (this.txBlocked && uplink) {
       uplink.onSpace(() => this.processTx(index));
-    } else if (res.processed >= TX_BUDGET && !this.txScheduled[index]) {
-      // More may be pending: continue after other events had their turn.
+    } else if (more && !this.txScheduled[index]) {
+      // More is pending: continue after other events had their turn.
       this.txScheduled[index] = true;
       setImmediate(() => {
         this.txScheduled[index] = false;
         this.processTx(index);
       });
     }
-    if (done) log('%s: tx ring %d: %d frames', this.label, index, done);
+    if (this.txDone) log('%s: tx ring %d: %d frames', this.label, index, this.txDone);
   }
 
   // ---- uplink -> guest RX --------------------------------------------------------------------
@@ -264,14 +306,14 @@ export class NetDevice implements Device, FrameSink {
    */
   deliver(frame: Uint8Array, hdr: NetHdr): Delivery {
     const h = this.rxHdr.copyFrom(hdr);
-    if (!has(this.acked, VirtioF.NET_F_GUEST_CSUM)) h.flags &= ~NET_HDR_F_DATA_VALID;
+    if (!this.guestCsum) h.flags &= ~NET_HDR_F_DATA_VALID;
     if (h.plain) return this.deliverOne(frame, h);
     const gso = h.gsoType & ~GSO_ECN;
     if (gso !== GSO_NONE && !this.guestTakesGso(h.gsoType)) {
       if (gso === GSO_UDP) return this.countBadOffload(); // UFO is never offered, so never produced
       return this.deliverSegmented(frame, h);
     }
-    if (h.flags & NET_HDR_F_NEEDS_CSUM && !has(this.acked, VirtioF.NET_F_GUEST_CSUM)) {
+    if (h.flags & NET_HDR_F_NEEDS_CSUM && !this.guestCsum) {
       const copy = this.scratch.subarray(0, frame.length);
       copy.set(frame);
       if (!completeChecksum(copy, copy.length, h.csumStart, h.csumOffset)) return this.countBadOffload();
@@ -283,15 +325,14 @@ export class NetDevice implements Device, FrameSink {
   }
 
   private guestTakesGso(gsoType: number): boolean {
-    const a = this.acked;
-    if (gsoType & GSO_ECN && !has(a, VirtioF.NET_F_GUEST_ECN)) return false;
+    if (gsoType & GSO_ECN && !this.guestEcn) return false;
     switch (gsoType & ~GSO_ECN) {
       case GSO_TCPV4:
-        return has(a, VirtioF.NET_F_GUEST_TSO4);
+        return this.guestTso4;
       case GSO_TCPV6:
-        return has(a, VirtioF.NET_F_GUEST_TSO6);
+        return this.guestTso6;
       case GSO_UDP:
-        return has(a, VirtioF.NET_F_GUEST_UFO);
+        return this.guestUfo;
       default:
         return false;
     }
@@ -343,9 +384,26 @@ export class NetDevice implements Device, FrameSink {
     if (res === 'ok') {
       this.stats.rxFrames++;
       this.stats.rxBytes += frame.length;
-      if (ring.queue.flushUsed()) ring.notify();
+      if (this.burstDepth > 0) this.rxDirty[ring.index] = ring;
+      else if (ring.queue.flushUsed()) ring.notify();
     }
     return res;
+  }
+
+  beginBurst(): void {
+    this.burstDepth++;
+  }
+
+  /** Publishes the RX used entries of the burst, one index store and at most one interrupt per ring. */
+  endBurst(): void {
+    if (--this.burstDepth > 0) return;
+    for (let i = 0; i < this.maxRings; i += 2) {
+      const ring = this.rxDirty[i];
+      if (!ring) continue;
+      this.rxDirty[i] = null;
+      // The ring may have stopped meanwhile (then its entries were flushed by the session).
+      if (this.rings[i] === ring && ring.queue.flushUsed()) ring.notify();
+    }
   }
 
   private rxSingle(ring: ReadyQueue, frame: Uint8Array, need: number, hdr: NetHdr): Delivery {
