@@ -315,8 +315,11 @@ export class SplitChainWalker {
 
 // -------------------------------------------------------------------------------------------------
 
-/** Below this many bytes a byte loop beats creating a subarray for `set()`. */
-const SMALL_COPY = 32;
+/**
+ * Up to this many bytes a byte loop is used instead of `set()` on a fresh subarray: no view is
+ * allocated, so minimum-size frames (64 B) copy without feeding the GC (spec-notes/performance.md).
+ */
+const SMALL_COPY = 64;
 
 /**
  * Cursor over a chain's device-readable bytes. `reset(chain)` then `read` / `skip` / `nextSpan`.
