@@ -71,6 +71,7 @@ import {
 import type { VirtqErrorCode } from './errors.ts';
 import { VirtqError, hexAddr } from './errors.ts';
 import type { ChainHandler, DrainResult, Virtqueue, VirtqueueStats } from './queue.ts';
+import { drainQueue } from './queue.ts';
 
 const log = createDebug('vhost:vq');
 
@@ -731,39 +732,11 @@ export class PackedQueue implements Virtqueue {
     if (hook !== undefined) hook.call(this.mem, gpa, byteLen);
   }
 
-  /** The device loop; same contract as SplitQueue.drain (see there). */
+  /** The device loop (queue.ts drainQueue): one result object per queue, nothing allocated per call. */
   drain(fn: ChainHandler, budget: number, chain: Chain = this.scratchChain): DrainResult {
-    let processed = 0;
-    let notify = false;
-    if (this.broken !== null) return { processed, notify, more: false, stopped: false };
-    for (;;) {
-      this.disableNotification();
-      let stopped = false;
-      while (processed < budget) {
-        if (!this.pop(chain)) break;
-        const r = fn(chain);
-        if (r === false) {
-          this.unpop(1);
-          stopped = true;
-          break;
-        }
-        this.pushUsed(chain.head, r);
-        processed++;
-      }
-      if (this.flushUsed()) notify = true;
-      if (this.broken !== null) return { processed, notify, more: false, stopped };
-      if (stopped) {
-        this.enableNotification();
-        return { processed, notify, more: false, stopped: true };
-      }
-      if (processed >= budget && this.hasAvailable()) return { processed, notify, more: true, stopped: false };
-      if (!this.enableNotification()) return { processed, notify, more: false, stopped: false };
-      if (processed >= budget) {
-        this.disableNotification();
-        return { processed, notify, more: true, stopped: false };
-      }
-    }
+    return drainQueue(this, fn, budget, chain, this.drainResult);
   }
+  private readonly drainResult: DrainResult = { processed: 0, notify: false, more: false, stopped: false };
 }
 
 function le32(b: Uint8Array, o: number): number {

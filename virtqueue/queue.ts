@@ -77,6 +77,60 @@ export interface Virtqueue {
   disableNotification(): void;
   /** Asks for notifications again; true when buffers arrived that must be processed now (the race). */
   enableNotification(): boolean;
+  /** True when the driver has made a chain available that has not been popped. */
+  hasAvailable(): boolean;
   /** The device loop: pop, hand to `fn`, push, flush, re-enable with the race re-check. */
   drain(fn: ChainHandler, budget: number, chain?: Chain): DrainResult;
+}
+
+/**
+ * The device loop, shared by both ring formats and owned here so devices cannot get EVENT_IDX wrong
+ * (vm-virtio leaves it to each device): disable notifications, pop and hand each chain to `fn` (up to
+ * `budget` chains), push the returned length, flush once per pass, enable notifications and re-check
+ * for entries that raced with enabling (virtio v1.2 2.7.10 / 2.8.x); repeat until the ring stays
+ * empty or the budget is spent.
+ *
+ * `fn` returns the bytes it wrote into the chain (used len), or false to stop: that chain is given
+ * back (unpop), notifications are re-enabled and the result says `stopped` (the device resumes on its
+ * own trigger or the next kick). Budget exhausted with chains left: `more`, notifications stay
+ * disabled and the caller must call drain again. Guest errors end the loop with `broken` set.
+ * `out` is filled and returned (one object per queue: the loop allocates nothing).
+ */
+export function drainQueue(q: Virtqueue, fn: ChainHandler, budget: number, chain: Chain, out: DrainResult): DrainResult {
+  out.processed = 0;
+  out.notify = false;
+  out.more = false;
+  out.stopped = false;
+  if (q.broken !== null) return out;
+  for (;;) {
+    q.disableNotification();
+    while (out.processed < budget) {
+      if (!q.pop(chain)) break;
+      const r = fn(chain);
+      if (r === false) {
+        q.unpop(1);
+        out.stopped = true;
+        break;
+      }
+      q.pushUsed(chain.head, r);
+      out.processed++;
+    }
+    if (q.flushUsed()) out.notify = true;
+    if (q.broken !== null) return out;
+    if (out.stopped) {
+      q.enableNotification();
+      return out;
+    }
+    if (out.processed >= budget && q.hasAvailable()) {
+      out.more = true;
+      return out;
+    }
+    if (!q.enableNotification()) return out;
+    // Entries arrived while we were enabling: go on (or hand back to the caller if out of budget).
+    if (out.processed >= budget) {
+      q.disableNotification();
+      out.more = true;
+      return out;
+    }
+  }
 }

@@ -46,6 +46,7 @@ import {
 import type { VirtqErrorCode } from './errors.ts';
 import { VirtqError, hexAddr } from './errors.ts';
 import type { ChainHandler, DrainResult, Virtqueue, VirtqueueStats } from './queue.ts';
+import { drainQueue } from './queue.ts';
 
 const log = createDebug('vhost:vq');
 
@@ -237,6 +238,10 @@ export class SplitQueue implements Virtqueue {
    * A distance above the queue size cannot come from a correct driver (2.7.6: idx only grows, by at
    * most the number of free descriptors): the queue is marked broken (VQ_AVAIL_JUMP) and 0 returned.
    */
+  hasAvailable(): boolean {
+    return this.availableCount() > 0;
+  }
+
   availableCount(): number {
     if (this.broken !== null) return 0;
     const idx = Atomics.load(this.avail, 1);
@@ -388,48 +393,9 @@ export class SplitQueue implements Virtqueue {
     if (hook !== undefined) hook.call(this.mem, gpa, byteLen);
   }
 
-  /**
-   * The device loop, owned here so devices cannot get EVENT_IDX wrong (vm-virtio leaves it to each
-   * device): disable notifications, pop and hand each chain to `fn` (up to `budget` chains), push
-   * the returned length, flush once per pass, enable notifications and re-check for entries that
-   * raced with enabling; repeat until the ring stays empty or the budget is spent.
-   *
-   * `fn` returns the bytes it wrote into the chain (used len), or false to stop: that chain is given
-   * back (unpop), notifications are re-enabled and drain returns with `stopped` (the device resumes
-   * on its own trigger or the next kick). Budget exhausted with chains left: `more`, notifications
-   * stay disabled and the caller must call drain again. Guest errors end the loop with `broken` set.
-   */
+  /** The device loop (queue.ts drainQueue): one result object per queue, nothing allocated per call. */
   drain(fn: ChainHandler, budget: number, chain: Chain = this.scratchChain): DrainResult {
-    let processed = 0;
-    let notify = false;
-    if (this.broken !== null) return { processed, notify, more: false, stopped: false };
-    for (;;) {
-      this.disableNotification();
-      let stopped = false;
-      while (processed < budget) {
-        if (!this.pop(chain)) break;
-        const r = fn(chain);
-        if (r === false) {
-          this.unpop(1);
-          stopped = true;
-          break;
-        }
-        this.pushUsed(chain.head, r);
-        processed++;
-      }
-      if (this.flushUsed()) notify = true;
-      if (this.broken !== null) return { processed, notify, more: false, stopped };
-      if (stopped) {
-        this.enableNotification();
-        return { processed, notify, more: false, stopped: true };
-      }
-      if (processed >= budget && this.availableCount() > 0) return { processed, notify, more: true, stopped: false };
-      if (!this.enableNotification()) return { processed, notify, more: false, stopped: false };
-      // Entries arrived while we were enabling: go on (or hand back to the caller if out of budget).
-      if (processed >= budget) {
-        this.disableNotification();
-        return { processed, notify, more: true, stopped: false };
-      }
-    }
+    return drainQueue(this, fn, budget, chain, this.drainResult);
   }
+  private readonly drainResult: DrainResult = { processed: 0, notify: false, more: false, stopped: false };
 }

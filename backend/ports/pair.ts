@@ -17,18 +17,18 @@ class PairPort implements Port {
     this.device = device;
   }
   /** The local device transmits: hand the frame to the peer's device. */
-  deliver(frame: Uint8Array, hdr: NetHdr): Delivery {
+  deliver(frame: Uint8Array, hdr: NetHdr, byteLen = frame.length): Delivery {
     const target = this.peer.device;
     if (!target) {
       this.stats.txDropped++;
       return 'dropped';
     }
-    const res = target.deliver(frame, hdr);
+    const res = target.deliver(frame, hdr, byteLen);
     if (res === 'ok') {
       this.stats.txFrames++;
-      this.stats.txBytes += frame.length;
+      this.stats.txBytes += byteLen;
       this.peer.stats.rxFrames++;
-      this.peer.stats.rxBytes += frame.length;
+      this.peer.stats.rxBytes += byteLen;
     } else if (res === 'dropped') this.stats.txDropped++;
     return res;
   }

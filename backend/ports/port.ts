@@ -12,7 +12,8 @@ import type { NetHdr } from '../devices/net/net-hdr.ts';
 export type Delivery = 'ok' | 'busy' | 'dropped';
 
 export interface FrameSink {
-  deliver(frame: Uint8Array, hdr: NetHdr): Delivery;
+  /** The frame is bytes[0, byteLen) (default: all of bytes), so senders need not make a view per frame. */
+  deliver(bytes: Uint8Array, hdr: NetHdr, byteLen?: number): Delivery;
   /** Register a one-shot callback for when a sink that answered 'busy' has room again. */
   onSpace(cb: () => void): void;
   /**

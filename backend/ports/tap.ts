@@ -31,16 +31,20 @@ export class TapPort implements Port {
   private device: FrameSink | null = null;
   private readonly buf = new Uint8Array(MAX_FRAME);
   private readonly rxHdr = new NetHdr();
+  private readonly rxHdrBytes = new Uint8Array(VNET_HDR_BYTES);
+  private readonly rxBufs: Uint8Array[] = [this.rxHdrBytes, this.buf];
+  private readonly rxOffs = [0, 0];
+  private readonly rxLens = [VNET_HDR_BYTES, MAX_FRAME];
   private readonly txHdr = new Uint8Array(VNET_HDR_BYTES);
   private readonly txBufs: Uint8Array[] = [this.txHdr, this.txHdr];
   private readonly txOffs = [0, 0];
   private readonly txLens = [VNET_HDR_BYTES, 0];
-  /** Length of a frame read but not yet accepted by the device ('busy'), 0 if none. */
+  /** Length of a frame (in buf, header in rxHdrBytes) read but not yet accepted ('busy'), 0 if none. */
   private pendingLen = 0;
   private closed = false;
 
   constructor(
-    private readonly sys: Pick<NativeBinding, 'tapOpen' | 'tapSetOffload' | 'linkSetUp' | 'read' | 'writev' | 'close' | 'Poller'>,
+    private readonly sys: Pick<NativeBinding, 'tapOpen' | 'tapSetOffload' | 'linkSetUp' | 'readv' | 'writev' | 'close' | 'Poller'>,
     ifname: string,
   ) {
     const tap = sys.tapOpen(ifname, VNET_HDR_BYTES);
@@ -81,13 +85,13 @@ export class TapPort implements Port {
     }
   }
 
-  deliver(frame: Uint8Array, hdr: NetHdr): Delivery {
+  deliver(frame: Uint8Array, hdr: NetHdr, byteLen = frame.length): Delivery {
     if (this.closed) return 'dropped';
     let n: number | null;
     try {
       hdr.write(this.txHdr, 0, VNET_HDR_BYTES, 0);
       this.txBufs[1] = frame;
-      this.txLens[1] = frame.length;
+      this.txLens[1] = byteLen;
       n = this.sys.writev(this.fd, this.txBufs, this.txOffs, this.txLens);
     } catch (e) {
       // EIO while the link is down, EINVAL for a runt: the kernel refused this frame only.
@@ -99,7 +103,7 @@ export class TapPort implements Port {
       return 'dropped';
     }
     this.stats.txFrames++;
-    this.stats.txBytes += frame.length;
+    this.stats.txBytes += byteLen;
     return 'ok';
   }
 
@@ -124,18 +128,18 @@ export class TapPort implements Port {
       if (this.pendingLen === 0) {
         let n: number | null;
         try {
-          n = this.sys.read(this.fd, this.buf, 0, this.buf.length);
+          // The vnet header and the frame go to separate buffers: the frame starts at 0, no view per frame.
+          n = this.sys.readv(this.fd, this.rxBufs, this.rxOffs, this.rxLens);
         } catch (e) {
           log('%s: read failed: %s', this.name, (e as Error).message);
           return;
         }
         if (n === null || n === 0) return;
-        if (n < VNET_HDR_BYTES) continue; // not a frame
-        this.pendingLen = n;
+        if (n <= VNET_HDR_BYTES) continue; // not a frame
+        this.pendingLen = n - VNET_HDR_BYTES;
       }
-      this.rxHdr.read(this.buf, 0);
-      const frame = this.buf.subarray(VNET_HDR_BYTES, this.pendingLen);
-      const res = dev.deliver(frame, this.rxHdr);
+      this.rxHdr.read(this.rxHdrBytes, 0);
+      const res = dev.deliver(this.buf, this.rxHdr, this.pendingLen);
       if (res === 'busy') {
         // Keep the frame, stop reading (the kernel queues behind us) until the guest posts buffers.
         this.poller.stop();
@@ -148,7 +152,7 @@ export class TapPort implements Port {
       }
       if (res === 'ok') {
         this.stats.rxFrames++;
-        this.stats.rxBytes += this.pendingLen - VNET_HDR_BYTES;
+        this.stats.rxBytes += this.pendingLen;
       } else this.stats.rxDropped++;
       this.pendingLen = 0;
     }

@@ -38,8 +38,8 @@ class CapturePort implements Port {
   connect(d: FrameSink): void {
     this.device = d;
   }
-  deliver(frame: Uint8Array, hdr: NetHdr): Delivery {
-    this.sent.push(frame.slice());
+  deliver(frame: Uint8Array, hdr: NetHdr, byteLen = frame.length): Delivery {
+    this.sent.push(frame.slice(0, byteLen));
     this.hdrs.push(new NetHdr().copyFrom(hdr));
     return 'ok';
   }

@@ -204,22 +204,23 @@ export class NetDevice implements Device, FrameSink {
       this.stats.txDropped++;
       return 0;
     }
-    const n = this.reader.read(this.txBuf, 0, total);
-    if (n < this.hdrLen) {
+    if (total < this.hdrLen) {
       this.stats.txDropped++;
       return 0;
     }
-    const frame = this.txBuf.subarray(this.hdrLen, n);
-    const hdr = this.txHdr.read(this.txBuf, 0);
+    // Header and frame land in separate buffers, so the frame starts at 0 and no view is made per frame.
+    this.reader.read(this.hdrBytes, 0, this.hdrLen);
+    const byteLen = this.reader.read(this.txBuf, 0, total - this.hdrLen);
+    const hdr = this.txHdr.read(this.hdrBytes, 0);
     const uplink = this.uplink;
-    const out: Delivery = uplink ? uplink.deliver(frame, hdr) : 'dropped';
+    const out: Delivery = uplink ? uplink.deliver(this.txBuf, hdr, byteLen) : 'dropped';
     if (out === 'busy') {
       this.txBlocked = true;
       return false; // give the chain back; resume when the uplink has room
     }
     if (out === 'ok') {
       this.stats.txFrames++;
-      this.stats.txBytes += frame.length;
+      this.stats.txBytes += byteLen;
     } else this.stats.txDropped++;
     this.txDone++;
     return 0; // TX buffers are read-only: used length 0 (virtio v1.2 5.1.6.2)
@@ -278,7 +279,7 @@ export class NetDevice implements Device, FrameSink {
   }
 
   /** Picks the RX ring for a frame: one flow stays on one ring (hash of the MAC/IP header bytes). */
-  private pickRx(frame: Uint8Array): ReadyQueue | null {
+  private pickRx(frame: Uint8Array, byteLen: number): ReadyQueue | null {
     let first: ReadyQueue | null = null;
     let count = 0;
     for (let i = 0; i < this.maxRings; i += 2) {
@@ -290,7 +291,7 @@ export class NetDevice implements Device, FrameSink {
     }
     if (count <= 1) return first;
     let h = 0;
-    const end = Math.min(frame.length, 34);
+    const end = Math.min(byteLen, 34);
     for (let i = 0; i < end; i++) h = (h * 31 + frame[i]!) | 0;
     let k = (h >>> 0) % count;
     for (let i = 0; i < this.maxRings; i += 2) {
@@ -304,24 +305,24 @@ export class NetDevice implements Device, FrameSink {
    * A frame for the guest. Offload work the guest did not negotiate is done here in software
    * (virtio v1.2 5.1.6.4: the device MUST NOT set NEEDS_CSUM / a gso_type the driver did not accept).
    */
-  deliver(frame: Uint8Array, hdr: NetHdr): Delivery {
+  deliver(frame: Uint8Array, hdr: NetHdr, byteLen = frame.length): Delivery {
     const h = this.rxHdr.copyFrom(hdr);
     if (!this.guestCsum) h.flags &= ~NET_HDR_F_DATA_VALID;
-    if (h.plain) return this.deliverOne(frame, h);
+    if (h.plain) return this.deliverOne(frame, byteLen, h);
     const gso = h.gsoType & ~GSO_ECN;
     if (gso !== GSO_NONE && !this.guestTakesGso(h.gsoType)) {
       if (gso === GSO_UDP) return this.countBadOffload(); // UFO is never offered, so never produced
-      return this.deliverSegmented(frame, h);
+      return this.deliverSegmented(frame, byteLen, h);
     }
     if (h.flags & NET_HDR_F_NEEDS_CSUM && !this.guestCsum) {
-      const copy = this.scratch.subarray(0, frame.length);
-      copy.set(frame);
-      if (!completeChecksum(copy, copy.length, h.csumStart, h.csumOffset)) return this.countBadOffload();
+      const copy = this.scratch;
+      copy.set(frame.subarray(0, byteLen));
+      if (!completeChecksum(copy, byteLen, h.csumStart, h.csumOffset)) return this.countBadOffload();
       this.stats.rxSwChecksums++;
       h.clear();
-      return this.deliverOne(copy, h);
+      return this.deliverOne(copy, byteLen, h);
     }
-    return this.deliverOne(frame, h);
+    return this.deliverOne(frame, byteLen, h);
   }
 
   private guestTakesGso(gsoType: number): boolean {
@@ -348,14 +349,14 @@ export class NetDevice implements Device, FrameSink {
    * committed: a later 'busy' loses the remaining segments (counted; TCP retransmits) rather than
    * deliver the first ones twice on retry.
    */
-  private deliverSegmented(frame: Uint8Array, h: NetHdr): Delivery {
+  private deliverSegmented(frame: Uint8Array, byteLen: number, h: NetHdr): Delivery {
     const seg = this.segHdr;
     let first: Delivery = 'ok';
     let delivered = 0;
-    const copy = this.scratch.subarray(0, frame.length);
-    copy.set(frame);
-    const n = segmentTcp(copy, copy.length, h.gsoSize, this.segScratch, (s, len) => {
-      const r = this.deliverOne(s.subarray(0, len), seg.clear());
+    const copy = this.scratch;
+    copy.set(frame.subarray(0, byteLen));
+    const n = segmentTcp(copy, byteLen, h.gsoSize, this.segScratch, (s, len) => {
+      const r = this.deliverOne(s, len, seg.clear());
       if (delivered === 0 && r !== 'ok') {
         first = r;
         return false;
@@ -369,21 +370,23 @@ export class NetDevice implements Device, FrameSink {
     return delivered > 0 ? 'ok' : first;
   }
 
-  private deliverOne(frame: Uint8Array, hdr: NetHdr): Delivery {
-    const ring = this.pickRx(frame);
+  private deliverOne(frame: Uint8Array, byteLen: number, hdr: NetHdr): Delivery {
+    const ring = this.pickRx(frame, byteLen);
     if (!ring) {
       this.stats.rxDroppedNoQueue++;
       return 'dropped';
     }
-    const need = this.hdrLen + frame.length;
-    const res = this.mergeable ? this.rxMergeable(ring, frame, need, hdr) : this.rxSingle(ring, frame, need, hdr);
+    const need = this.hdrLen + byteLen;
+    const res = this.mergeable
+      ? this.rxMergeable(ring, frame, byteLen, need, hdr)
+      : this.rxSingle(ring, frame, byteLen, need, hdr);
     if (ring.queue.broken) {
       ring.fail(ring.queue.broken);
       return 'dropped';
     }
     if (res === 'ok') {
       this.stats.rxFrames++;
-      this.stats.rxBytes += frame.length;
+      this.stats.rxBytes += byteLen;
       if (this.burstDepth > 0) this.rxDirty[ring.index] = ring;
       else if (ring.queue.flushUsed()) ring.notify();
     }
@@ -406,7 +409,7 @@ export class NetDevice implements Device, FrameSink {
     }
   }
 
-  private rxSingle(ring: ReadyQueue, frame: Uint8Array, need: number, hdr: NetHdr): Delivery {
+  private rxSingle(ring: ReadyQueue, frame: Uint8Array, byteLen: number, need: number, hdr: NetHdr): Delivery {
     const q = ring.queue;
     const c = this.chain;
     if (!this.popRx(ring, c)) return 'busy';
@@ -420,12 +423,12 @@ export class NetDevice implements Device, FrameSink {
     }
     hdr.write(this.hdrBytes, 0, this.hdrLen, 1);
     this.writer.write(this.hdrBytes, 0, this.hdrLen);
-    this.writer.write(frame, 0, frame.length);
+    this.writer.write(frame, 0, byteLen);
     q.pushUsed(c.head, this.writer.written);
     return 'ok';
   }
 
-  private rxMergeable(ring: ReadyQueue, frame: Uint8Array, need: number, hdr: NetHdr): Delivery {
+  private rxMergeable(ring: ReadyQueue, frame: Uint8Array, byteLen: number, need: number, hdr: NetHdr): Delivery {
     const q = ring.queue;
     let n = 0;
     let room = 0;
@@ -453,7 +456,7 @@ export class NetDevice implements Device, FrameSink {
         hdr.write(this.hdrBytes, 0, this.hdrLen, n);
         this.writer.write(this.hdrBytes, 0, this.hdrLen);
       }
-      const take = Math.min(this.writer.remaining, frame.length - off);
+      const take = Math.min(this.writer.remaining, byteLen - off);
       if (take > 0) this.writer.write(frame, off, take);
       off += take;
       this.rxHeads[i] = c.head;
