@@ -165,6 +165,45 @@ function le32(b: Uint8Array, o: number): number {
   return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
 }
 
+/** An indirect descriptor table resolved for reading: its bytes and the offset of entry 0 in them. */
+export class IndirectTable {
+  bytes: Uint8Array = new Uint8Array(0);
+  base = 0;
+  private readonly span = createSpan();
+  /** Tables crossing a region boundary (rare) are gathered here; grown on demand. */
+  private scratch = new Uint8Array(0);
+
+  /**
+   * Validates the table's length (virtio v1.2 2.7.5.3 / 2.8.7: a non-zero multiple of the descriptor
+   * size, at most maxEntries) and maps it. Returns null, or the error code and message for the walker.
+   */
+  map(mem: GuestMemory, addr: number, byteLen: number, descBytes: number, maxEntries: number, where: string): [VirtqErrorCode, string] | null {
+    if (byteLen === 0 || byteLen % descBytes !== 0 || byteLen / descBytes > maxEntries) {
+      return ['VQ_BAD_INDIRECT', `${where}: indirect table length ${byteLen} is invalid`];
+    }
+    if (addr < 0) return ['VQ_UNMAPPED', `${where}: indirect table address >= 2^53`];
+    const ts = this.span;
+    const unmapped: [VirtqErrorCode, string] = ['VQ_UNMAPPED', `${where}: indirect table ${hexAddr(addr)} +${byteLen} unmapped`];
+    if (!mem.translate(addr, byteLen, false, ts)) return unmapped;
+    if (ts.byteLen >= byteLen) {
+      this.bytes = ts.bytes;
+      this.base = ts.offset;
+      return null;
+    }
+    if (this.scratch.length < byteLen) this.scratch = new Uint8Array(Math.max(byteLen, 256));
+    const sc = this.scratch;
+    let done = 0;
+    while (done < byteLen) {
+      if (!mem.translate(addr + done, byteLen - done, false, ts) || ts.byteLen <= 0) return unmapped;
+      sc.set(ts.bytes.subarray(ts.offset, ts.offset + ts.byteLen), done);
+      done += ts.byteLen;
+    }
+    this.bytes = sc;
+    this.base = 0;
+    return null;
+  }
+}
+
 /**
  * Walks split-ring chains for one queue. Holds the descriptor table view and scratch state; on
  * failure `walk()` returns false and leaves `errCode` / `errMessage` (allocation only on error).
@@ -173,8 +212,7 @@ export class SplitChainWalker {
   errCode: VirtqErrorCode | null = null;
   errMessage = '';
   private readonly span = createSpan();
-  private readonly tableSpan = createSpan();
-  private scratch = new Uint8Array(0);
+  private readonly table = new IndirectTable();
 
   constructor(
     private mem: GuestMemory,
@@ -241,33 +279,12 @@ export class SplitChainWalker {
   }
 
   private walkIndirect(chain: Chain, tableAddr: number, tableLen: number, sawWrite: boolean, at: number): boolean {
-    if (tableLen === 0 || tableLen % DESC_BYTES !== 0 || tableLen / DESC_BYTES > MAX_INDIRECT_DESCS) {
-      return this.fail('VQ_BAD_INDIRECT', `descriptor ${at}: indirect table length ${tableLen} is invalid`);
-    }
-    if (tableAddr < 0) return this.fail('VQ_UNMAPPED', `descriptor ${at}: indirect table address >= 2^53`);
+    const err = this.table.map(this.mem, tableAddr, tableLen, DESC_BYTES, MAX_INDIRECT_DESCS, `descriptor ${at}`);
+    if (err) return this.fail(err[0], err[1]);
     const n = tableLen / DESC_BYTES;
+    const b = this.table.bytes;
+    const base = this.table.base;
     const mem = this.mem;
-    const ts = this.tableSpan;
-    if (!mem.translate(tableAddr, tableLen, false, ts)) {
-      return this.fail('VQ_UNMAPPED', `descriptor ${at}: indirect table ${hexAddr(tableAddr)} +${tableLen} unmapped`);
-    }
-    let b = ts.bytes;
-    let base = ts.offset;
-    if (ts.byteLen < tableLen) {
-      // The table crosses a region boundary (rare): gather it into scratch once.
-      if (this.scratch.length < tableLen) this.scratch = new Uint8Array(Math.max(tableLen, 256));
-      const sc = this.scratch;
-      let done = 0;
-      while (done < tableLen) {
-        if (!mem.translate(tableAddr + done, tableLen - done, false, ts) || ts.byteLen <= 0) {
-          return this.fail('VQ_UNMAPPED', `descriptor ${at}: indirect table ${hexAddr(tableAddr)} +${tableLen} unmapped`);
-        }
-        sc.set(ts.bytes.subarray(ts.offset, ts.offset + ts.byteLen), done);
-        done += ts.byteLen;
-      }
-      b = sc;
-      base = 0;
-    }
     chain.indirect = true;
     const span = this.span;
     let i = 0;

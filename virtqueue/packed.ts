@@ -51,7 +51,7 @@
 import createDebug from 'debug';
 import type { GuestMemory } from './memory.ts';
 import { createSpan, ringU16, ringU32 } from './memory.ts';
-import { Chain, appendBuffer } from './chain.ts';
+import { Chain, IndirectTable, appendBuffer } from './chain.ts';
 import {
   DESC_BYTES,
   EVENT_SUPPRESS_ALIGN,
@@ -229,8 +229,7 @@ export class PackedQueue implements Virtqueue {
   private errCode: VirtqErrorCode | null = null;
   private errMessage = '';
   private readonly span = createSpan();
-  private readonly tableSpan = createSpan();
-  private scratch = new Uint8Array(0);
+  private readonly table = new IndirectTable();
 
   /** Validates the layout and maps the rings; throws VirtqError (VQ_BAD_SIZE, VQ_RING_LAYOUT, VQ_UNMAPPED) or RangeError (indices). */
   constructor(cfg: PackedQueueConfig, mem: GuestMemory) {
@@ -519,33 +518,12 @@ export class PackedQueue implements Virtqueue {
   }
 
   private walkIndirect(chain: Chain, tableAddr: number, tableLen: number, at: number): boolean {
-    if (tableLen === 0 || tableLen % DESC_SZ !== 0 || tableLen / DESC_SZ > MAX_IND) {
-      return this.fail('VQ_BAD_INDIRECT', `position ${at}: indirect table length ${tableLen} is invalid`);
-    }
-    if (tableAddr < 0) return this.fail('VQ_UNMAPPED', `position ${at}: indirect table address >= 2^53`);
+    const err = this.table.map(this.mem, tableAddr, tableLen, DESC_SZ, MAX_IND, `position ${at}`);
+    if (err) return this.fail(err[0], err[1]);
     const n = tableLen / DESC_SZ;
+    const b = this.table.bytes;
+    const base = this.table.base;
     const mem = this.mem;
-    const ts = this.tableSpan;
-    if (!mem.translate(tableAddr, tableLen, false, ts)) {
-      return this.fail('VQ_UNMAPPED', `position ${at}: indirect table ${hexAddr(tableAddr)} +${tableLen} unmapped`);
-    }
-    let b = ts.bytes;
-    let base = ts.offset;
-    if (ts.byteLen < tableLen) {
-      // The table crosses a region boundary (rare): gather it into scratch once.
-      if (this.scratch.length < tableLen) this.scratch = new Uint8Array(Math.max(tableLen, 256));
-      const sc = this.scratch;
-      let done = 0;
-      while (done < tableLen) {
-        if (!mem.translate(tableAddr + done, tableLen - done, false, ts) || ts.byteLen <= 0) {
-          return this.fail('VQ_UNMAPPED', `position ${at}: indirect table ${hexAddr(tableAddr)} +${tableLen} unmapped`);
-        }
-        sc.set(ts.bytes.subarray(ts.offset, ts.offset + ts.byteLen), done);
-        done += ts.byteLen;
-      }
-      b = sc;
-      base = 0;
-    }
     chain.indirect = true;
     const span = this.span;
     let sawWrite = false;
