@@ -67,7 +67,9 @@ test('net serves a frontend, and SIGINT shuts down cleanly and removes the socke
   t.true((f!.payload as { value: bigint }).value > 0n);
   await be.waitForLog(/frontend connected/, 3000);
   be.proc.kill('SIGINT');
-  t.is(await be.stop(), 0);
+  // Wait for the SIGINT handling itself: stop() would otherwise race it with a SIGTERM.
+  await be.waitForLog(/SIGINT, shutting down/, 5000).catch(() => undefined);
   t.regex(be.log, /SIGINT, shutting down/);
+  t.is(await be.stop(), 0);
   t.false(existsSync(sock), 'socket removed');
 });
