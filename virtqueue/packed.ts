@@ -48,7 +48,6 @@
  * enableNotification stores ENABLE, or with EVENT_IDX off_wrap := the first position not yet seen and
  * then flags := DESC, and re-checks that descriptor afterwards (the race of 2.8.21.2 / 2.8.22 note).
  */
-import createDebug from 'debug';
 import type { GuestMemory } from './memory.ts';
 import { createSpan, ringU16, ringU32 } from './memory.ts';
 import { Chain, IndirectTable, appendBuffer } from './chain.ts';
@@ -72,8 +71,8 @@ import type { VirtqErrorCode } from './errors.ts';
 import { VirtqError, hexAddr } from './errors.ts';
 import type { ChainHandler, DrainResult, Virtqueue, VirtqueueStats } from './queue.ts';
 import { drainQueue } from './queue.ts';
+import { QueueCore } from './queue-core.ts';
 
-const log = createDebug('vhost:vq');
 
 // Module-local copies of imported bindings used per operation (tsx's CJS output turns imports
 // into getter calls).
@@ -169,7 +168,7 @@ export interface PackedQueueConfig {
   label?: string;
 }
 
-export class PackedQueue implements Virtqueue {
+export class PackedQueue extends QueueCore implements Virtqueue {
   readonly size: number;
   readonly descGpa: number;
   readonly driverEventGpa: number;
@@ -179,10 +178,8 @@ export class PackedQueue implements Virtqueue {
   readonly inOrder: boolean;
   readonly label: string;
   /** Sticky guest error; null while the queue is healthy. */
-  broken: VirtqError | null = null;
   readonly stats: VirtqueueStats = { popped: 0, pushed: 0, flushes: 0, notifies: 0, suppressed: 0 };
 
-  private mem: GuestMemory;
   /** The ring as u32 words: [addr lo, addr hi, len, id | flags << 16] per descriptor. */
   private desc!: Uint32Array;
   /** The same ring as u16: id at 8·pos + 6, flags at 8·pos + 7. */
@@ -222,7 +219,6 @@ export class PackedQueue implements Virtqueue {
   private devFlags = -1;
   private devOffWrap = -1;
   private notifyOn = true;
-  private ringsMapped = true;
   private readonly scratchChain = new Chain();
 
   // Walker scratch (allocation only on error).
@@ -233,6 +229,7 @@ export class PackedQueue implements Virtqueue {
 
   /** Validates the layout and maps the rings; throws VirtqError (VQ_BAD_SIZE, VQ_RING_LAYOUT, VQ_UNMAPPED) or RangeError (indices). */
   constructor(cfg: PackedQueueConfig, mem: GuestMemory) {
+    super(mem);
     if (!LITTLE_ENDIAN) throw new Error('virtqueue engine needs a little-endian host');
     const { size } = cfg;
     if (!(Number.isInteger(size) && size >= 1 && size <= MAX_PACKED_QUEUE_SIZE)) {
@@ -290,11 +287,10 @@ export class PackedQueue implements Virtqueue {
     // Linux and DPDK drivers use ids < size; any other id grows the tables to the full 16-bit range.
     this.idCount = new Uint16Array(size);
     this.idSlot = new Uint16Array(size);
-    this.mem = mem;
     this.mapRings(mem);
   }
 
-  private mapRings(mem: GuestMemory): void {
+  protected mapRings(mem: GuestMemory): void {
     const bytes = packedRingBytes(this.size);
     const desc = ringU32(mem, this.descGpa, bytes, true);
     const descU16 = ringU16(mem, this.descGpa, bytes, true);
@@ -306,23 +302,7 @@ export class PackedQueue implements Virtqueue {
     this.devEvt = devEvt;
   }
 
-  /** Switches to a new memory table; false and broken when the rings are no longer mapped. */
-  setMemory(mem: GuestMemory): boolean {
-    try {
-      this.mapRings(mem);
-    } catch (e) {
-      const err = e instanceof VirtqError ? e : new VirtqError('VQ_UNMAPPED', String(e), { cause: e });
-      this.ringsMapped = false;
-      this.markBroken(err.code, `rings not mapped in the new memory table: ${err.message}`);
-      return false;
-    }
-    this.mem = mem;
-    return true;
-  }
 
-  get memory(): GuestMemory {
-    return this.mem;
-  }
   /** Next descriptor position the device will read (0..size-1). */
   get lastAvailIdx(): number {
     const L = this.availL;
@@ -363,11 +343,6 @@ export class PackedQueue implements Virtqueue {
     return this.notifyOn;
   }
 
-  private markBroken(code: VirtqErrorCode, message: string): void {
-    if (this.broken !== null) return;
-    this.broken = new VirtqError(code, `${this.label}: ${message}`);
-    log('%s broken: %s %s', this.label, code, message);
-  }
 
   private fail(code: VirtqErrorCode, message: string): false {
     this.errCode = code;
@@ -705,10 +680,6 @@ export class PackedQueue implements Virtqueue {
     return this.availAt(seen);
   }
 
-  private logWrite(gpa: number, byteLen: number): void {
-    const hook = this.mem.onWrite;
-    if (hook !== undefined) hook.call(this.mem, gpa, byteLen);
-  }
 
   /** The device loop (queue.ts drainQueue): one result object per queue, nothing allocated per call. */
   drain(fn: ChainHandler, budget: number, chain: Chain = this.scratchChain): DrainResult {

@@ -27,7 +27,6 @@
  * publishes used.idx once and computes whether the driver must be notified. We write elements in
  * place instead of keeping a host-side copy: same single publication, no extra copy.
  */
-import createDebug from 'debug';
 import type { GuestMemory } from './memory.ts';
 import { ringU16, ringU32 } from './memory.ts';
 import { Chain, SplitChainWalker } from './chain.ts';
@@ -47,8 +46,8 @@ import type { VirtqErrorCode } from './errors.ts';
 import { VirtqError, hexAddr } from './errors.ts';
 import type { ChainHandler, DrainResult, Virtqueue, VirtqueueStats } from './queue.ts';
 import { drainQueue } from './queue.ts';
+import { QueueCore } from './queue-core.ts';
 
-const log = createDebug('vhost:vq');
 
 // Module-local copies of imported bindings used per operation (tsx's CJS output turns imports
 // into getter calls).
@@ -91,7 +90,7 @@ function checkIdx(v: number | undefined, what: string): void {
   }
 }
 
-export class SplitQueue implements Virtqueue {
+export class SplitQueue extends QueueCore implements Virtqueue {
   readonly size: number;
   readonly descGpa: number;
   readonly availGpa: number;
@@ -100,10 +99,8 @@ export class SplitQueue implements Virtqueue {
   readonly indirect: boolean;
   readonly label: string;
   /** Sticky guest error; null while the queue is healthy. */
-  broken: VirtqError | null = null;
   readonly stats: SplitQueueStats = { popped: 0, pushed: 0, flushes: 0, notifies: 0, suppressed: 0 };
 
-  private mem: GuestMemory;
   private desc!: Uint32Array;
   private avail!: Uint16Array;
   private usedU16!: Uint16Array;
@@ -128,12 +125,11 @@ export class SplitQueue implements Virtqueue {
   private usedFlags = -1;
   private availEvent = -1;
   private notifyOn = true;
-  /** False after setMemory() failed: the ring views point into a table that is gone. */
-  private ringsMapped = true;
   private readonly scratchChain = new Chain();
 
   /** Validates the layout and maps the rings; throws VirtqError (VQ_BAD_SIZE, VQ_RING_LAYOUT, VQ_UNMAPPED). */
   constructor(cfg: SplitQueueConfig, mem: GuestMemory) {
+    super(mem);
     if (!LITTLE_ENDIAN) throw new Error('virtqueue engine needs a little-endian host');
     const { size } = cfg;
     if (!isPow2(size) || size > MAX_SPLIT_QUEUE_SIZE) {
@@ -162,7 +158,6 @@ export class SplitQueue implements Virtqueue {
     this.label = cfg.label ?? `vq@${hexAddr(cfg.descAddr)}`;
     this.usedEventAt = 2 + size;
     this.availEventAt = 2 + 4 * size;
-    this.mem = mem;
     this.mapRings(mem);
     this.walker = new SplitChainWalker(mem, this.desc, size, cfg.indirect);
     this.lastAvail = cfg.lastAvailIdx ?? 0;
@@ -172,7 +167,7 @@ export class SplitQueue implements Virtqueue {
   }
 
   /** Maps all three rings first, then swaps them in: a failure leaves the previous views untouched. */
-  private mapRings(mem: GuestMemory): void {
+  protected mapRings(mem: GuestMemory): void {
     const n = this.size;
     const desc = ringU32(mem, this.descGpa, descTableBytes(n), false);
     const avail = ringU16(mem, this.availGpa, availRingBytes(n), false);
@@ -185,28 +180,11 @@ export class SplitQueue implements Virtqueue {
     this.usedU32 = usedU32;
   }
 
-  /**
-   * Switches to a new memory table (SET_MEM_TABLE / ADD_MEM_REG / REM_MEM_REG): re-maps the rings.
-   * Returns false and marks the queue broken if the rings are no longer mapped / contiguous.
-   * Chains popped before the switch must not be used afterwards.
-   */
-  setMemory(mem: GuestMemory): boolean {
-    try {
-      this.mapRings(mem);
-    } catch (e) {
-      const err = e instanceof VirtqError ? e : new VirtqError('VQ_UNMAPPED', String(e), { cause: e });
-      this.ringsMapped = false;
-      this.markBroken(err.code, `rings not mapped in the new memory table: ${err.message}`);
-      return false;
-    }
-    this.mem = mem;
-    this.walker.rebind(mem, this.desc);
-    return true;
+
+  protected override remapped(): void {
+    this.walker.rebind(this.mem, this.desc);
   }
 
-  get memory(): GuestMemory {
-    return this.mem;
-  }
   /** Next avail index the device will read: the value GET_VRING_BASE returns. */
   get lastAvailIdx(): number {
     return this.lastAvail;
@@ -227,11 +205,6 @@ export class SplitQueue implements Virtqueue {
     return this.notifyOn;
   }
 
-  private markBroken(code: VirtqErrorCode, message: string): void {
-    if (this.broken !== null) return;
-    this.broken = new VirtqError(code, `${this.label}: ${message}`);
-    log('%s broken: %s %s', this.label, code, message);
-  }
 
   /**
    * Chains the driver has made available and we have not popped: avail.idx - last_avail_idx.
@@ -388,10 +361,6 @@ export class SplitQueue implements Virtqueue {
     return Atomics.load(this.avail, 1) !== this.seenAvail;
   }
 
-  private logWrite(gpa: number, byteLen: number): void {
-    const hook = this.mem.onWrite;
-    if (hook !== undefined) hook.call(this.mem, gpa, byteLen);
-  }
 
   /** The device loop (queue.ts drainQueue): one result object per queue, nothing allocated per call. */
   drain(fn: ChainHandler, budget: number, chain: Chain = this.scratchChain): DrainResult {

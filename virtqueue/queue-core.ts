@@ -1,0 +1,64 @@
+/**
+ * What the split and packed engines share besides the drain loop (queue.ts): the sticky `broken`
+ * state, the current memory table and its re-mapping on SET_MEM_TABLE, and the dirty-log hook.
+ * Each format supplies `mapRings` (its ring views) and may react to a re-map in `remapped`.
+ */
+import createDebug from 'debug';
+import { VirtqError, type VirtqErrorCode } from './errors.ts';
+import type { GuestMemory } from './memory.ts';
+
+const log = createDebug('vhost:vq');
+
+export abstract class QueueCore {
+  /** Sticky guest error; null while the queue is healthy. */
+  broken: VirtqError | null = null;
+  abstract readonly label: string;
+  protected mem: GuestMemory;
+  /** False after setMemory() failed: the ring views point into a table that is gone. */
+  protected ringsMapped = true;
+
+  protected constructor(mem: GuestMemory) {
+    this.mem = mem;
+  }
+
+  /** (Re)creates the ring views in `mem`; throws VirtqError when the rings are not mapped there. */
+  protected abstract mapRings(mem: GuestMemory): void;
+  /** Called after a successful re-map (e.g. to rebind a chain walker). */
+  protected remapped(): void {}
+
+  /**
+   * Switches to a new memory table (SET_MEM_TABLE / ADD_MEM_REG / REM_MEM_REG): re-maps the rings.
+   * Returns false and marks the queue broken if the rings are no longer mapped / contiguous.
+   * Chains popped before the switch must not be used afterwards.
+   */
+  setMemory(mem: GuestMemory): boolean {
+    try {
+      this.mapRings(mem);
+    } catch (e) {
+      const err = e instanceof VirtqError ? e : new VirtqError('VQ_UNMAPPED', String(e), { cause: e });
+      this.ringsMapped = false;
+      this.markBroken(err.code, `rings not mapped in the new memory table: ${err.message}`);
+      return false;
+    }
+    this.mem = mem;
+    this.remapped();
+    return true;
+  }
+
+  get memory(): GuestMemory {
+    return this.mem;
+  }
+
+  /** The first guest error wins; later ones are not recorded. */
+  protected markBroken(code: VirtqErrorCode, message: string): void {
+    if (this.broken !== null) return;
+    this.broken = new VirtqError(code, `${this.label}: ${message}`);
+    log('%s broken: %s %s', this.label, code, message);
+  }
+
+  /** Reports a device write of guest memory to the dirty log, when one is attached. */
+  protected logWrite(gpa: number, byteLen: number): void {
+    const hook = this.mem.onWrite;
+    if (hook !== undefined) hook.call(this.mem, gpa, byteLen);
+  }
+}
