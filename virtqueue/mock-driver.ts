@@ -75,71 +75,19 @@ interface InFlight {
   writable: { addr: number; byteLen: number }[];
 }
 
-function align(n: number, a: number): number {
+export function align(n: number, a: number): number {
   return Math.ceil(n / a) * a;
 }
 
-export class MockDriver {
-  readonly size: number;
-  readonly descAddr: number;
-  readonly availAddr: number;
-  readonly usedAddr: number;
-  readonly heapAddr: number;
-  readonly heapByteLen: number;
-  readonly eventIdx: boolean;
-
-  private availIdxValue = 0;
-  private kickedIdx = 0;
-  private lastUsed = 0;
-  private freeDescs: number[] = [];
-  private inflight = new Map<number, InFlight>();
-  /** Free heap ranges [addr, byteLen], sorted, coalesced. */
-  private free: [number, number][] = [];
-
-  /** Ring addresses for `size` starting at `base` (desc 16-, avail 2-, used 4-aligned; used on a 4 KiB page as legacy did). */
-  static layout(size: number, base = 0): { descAddr: number; availAddr: number; usedAddr: number; end: number } {
-    const descAddr = align(base, 16);
-    const availAddr = descAddr + descTableBytes(size);
-    const usedAddr = align(availAddr + availRingBytes(size), 4096);
-    return { descAddr, availAddr, usedAddr, end: usedAddr + usedRingBytes(size) };
+/** First-fit allocator over the driver's buffer heap (16-byte granularity), freed ranges coalesced. */
+export class MockHeap {
+  /** Free ranges [addr, byteLen], sorted by address. */
+  private readonly free: [number, number][];
+  constructor(addr: number, byteLen: number) {
+    this.free = [[addr, byteLen]];
   }
 
-  constructor(
-    readonly mem: GuestMemory,
-    opts: MockDriverOptions,
-  ) {
-    this.size = opts.size;
-    const l = MockDriver.layout(opts.size, opts.base ?? 0);
-    this.descAddr = opts.descAddr ?? l.descAddr;
-    this.availAddr = opts.availAddr ?? l.availAddr;
-    this.usedAddr = opts.usedAddr ?? l.usedAddr;
-    this.heapAddr = opts.heapAddr ?? align(Math.max(l.end, this.usedAddr + usedRingBytes(opts.size)), 4096);
-    this.heapByteLen = opts.heapByteLen ?? 65536;
-    this.eventIdx = opts.eventIdx ?? false;
-    this.free = [[this.heapAddr, this.heapByteLen]];
-    for (let i = opts.size - 1; i >= 0; i--) this.freeDescs.push(i);
-    // Rings start zeroed (2.7.10.1: the driver initializes used.flags to 0).
-    writeBytes(mem, this.descAddr, new Uint8Array(descTableBytes(opts.size)), false);
-    writeBytes(mem, this.availAddr, new Uint8Array(availRingBytes(opts.size)), false);
-    writeBytes(mem, this.usedAddr, new Uint8Array(usedRingBytes(opts.size)), false);
-  }
-
-  /** The SplitQueue configuration matching this driver's rings. */
-  queueConfig(extra: Partial<SplitQueueConfig> = {}): SplitQueueConfig {
-    return {
-      size: this.size,
-      descAddr: this.descAddr,
-      availAddr: this.availAddr,
-      usedAddr: this.usedAddr,
-      eventIdx: this.eventIdx,
-      indirect: true,
-      ...extra,
-    };
-  }
-
-  // ---- heap ------------------------------------------------------------------------------------
-
-  /** Allocates `byteLen` bytes (16-byte granularity) from the heap; throws when full. */
+  /** Allocates `byteLen` bytes; throws when full. */
   alloc(byteLen: number): number {
     const n = align(Math.max(byteLen, 1), 16);
     for (let i = 0; i < this.free.length; i++) {
@@ -169,6 +117,76 @@ export class MockDriver {
         this.free.splice(k + 1, 1);
       } else k++;
     }
+  }
+}
+
+export class MockDriver {
+  readonly size: number;
+  readonly descAddr: number;
+  readonly availAddr: number;
+  readonly usedAddr: number;
+  readonly heapAddr: number;
+  readonly heapByteLen: number;
+  readonly eventIdx: boolean;
+
+  private availIdxValue = 0;
+  private kickedIdx = 0;
+  private lastUsed = 0;
+  private freeDescs: number[] = [];
+  private inflight = new Map<number, InFlight>();
+  /** Buffers and indirect tables come from here. */
+  private readonly heap: MockHeap;
+
+  /** Ring addresses for `size` starting at `base` (desc 16-, avail 2-, used 4-aligned; used on a 4 KiB page as legacy did). */
+  static layout(size: number, base = 0): { descAddr: number; availAddr: number; usedAddr: number; end: number } {
+    const descAddr = align(base, 16);
+    const availAddr = descAddr + descTableBytes(size);
+    const usedAddr = align(availAddr + availRingBytes(size), 4096);
+    return { descAddr, availAddr, usedAddr, end: usedAddr + usedRingBytes(size) };
+  }
+
+  constructor(
+    readonly mem: GuestMemory,
+    opts: MockDriverOptions,
+  ) {
+    this.size = opts.size;
+    const l = MockDriver.layout(opts.size, opts.base ?? 0);
+    this.descAddr = opts.descAddr ?? l.descAddr;
+    this.availAddr = opts.availAddr ?? l.availAddr;
+    this.usedAddr = opts.usedAddr ?? l.usedAddr;
+    this.heapAddr = opts.heapAddr ?? align(Math.max(l.end, this.usedAddr + usedRingBytes(opts.size)), 4096);
+    this.heapByteLen = opts.heapByteLen ?? 65536;
+    this.eventIdx = opts.eventIdx ?? false;
+    this.heap = new MockHeap(this.heapAddr, this.heapByteLen);
+    for (let i = opts.size - 1; i >= 0; i--) this.freeDescs.push(i);
+    // Rings start zeroed (2.7.10.1: the driver initializes used.flags to 0).
+    writeBytes(mem, this.descAddr, new Uint8Array(descTableBytes(opts.size)), false);
+    writeBytes(mem, this.availAddr, new Uint8Array(availRingBytes(opts.size)), false);
+    writeBytes(mem, this.usedAddr, new Uint8Array(usedRingBytes(opts.size)), false);
+  }
+
+  /** The SplitQueue configuration matching this driver's rings. */
+  queueConfig(extra: Partial<SplitQueueConfig> = {}): SplitQueueConfig {
+    return {
+      size: this.size,
+      descAddr: this.descAddr,
+      availAddr: this.availAddr,
+      usedAddr: this.usedAddr,
+      eventIdx: this.eventIdx,
+      indirect: true,
+      ...extra,
+    };
+  }
+
+  // ---- heap ------------------------------------------------------------------------------------
+
+  /** Allocates `byteLen` bytes (16-byte granularity) from the heap; throws when full. */
+  alloc(byteLen: number): number {
+    return this.heap.alloc(byteLen);
+  }
+
+  release(addr: number, byteLen: number): void {
+    this.heap.release(addr, byteLen);
   }
 
   get freeDescCount(): number {

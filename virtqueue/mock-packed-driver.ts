@@ -23,7 +23,7 @@ import {
   VIRTQ_DESC_F_WRITE,
   packedRingBytes,
 } from './defs.ts';
-import type { MockBuffer, UsedEntry } from './mock-driver.ts';
+import { MockHeap, align, type MockBuffer, type UsedEntry } from './mock-driver.ts';
 import type { PackedQueueConfig } from './packed.ts';
 
 export interface PackedAddOptions {
@@ -68,10 +68,6 @@ interface InFlight {
   writable: { addr: number; byteLen: number }[];
 }
 
-function align(n: number, a: number): number {
-  return Math.ceil(n / a) * a;
-}
-
 export class MockPackedDriver {
   readonly size: number;
   readonly descAddr: number;
@@ -90,7 +86,7 @@ export class MockPackedDriver {
   private freeCount: number;
   private freeIds: number[] = [];
   private inflight = new Map<number, InFlight>();
-  private free: [number, number][] = [];
+  private readonly heap: MockHeap;
   /** First-descriptor flags not yet written (publish: false): [position, flags]. */
   private unpublished: [number, number][] = [];
 
@@ -114,7 +110,7 @@ export class MockPackedDriver {
     this.heapAddr = opts.heapAddr ?? align(end, 4096);
     this.heapByteLen = opts.heapByteLen ?? 65536;
     this.eventIdx = opts.eventIdx ?? false;
-    this.free = [[this.heapAddr, this.heapByteLen]];
+    this.heap = new MockHeap(this.heapAddr, this.heapByteLen);
     this.freeCount = opts.size;
     for (let i = opts.size - 1; i >= 0; i--) this.freeIds.push(i);
     // 2.8.13: "The descriptor ring is zero-initialized"; both event areas start at ENABLE.
@@ -137,34 +133,13 @@ export class MockPackedDriver {
 
   // ---- heap ------------------------------------------------------------------------------------
 
+  /** Allocates `byteLen` bytes (16-byte granularity) from the heap; throws when full. */
   alloc(byteLen: number): number {
-    const n = align(Math.max(byteLen, 1), 16);
-    for (let i = 0; i < this.free.length; i++) {
-      const f = this.free[i]!;
-      if (f[1] >= n) {
-        const addr = f[0];
-        f[0] += n;
-        f[1] -= n;
-        if (f[1] === 0) this.free.splice(i, 1);
-        return addr;
-      }
-    }
-    throw new Error(`mock driver heap exhausted (${byteLen} bytes)`);
+    return this.heap.alloc(byteLen);
   }
 
   release(addr: number, byteLen: number): void {
-    const n = align(Math.max(byteLen, 1), 16);
-    let i = 0;
-    while (i < this.free.length && this.free[i]![0] < addr) i++;
-    this.free.splice(i, 0, [addr, n]);
-    for (let k = 0; k < this.free.length - 1; ) {
-      const a = this.free[k]!;
-      const b = this.free[k + 1]!;
-      if (a[0] + a[1] === b[0]) {
-        a[1] += b[1];
-        this.free.splice(k + 1, 1);
-      } else k++;
-    }
+    this.heap.release(addr, byteLen);
   }
 
   /** Ring descriptors the driver may still fill (not in flight). */
