@@ -5,7 +5,7 @@
  *
  *   guest eth0 10.0.2.15 --virtio/vhost-user--> vhost-user-ts --tap vutq0--> netns 10.0.2.1
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { execFileSync, spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -13,7 +13,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { guestAvailable, startGuest } from '../helpers/qemu.ts';
-import { startBackend } from '../helpers/backend.ts';
+import { startBackend, type Backend } from '../helpers/backend.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/vhost-user-ts.js', import.meta.url));
 const PEER = fileURLToPath(new URL('../helpers/tcp-peer.mjs', import.meta.url));
@@ -39,6 +39,35 @@ async function until(what: string, ms: number, f: () => boolean): Promise<void> 
   }
 }
 
+/**
+ * vhost-user-ts on `<name>.sock` (pinned to cpu 1, tracing to `<name>.vutrace`) inside the test
+ * namespace, its TAP port `tap` up there with 10.0.2.1/24.
+ */
+async function tapBackend(t: ExecutionContext, name: string, tap: string): Promise<{ sock: string; trace: string; be: Backend }> {
+  try {
+    sh('ip', ['netns', 'add', ns]);
+  } catch {
+    /* exists from an earlier test */
+  }
+  const sock = join(dir, `${name}.sock`);
+  const trace = join(dir, `${name}.vutrace`);
+  const be = await startBackend(['net', '--socket', sock, '--port', `tap:${tap}`, '--trace', trace], {
+    core: 1,
+    netns: ns,
+    waitSockets: [sock],
+  });
+  t.teardown(() => be.stop().then(() => undefined));
+  await until('tap device in netns', 5000, () => {
+    try {
+      return sh('ip', ['netns', 'exec', ns, 'ip', 'link', 'show', tap]).includes('UP');
+    } catch {
+      return false;
+    }
+  });
+  sh('ip', ['netns', 'exec', ns, 'ip', 'addr', 'add', '10.0.2.1/24', 'dev', tap]);
+  return { sock, trace, be };
+}
+
 for (const variant of [
   { name: 'split, mergeable', mrg: true, packed: false },
   { name: 'split, no mergeable', mrg: false, packed: false },
@@ -47,28 +76,7 @@ for (const variant of [
 ]) {
   qemuTest(`QEMU guest on vhost-user-ts pings a host netns through the TAP port (${variant.name})`, async (t) => {
     t.timeout(120_000);
-    try {
-      sh('ip', ['netns', 'add', ns]);
-    } catch {
-      /* exists from the previous variant */
-    }
-    const sock = join(dir, `q-${variant.mrg}-${variant.packed}.sock`);
-    const tap = 'vutq0';
-    const trace = join(dir, `q-${variant.mrg}-${variant.packed}.vutrace`);
-    const be = await startBackend(['net', '--socket', sock, '--port', `tap:${tap}`, '--trace', trace], {
-      core: 1,
-      netns: ns,
-      waitSockets: [sock],
-    });
-    t.teardown(() => be.stop().then(() => undefined));
-    await until('tap device in netns', 5000, () => {
-      try {
-        return sh('ip', ['netns', 'exec', ns, 'ip', 'link', 'show', tap]).includes('UP');
-      } catch {
-        return false;
-      }
-    });
-    sh('ip', ['netns', 'exec', ns, 'ip', 'addr', 'add', '10.0.2.1/24', 'dev', tap]);
+    const { sock, trace, be } = await tapBackend(t, `q-${variant.mrg}-${variant.packed}`, 'vutq0');
 
     const g = startGuest({
       sock,
@@ -129,24 +137,7 @@ function netnsPeer(args: string[]): { line: Promise<string>; listening: Promise<
 
 qemuTest('TCP both ways between the guest and the netns (4 MiB each): offloads (TSO, checksum) pass through the TAP port intact', async (t) => {
   t.timeout(180_000);
-  try {
-    sh('ip', ['netns', 'add', ns]);
-  } catch {
-    /* exists */
-  }
-  const sock = join(dir, 'tcp.sock');
-  const tap = 'vutq1';
-  const trace = join(dir, 'tcp.vutrace');
-  const be = await startBackend(['net', '--socket', sock, '--port', `tap:${tap}`, '--trace', trace], { core: 1, netns: ns, waitSockets: [sock] });
-  t.teardown(() => be.stop().then(() => undefined));
-  await until('tap device in netns', 5000, () => {
-    try {
-      return sh('ip', ['netns', 'exec', ns, 'ip', 'link', 'show', tap]).includes('UP');
-    } catch {
-      return false;
-    }
-  });
-  sh('ip', ['netns', 'exec', ns, 'ip', 'addr', 'add', '10.0.2.1/24', 'dev', tap]);
+  const { sock, trace, be } = await tapBackend(t, 'tcp', 'vutq1');
   const BYTES = 4 << 20;
   // The guest script runs from the host root shared read-only over 9p (/host).
   const script = join(dir, 'tcp.sh');
