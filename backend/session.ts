@@ -397,7 +397,8 @@ export class Session {
     r.kickFd = fd;
   }
 
-  private stopAllRings(): void {
+  /** Every ring stopped and disabled (RESET_OWNER, RESET_DEVICE); configuration and fds kept. */
+  stopAllRings(): void {
     for (const r of this.rings) {
       this.stopQueue(r);
       r.started = false;
@@ -468,9 +469,8 @@ export class Session {
 
   /** GET_VRING_BASE: stop the ring and return where the device stopped. */
   stopRing(r: RingState): number {
-    this.stopQueue(r);
+    this.stopQueue(r); // also stops watching the kick fd
     r.started = false;
-    if (r.kickPoller) r.kickPoller.stop();
     return r.base;
   }
 }
@@ -530,10 +530,7 @@ const HANDLERS: Partial<Record<number, Handler>> = {
   [FrontendReq.RESET_OWNER]() {
     // vhost-user.rst: "no longer used ... recommended that back-ends either ignore this message, or
     // use it to disable all rings". We disable (and stop) all rings and keep the connection state.
-    for (const r of this.rings) {
-      r.enabled = false;
-      this.stopRing(r);
-    }
+    this.stopAllRings();
   },
   [FrontendReq.GET_QUEUE_NUM]() {
     return { payload: { value: BigInt(this.device.queueNum) } };
