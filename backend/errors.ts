@@ -13,6 +13,9 @@ export type BackendErrorCode =
   | 'SESSION_UNSUPPORTED' // request known to the codec but not supported by this backend/device
   | 'SESSION_BAD_MEMORY' // memory table region unusable (overlap, fd too small, mmap failure)
   | 'SESSION_BAD_RING' // ring size/addresses unusable
+  | 'SESSION_BAD_LOG' // dirty log (SET_LOG_BASE) unusable
+  | 'SESSION_POSTCOPY' // postcopy set-up failed (userfaultfd)
+  | 'SESSION_BAD_INFLIGHT' // inflight region unusable (GET/SET_INFLIGHT_FD)
   | 'CLI_USAGE'
   | 'PORT_ERROR';
 

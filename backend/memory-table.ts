@@ -46,6 +46,10 @@ export class MemoryTable {
   get regionCount(): number {
     return this.regions.length;
   }
+  /** The mapped regions in table order (postcopy replies and registration need our mappings). */
+  views(): { gpa: number; byteLen: number; ab: ArrayBuffer }[] {
+    return this.regions.map((r) => ({ gpa: r.gpa, byteLen: r.byteLen, ab: r.ab }));
+  }
   /** Frontend user address -> guest physical address (SET_VRING_ADDR carries user addresses). */
   uvaToGpa(uva: number): number | null {
     for (const r of this.regions) if (uva >= r.uva && uva - r.uva < r.byteLen) return r.gpa + (uva - r.uva);

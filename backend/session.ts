@@ -40,6 +40,7 @@ import {
   type MemoryTable as MemoryTablePayload,
   type RarpMac,
   type SingleMemoryRegion,
+  type LogDescription,
   type VringAddr,
   type VringState,
   type RawFrame,
@@ -50,6 +51,7 @@ import { PackedQueue, SplitQueue, VirtqError } from '../virtqueue/index.ts';
 import type { Device, ReadyQueue } from './device.ts';
 import { BackendError, fail } from './errors.ts';
 import { MemoryTable, hex, type RegionSpec } from './memory-table.ts';
+import { Migration, type MigrationNative } from './migration.ts';
 import { RingState } from './rings.ts';
 
 const log = createDebug('vhost:session');
@@ -65,7 +67,8 @@ const POLL_INTERVAL_MS = 1;
 export type SessionNative = Pick<
   NativeBinding,
   'close' | 'mmap' | 'munmap' | 'fstat' | 'eventfdRead' | 'eventfdWrite' | 'Poller'
->;
+> &
+  MigrationNative;
 
 export interface SessionOptions {
   device: Device;
@@ -82,10 +85,13 @@ export interface SessionOptions {
 
 /**
  * Protocol features the session implements for any device. NET_MTU is not offered: NET_SET_MTU also
- * needs the virtio NET_F_MTU feature, which the net device does not offer yet.
+ * needs the virtio NET_F_MTU feature, which the net device does not offer yet. PAGEFAULT is
+ * withdrawn at run time when the native layer has no userfaultfd.
  */
 export const SESSION_PROTOCOL_FEATURES =
   bit(ProtoF.MQ) |
+  bit(ProtoF.LOG_SHMFD) |
+  bit(ProtoF.PAGEFAULT) |
   bit(ProtoF.REPLY_ACK) |
   bit(ProtoF.RARP) |
   bit(ProtoF.BACKEND_REQ) |
@@ -132,6 +138,7 @@ export class Session {
   status = 0;
   backendReqFd: Fd | null = null;
   readonly memory: MemoryTable;
+  readonly migration: Migration;
   private memGeneration = 0;
   readonly rings: RingState[];
   private closed = false;
@@ -142,9 +149,13 @@ export class Session {
     this.sendRaw = opts.send;
     this.trace = opts.trace;
     this.label = opts.label ?? 'session';
-    this.offeredFeatures = opts.device.features | bit(VirtioF.PROTOCOL_FEATURES);
-    this.offeredProtocolFeatures = (opts.protocolFeatures ?? SESSION_PROTOCOL_FEATURES) & SESSION_PROTOCOL_FEATURES;
+    // LOG_ALL is a vhost feature, not the device's: QEMU blocks migration without it.
+    this.offeredFeatures = opts.device.features | bit(VirtioF.PROTOCOL_FEATURES) | bit(VirtioF.LOG_ALL);
     this.memory = new MemoryTable(opts.native);
+    this.migration = new Migration(opts.native);
+    let proto = (opts.protocolFeatures ?? SESSION_PROTOCOL_FEATURES) & SESSION_PROTOCOL_FEATURES;
+    if (!this.migration.postcopySupported) proto &= ~bit(ProtoF.PAGEFAULT);
+    this.offeredProtocolFeatures = proto;
     this.rings = Array.from({ length: opts.device.maxRings }, (_, i) => new RingState(i));
   }
 
@@ -171,6 +182,10 @@ export class Session {
   /** Decode one frame and handle it; a frame the codec rejects gets the error reply its header asks for. */
   handleFrame(frame: RawFrame): void {
     if (this.closed) return;
+    if (this.migration.ackPending === frame.request && frame.payload.length === 8) {
+      this.postcopyAck(frame);
+      return;
+    }
     let msg: VhostMessage;
     try {
       msg = decode('frontend', frame);
@@ -243,7 +258,32 @@ export class Session {
     const when = def.replyWhen;
     if (!when) return true;
     if (when.kind === 'protocol-feature') return this.protoNegotiated(when.protocolFeature);
-    return false; // postcopy-listening: postcopy is not supported yet
+    return this.migration.listening;
+  }
+
+  /**
+   * The frontend's u64 ack after our postcopy SET_MEM_TABLE / ADD_MEM_REG reply (not a request:
+   * QEMU reuses the request id with an 8-byte body). Only now are our mappings registered with the
+   * userfaultfd and may rings touch guest memory.
+   */
+  private postcopyAck(frame: RawFrame): void {
+    const value = new DataView(frame.payload.buffer, frame.payload.byteOffset, 8).getBigUint64(0, true);
+    for (const fd of frame.fds) this.sys.close(fd);
+    let error: string | undefined;
+    this.migration.ackPending = null;
+    if (value !== 0n) {
+      error = `frontend reported postcopy failure ${value}`;
+    } else {
+      try {
+        this.migration.registerAll(this.memory.views());
+      } catch (e) {
+        error = `userfaultfd registration failed: ${(e as Error).message}`;
+      }
+    }
+    if (error) log('%s: postcopy memory ack: %s', this.label, error);
+    else logProto('%s <- postcopy memory ack', this.label);
+    this.trace?.(rawRecord('rx', 'frontend', { ...frame, fdCount: frame.fds.length }, error ?? 'postcopy memory ack'));
+    this.updateRings();
   }
 
   private checkRequires(msg: VhostMessage): void {
@@ -268,10 +308,19 @@ export class Session {
   // Ring readiness: recomputed after every message; edges go to the device.
 
   private isReady(r: RingState): boolean {
-    return r.started && r.enabled && !r.broken && r.num > 0 && r.addr !== null && this.memory.regionCount > 0;
+    return (
+      r.started &&
+      r.enabled &&
+      !r.broken &&
+      r.num > 0 &&
+      r.addr !== null &&
+      this.memory.regionCount > 0 &&
+      this.migration.ackPending === null
+    );
   }
 
   updateRings(): void {
+    this.migration.attach(this.memory.memory);
     for (const r of this.rings) {
       const want = this.isReady(r);
       if (r.queue && (!want || r.memGeneration !== this.memGeneration)) this.stopQueue(r);
@@ -419,6 +468,7 @@ export class Session {
     }
     this.device.reset();
     this.memory.close();
+    this.migration.close();
     if (this.backendReqFd !== null) this.sys.close(this.backendReqFd);
     this.backendReqFd = null;
   }
@@ -456,7 +506,9 @@ export class Session {
     if (extra !== 0n) fail('SESSION_BAD_FEATURES', `SET_FEATURES acks bits not offered: ${hex(extra)}`);
     this.ackedFeatures = f;
     this.featuresSet = true;
-    this.device.setFeatures(f);
+    // vhost-user.rst "Migration": LOG_ALL switches dirty logging on and off; the device never sees it.
+    this.migration.logAll = has(f, VirtioF.LOG_ALL);
+    this.device.setFeatures(f & ~bit(VirtioF.LOG_ALL));
     // Without PROTOCOL_FEATURES rings are enabled as soon as they start (vhost-user.rst "Ring states").
     if (!this.virtioNegotiated(VirtioF.PROTOCOL_FEATURES)) for (const r of this.rings) if (r.started) r.enabled = true;
   }
@@ -538,6 +590,17 @@ const HANDLERS: Partial<Record<number, Handler>> = {
   [FrontendReq.SET_MEM_TABLE](msg, fds) {
     const p = msg.payload as MemoryTablePayload;
     this.setMemory(p.regions.map(regionOf), fds.takeAll());
+    if (!this.migration.listening) return;
+    // vhost-user.rst SET_MEM_TABLE: in postcopy "the back-end replies with the bases of the memory
+    // mapped regions"; the frontend then acks (postcopyAck).
+    const views = this.memory.views();
+    this.migration.ackPending = msg.id;
+    return {
+      payload: {
+        ...p,
+        regions: p.regions.map((r, i) => ({ ...r, userspaceAddr: this.migration.addressOf(views[i]!.ab) })),
+      },
+    };
   },
   [FrontendReq.GET_MAX_MEM_SLOTS]() {
     return { payload: { value: BigInt(MAX_MEM_SLOTS) } };
@@ -545,6 +608,35 @@ const HANDLERS: Partial<Record<number, Handler>> = {
   [FrontendReq.ADD_MEM_REG](msg, fds) {
     const p = msg.payload as SingleMemoryRegion;
     this.addMemory(regionOf(p.region), fds.take(0));
+    if (!this.migration.listening) return;
+    // Postcopy (QEMU send_add_regions): each region is answered with our mapping's address; one
+    // ack follows the last one.
+    const views = this.memory.views();
+    this.migration.ackPending = msg.id;
+    return { payload: { ...p, region: { ...p.region, userspaceAddr: this.migration.addressOf(views[views.length - 1]!.ab) } } };
+  },
+  [FrontendReq.SET_LOG_BASE](msg, fds) {
+    const p = msg.payload as LogDescription;
+    // Without LOG_SHMFD the log lives in the frontend's own memory, which we cannot reach.
+    if (!this.protoNegotiated(ProtoF.LOG_SHMFD) || fds.fds.length === 0) {
+      fail('SESSION_UNSUPPORTED', 'SET_LOG_BASE without a log fd (LOG_SHMFD) is not supported');
+    }
+    this.migration.setLogBase(fds.take(0), p.mmapSize, p.mmapOffset);
+    // Reply body: see protocol/messages.ts logBaseReply (empty, like DPDK).
+    return { payload: { bytes: new Uint8Array(0) } };
+  },
+  [FrontendReq.SET_LOG_FD](_msg, fds) {
+    this.migration.setLogFd(fds.take(0));
+  },
+  [FrontendReq.POSTCOPY_ADVISE]() {
+    return { payload: null, fds: [this.migration.advise()] };
+  },
+  [FrontendReq.POSTCOPY_LISTEN]() {
+    this.migration.listen(this.memory.regionCount);
+  },
+  [FrontendReq.POSTCOPY_END]() {
+    this.migration.end();
+    return { payload: { value: 0n } };
   },
   [FrontendReq.REM_MEM_REG](msg) {
     const p = msg.payload as SingleMemoryRegion;

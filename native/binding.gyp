@@ -13,7 +13,8 @@
         "src/mmap.cc",
         "src/eventfd.cc",
         "src/tap.cc",
-        "src/poller.cc"
+        "src/poller.cc",
+        "src/uffd.cc"
       ],
       # `node -p` evaluates as CommonJS even though the repo is "type": "module"; include_dir is relative
       # to the cwd, which gyp sets to this directory.

@@ -20,10 +20,12 @@ export const DEFAULT_NATIVE_PATH = fileURLToPath(new URL('./build/Release/vhost_
 const MEMBERS = [
   'unixListen', 'unixAccept', 'unixConnect', 'socketpair', 'recvmsg', 'sendmsg', 'close', 'dup',
   'read', 'write', 'readv', 'writev',
-  'fstat', 'mmap', 'munmap', 'memfdCreate', 'ftruncate',
+  'fstat', 'mmap', 'munmap', 'memfdCreate', 'ftruncate', 'mmapAddress', 'madvise',
   'eventfd', 'eventfdRead', 'eventfdWrite',
   'tapOpen', 'tapSetOffload', 'linkSetUp',
   'Poller',
+  'userfaultfd', 'uffdApi', 'uffdRegister', 'uffdUnregister', 'uffdCopy', 'uffdZeropage', 'uffdContinue',
+  'uffdWriteProtect', 'uffdWake', 'uffdRead',
 ] as const satisfies readonly (keyof NativeBinding)[];
 
 export class NativeLoadError extends Error {

@@ -62,6 +62,102 @@ export interface TapInfo {
   name: string;
 }
 
+/**
+ * userfaultfd (Documentation/admin-guide/mm/userfaultfd.rst) for postcopy live migration (vhost-user.rst
+ * "Migration": POSTCOPY_ADVISE hands the front-end our uffd, POSTCOPY_LISTEN / POSTCOPY_END bracket its use).
+ *
+ * A range is named by a `UffdTarget` plus (offset, byteLen):
+ *   - an ArrayBuffer returned by `mmap()`: offset/byteLen are relative to byte 0 of the buffer and are checked
+ *     against it in C++ (out of bounds: ERR_OUT_OF_RANGE; not a live mapping: EINVAL), so JS never holds raw
+ *     pointers for its own memory;
+ *   - a bigint absolute address: an address in the address space of the process that created the uffd, possibly
+ *     another process (the front-end role: QEMU serves the back-end's faults at the back-end's addresses, which
+ *     the back-end reported from `mmapAddress()`). Only the kernel validates it (EINVAL/ENOENT for ranges not
+ *     registered on this uffd).
+ * Every UFFDIO_* range must be non-empty and page aligned (address and length); otherwise EINVAL is thrown
+ * before any ioctl. With a non page-aligned `mmap()` offset, byte 0 of the buffer is not page aligned: use
+ * offsets that land on page boundaries (`(mmapAddress(ab) + BigInt(offset)) % pageSize === 0n`).
+ */
+export type UffdTarget = ArrayBuffer | bigint;
+
+/** What a registration traps: missing pages, writes to write-protected pages, or minor faults (page cache hit). */
+export type UffdRegisterMode = 'missing' | 'wp' | 'minor';
+
+/** Result of the UFFDIO_API handshake. */
+export interface UffdApiResult {
+  /** Every UFFD_FEATURE_* the kernel supports (not only the requested ones, which are the ones enabled). */
+  features: bigint;
+  /** Bitmask of ioctls usable on the fd itself: 1n << UFFD_IOCTL.* (register, unregister, api). */
+  ioctls: bigint;
+}
+
+/** One struct uffd_msg. */
+export interface UffdMsg {
+  /** 'pagefault' | 'fork' | 'remap' | 'remove' | 'unmap', or 'unknown:<n>' for an event this build does not know. */
+  event: 'pagefault' | 'fork' | 'remap' | 'remove' | 'unmap' | (string & {});
+  /**
+   * pagefault: the faulting address (rounded down to its page unless UFFD_FEATURE_EXACT_ADDRESS was enabled);
+   * remove/unmap: start of the range; remap: the old address ('from'); fork: 0n.
+   */
+  address: bigint;
+  /** pagefault: UFFD_PAGEFAULT_FLAG_* bits; 0 for other events. */
+  flags: number;
+  /** pagefault: faulting thread id (only with UFFD_FEATURE_THREAD_ID, else 0). */
+  ptid?: number;
+  /** fork (UFFD_FEATURE_EVENT_FORK): the child's new uffd, owned by the caller. */
+  ufd?: Fd;
+  /** remove/unmap: end of the range (exclusive). */
+  end?: bigint;
+  /** remap (UFFD_FEATURE_EVENT_REMAP): new address and length. */
+  to?: bigint;
+  len?: bigint;
+}
+
+export interface UffdFillOptions {
+  /** Do not wake the threads blocked on the range (wake them later with `uffdWake`). */
+  dontWake?: boolean;
+}
+export interface UffdCopyOptions extends UffdFillOptions {
+  /** Map the copied pages write-protected (UFFDIO_COPY_MODE_WP; the range must be registered 'wp' too). */
+  writeProtect?: boolean;
+}
+
+/** uffd_msg.arg.pagefault.flags bits. */
+export const UFFD_PAGEFAULT_FLAG_WRITE = 1;
+export const UFFD_PAGEFAULT_FLAG_WP = 2;
+export const UFFD_PAGEFAULT_FLAG_MINOR = 4;
+
+/** UFFD_FEATURE_* bits for `uffdApi` (linux/userfaultfd.h). */
+export const UFFD_FEATURE = {
+  pagefaultFlagWp: 1n << 0n,
+  eventFork: 1n << 1n,
+  eventRemap: 1n << 2n,
+  eventRemove: 1n << 3n,
+  missingHugetlbfs: 1n << 4n,
+  missingShmem: 1n << 5n,
+  eventUnmap: 1n << 6n,
+  sigbus: 1n << 7n,
+  threadId: 1n << 8n,
+  minorHugetlbfs: 1n << 9n,
+  minorShmem: 1n << 10n,
+  exactAddress: 1n << 11n,
+  wpHugetlbfsShmem: 1n << 12n,
+} as const;
+
+/** Bit numbers (_UFFDIO_*) in the `ioctls` masks of `uffdApi` and `uffdRegister`: test with `mask & (1n << bit)`. */
+export const UFFD_IOCTL = {
+  register: 0x00n,
+  unregister: 0x01n,
+  wake: 0x02n,
+  copy: 0x03n,
+  zeropage: 0x04n,
+  move: 0x05n,
+  writeProtect: 0x06n,
+  continue: 0x07n,
+  poison: 0x08n,
+  api: 0x3fn,
+} as const;
+
 export interface NativeBinding {
   // ---- AF_UNIX stream sockets (SOCK_CLOEXEC | SOCK_NONBLOCK) ----
   /** socket+bind+listen. Does not unlink an existing path (caller decides). */
@@ -100,6 +196,24 @@ export interface NativeBinding {
   munmap(ab: ArrayBuffer): void;
   memfdCreate(name: string, allowSealing: boolean): Fd;
   ftruncate(fd: Fd, byteLen: number): void;
+  /**
+   * The virtual address of byte 0 of a buffer returned by `mmap()` (for an unaligned mmap offset: the address of
+   * that offset, not of the page below it). Postcopy needs it: vhost-user.rst SET_MEM_TABLE "the back-end replies
+   * with the bases of the memory mapped regions". Throws EINVAL (syscall 'mmapAddress') for a buffer that is
+   * not a live mapping of ours (foreign, or detached by `munmap()`).
+   */
+  mmapAddress(ab: ArrayBuffer): bigint;
+  /**
+   * madvise(2) on [offset, offset+byteLen) of a buffer returned by `mmap()` (bounds checked: ERR_OUT_OF_RANGE).
+   * The kernel needs page-aligned ranges, so 'dontneed' and 'remove', which drop memory, shrink the range INWARD
+   * to the whole pages inside it (nothing outside the given range is ever dropped), while the 'willneed' hint
+   * grows OUTWARD to page boundaries. Returns the bytes actually advised (0 when no whole page is inside).
+   * 'dontneed' on a MAP_SHARED mapping only drops our page-table entries: the data stays in the page cache (on
+   * private anonymous memory it would read back as zeros). 'remove' punches a hole in the shmem/memfd file: the
+   * data is gone for every mapping of it; it needs a mapping of a descriptor open for writing (else EACCES).
+   * Failures throw with syscall 'madvise'.
+   */
+  madvise(ab: ArrayBuffer, offset: number, byteLen: number, advice: 'dontneed' | 'remove' | 'willneed'): number;
 
   // ---- eventfd (EFD_CLOEXEC | EFD_NONBLOCK) ----
   eventfd(initval: number): Fd;
@@ -118,4 +232,49 @@ export interface NativeBinding {
 
   // ---- readiness ----
   Poller: PollerConstructor;
+
+  // ---- userfaultfd (postcopy migration); see UffdTarget for how ranges are named ----
+  /**
+   * syscall(SYS_userfaultfd, O_CLOEXEC | (nonBlocking ? O_NONBLOCK : 0)); falls back to /dev/userfaultfd
+   * (USERFAULTFD_IOC_NEW) when the syscall is refused with EPERM/ENOSYS. Kernel-mode faults are trapped too (no
+   * UFFD_USER_MODE_ONLY): the back-end's own syscalls write guest memory. Call `uffdApi` next.
+   */
+  userfaultfd(nonBlocking: boolean): Fd;
+  /**
+   * UFFDIO_API handshake (api = UFFD_API): required once, before any other ioctl; a second call fails (EINVAL).
+   * `features` enables optional UFFD_FEATURE_* bits (0n for postcopy: missing-page faults need none, even on
+   * shmem; events such as remove/unmap would only add messages to handle). Unsupported bits throw EINVAL.
+   */
+  uffdApi(fd: Fd, features: bigint): UffdApiResult;
+  /**
+   * UFFDIO_REGISTER of [offset, offset+byteLen) of our mapping `ab`. Returns the ioctls the kernel allows on the
+   * range (bits UFFD_IOCTL.*; e.g. no zeropage on hugetlbfs, continue only with 'minor').
+   */
+  uffdRegister(fd: Fd, ab: ArrayBuffer, offset: number, byteLen: number, mode: UffdRegisterMode): bigint;
+  /** UFFDIO_UNREGISTER: accesses to the range no longer fault to the uffd (blocked faulters are woken). */
+  uffdUnregister(fd: Fd, ab: ArrayBuffer, offset: number, byteLen: number): void;
+  /**
+   * UFFDIO_COPY of `src` (whole pages) to the range starting at `offset` of `target`, atomically filling missing
+   * pages and waking their waiters (unless `dontWake`). Returns the bytes placed: fewer than src.length only when
+   * the kernel stopped early with EAGAIN (mm changing, or a later page failed): retry the rest. Throws EEXIST
+   * when the first page is already present, ENOENT/EINVAL for a range not registered on this uffd.
+   */
+  uffdCopy(fd: Fd, target: UffdTarget, offset: number, src: Uint8Array, options?: UffdCopyOptions): number;
+  /** UFFDIO_ZEROPAGE: fill missing pages of the range with zeros. Returns bytes placed, as `uffdCopy`. */
+  uffdZeropage(fd: Fd, target: UffdTarget, offset: number, byteLen: number, options?: UffdFillOptions): number;
+  /**
+   * UFFDIO_CONTINUE for 'minor' registrations: map the pages already in the page cache into the range. Returns
+   * bytes mapped, as `uffdCopy`.
+   */
+  uffdContinue(fd: Fd, target: UffdTarget, offset: number, byteLen: number, options?: UffdFillOptions): number;
+  /**
+   * UFFDIO_WRITEPROTECT for 'wp' registrations: protect (writes then fault with UFFD_PAGEFAULT_FLAG_WP) or
+   * unprotect the range; unprotecting wakes blocked writers unless `dontWake`.
+   */
+  uffdWriteProtect(fd: Fd, target: UffdTarget, offset: number, byteLen: number, protect: boolean,
+    options?: UffdFillOptions): void;
+  /** UFFDIO_WAKE: wake threads blocked on faults in the range (after a `dontWake` fill, or a fill made elsewhere). */
+  uffdWake(fd: Fd, target: UffdTarget, offset: number, byteLen: number): void;
+  /** Read one struct uffd_msg; null when none is pending (EAGAIN; open the uffd non-blocking). */
+  uffdRead(fd: Fd): UffdMsg | null;
 }

@@ -14,6 +14,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vhost::InitEventfd(env, exports);
   vhost::InitTap(env, exports);
   vhost::InitPoller(env, exports);
+  vhost::InitUffd(env, exports);
   return exports;
 }
 

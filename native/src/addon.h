@@ -17,6 +17,21 @@ void InitMmap(Napi::Env env, Napi::Object exports);
 void InitEventfd(Napi::Env env, Napi::Object exports);
 void InitTap(Napi::Env env, Napi::Object exports);
 void InitPoller(Napi::Env env, Napi::Object exports);
+void InitUffd(Napi::Env env, Napi::Object exports);
+
+// A live mapping made by mmap() (mmap.cc), as seen through the ArrayBuffer that exposes it.
+struct MappingRef {
+  uint8_t* base;   // page-aligned start of the kernel mapping (the VMA)
+  size_t mapLen;   // length given to mmap (the VMA extends to the next page boundary)
+  uint8_t* user;   // byte 0 of the ArrayBuffer (base + the sub-page part of the requested file offset)
+  size_t byteLen;  // ArrayBuffer length: [user, user + byteLen) is what JS may address
+};
+
+// The mapping behind `v`, which must be a non-detached ArrayBuffer returned by mmap(); anything else (a foreign
+// or detached buffer, a munmap()ed one) throws an EINVAL SysError naming `syscall`. The result stays valid for
+// the current call: only the JS thread holding the (attached) buffer can munmap it, and the GC cannot
+// finalize a buffer that is an argument of the running call.
+MappingRef LookupMapping(Napi::Env env, Napi::Value v, const char* name, const char* syscall);
 
 [[noreturn]] inline void ThrowArgType(Napi::Env env, const std::string& what) {
   Napi::TypeError e = Napi::TypeError::New(env, "The \"" + what + "\" argument has an invalid type");

@@ -1,5 +1,7 @@
 // Memory: fstat, mmap/munmap of shared-memory fds (guest RAM regions from SET_MEM_TABLE / ADD_MEM_REG, log
-// and inflight areas), memfd_create and ftruncate (for tests and for frontend emulation).
+// and inflight areas), memfd_create and ftruncate (for tests and for frontend emulation), and two calls on
+// live mappings: mmapAddress (postcopy: vhost-user.rst SET_MEM_TABLE "the back-end replies with the bases of
+// the memory mapped regions") and madvise.
 //
 // A mapping is exposed as an *external* ArrayBuffer. Two ways to release it:
 //   - munmap(ab): detaches the ArrayBuffer first (so every view over it has byteLength 0 and new views throw
@@ -14,6 +16,7 @@
 #include <unistd.h>
 
 #include <mutex>
+#include <string>
 #include <unordered_map>
 
 #include "addon.h"
@@ -126,6 +129,59 @@ Napi::Value Munmap(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// The address of byte 0 of the buffer, i.e. of the requested file offset (not of the page-aligned VMA start):
+// that is the address the guest region's first byte has in our address space, which is what postcopy needs.
+Napi::Value MmapAddress(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1) ThrowArgType(env, "ab");
+  MappingRef m = LookupMapping(env, info[0], "ab", "mmapAddress");
+  return Napi::BigInt::New(env, static_cast<uint64_t>(reinterpret_cast<uintptr_t>(m.user)));
+}
+
+// madvise(2) on [offset, offset+byteLen) of a mapping. The kernel wants a page-aligned start, so:
+//   - 'dontneed' / 'remove' discard memory, so the range is shrunk INWARD to the whole pages inside it: bytes
+//     outside the caller's range (the sub-page head before byte 0 of an unaligned mapping, the file bytes in
+//     the last page after its end) are never dropped. MADV_REMOVE punches a hole in the shmem/memfd file;
+//     MADV_DONTNEED on a MAP_SHARED mapping only drops our page-table entries (the page cache keeps the data,
+//     the next access maps it again; on private anonymous memory it would read back zeros).
+//   - 'willneed' is a read-ahead hint, so the range grows OUTWARD to page boundaries (still inside the VMA,
+//     which always covers whole pages).
+// Returns the number of bytes the kernel was asked to cover (0 when an inward range holds no whole page).
+Napi::Value Madvise(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1) ThrowArgType(env, "ab");
+  int64_t offset = ArgInt(info, 1, "offset", 0, INT64_C(1) << 53);
+  int64_t byteLen = ArgInt(info, 2, "byteLen", 0, INT64_C(1) << 53);
+  std::string adviceName = ArgString(info, 3, "advice");
+  int advice;
+  if (adviceName == "dontneed") {
+    advice = MADV_DONTNEED;
+  } else if (adviceName == "remove") {
+    advice = MADV_REMOVE;
+  } else if (adviceName == "willneed") {
+    advice = MADV_WILLNEED;
+  } else {
+    Napi::TypeError e = Napi::TypeError::New(env, "The argument 'advice' must be 'dontneed', 'remove' or 'willneed'");
+    e.Set("code", Napi::String::New(env, "ERR_INVALID_ARG_VALUE"));
+    throw e;
+  }
+  MappingRef m = LookupMapping(env, info[0], "ab", "madvise");
+  if (static_cast<uint64_t>(offset) + static_cast<uint64_t>(byteLen) > m.byteLen) ThrowRange(env, "offset + byteLen");
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  uintptr_t start = reinterpret_cast<uintptr_t>(m.user) + static_cast<uintptr_t>(offset);
+  uintptr_t end = start + static_cast<uintptr_t>(byteLen);
+  if (advice != MADV_WILLNEED) {
+    start = (start + page - 1) & ~(page - 1);
+    end &= ~(page - 1);
+  } else {
+    start &= ~(page - 1);
+    end = (end + page - 1) & ~(page - 1);
+  }
+  if (byteLen == 0 || end <= start) return Napi::Number::New(env, 0);
+  if (madvise(reinterpret_cast<void*>(start), end - start, advice) < 0) ThrowSysError(env, errno, "madvise");
+  return Napi::Number::New(env, static_cast<double>(end - start));
+}
+
 Napi::Value MemfdCreate(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::string name = ArgString(info, 0, "name");
@@ -148,10 +204,33 @@ Napi::Value Ftruncate(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
+MappingRef LookupMapping(Napi::Env env, Napi::Value v, const char* name, const char* syscall) {
+  if (!v.IsArrayBuffer()) ThrowArgType(env, name);
+  Napi::ArrayBuffer ab = v.As<Napi::ArrayBuffer>();
+  // A detached buffer has a null data pointer, which is never a key.
+  void* data = ab.IsDetached() ? nullptr : ab.Data();
+  MappingRef r{nullptr, 0, nullptr, 0};
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    auto it = data == nullptr ? g_maps.end() : g_maps.find(data);
+    if (it != g_maps.end() && it->second->mapped) {
+      const Mapping* m = it->second;
+      r = MappingRef{m->base, m->mapLen, m->user, m->mapLen - static_cast<size_t>(m->user - m->base)};
+    }
+  }
+  // Same check as munmap(): a buffer of another length at the same address is not ours.
+  if (r.user == nullptr || r.byteLen != ab.ByteLength()) {
+    ThrowSysError(env, EINVAL, syscall, nullptr, "not a live ArrayBuffer returned by mmap()");
+  }
+  return r;
+}
+
 void InitMmap(Napi::Env env, Napi::Object exports) {
   exports.Set("fstat", Napi::Function::New(env, Fstat, "fstat"));
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
   exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));
+  exports.Set("mmapAddress", Napi::Function::New(env, MmapAddress, "mmapAddress"));
+  exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
   exports.Set("ftruncate", Napi::Function::New(env, Ftruncate, "ftruncate"));
 }

@@ -4,146 +4,20 @@
  * are real eventfds, and the uplink is a capture port. This checks what a frontend cannot easily show:
  * exact bytes, used lengths, num_buffers, and that a hostile ring breaks only itself.
  */
-import test, { type ExecutionContext } from 'ava';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import test from 'ava';
+import { readFileSync } from 'node:fs';
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, ProtoF, VirtioF, bit, type VhostMessage } from '../../protocol/index.ts';
-import { FlatMemory, MockDriver, VIRTQ_DESC_F_NEXT } from '../../virtqueue/index.ts';
-import { VhostUserEndpoint } from '../../backend/server.ts';
-import { NetDevice } from '../../backend/devices/net/net-device.ts';
+import { MockDriver, VIRTQ_DESC_F_NEXT } from '../../virtqueue/index.ts';
 import { GSO_ECN, GSO_TCPV4, GSO_TCPV6, NET_HDR_F_NEEDS_CSUM, NetHdr } from '../../backend/devices/net/net-hdr.ts';
 import { fold, sum16 } from '../../backend/devices/net/offload.ts';
 import { ipv4Tcp, ipv6Tcp, tcpValid } from '../helpers/frames.ts';
-import { emptyStats, type Delivery, type FrameSink, type Port } from '../../backend/ports/port.ts';
 import { countFds } from '../helpers/proc.ts';
-import { connectFrontend } from '../helpers/frontend-socket.ts';
-
-const dir = mkdtempSync(join(tmpdir(), 'vut-dp-'));
-test.after.always(() => rmSync(dir, { recursive: true, force: true }));
-let seq = 0;
-
-const MEM_BYTES = 4 << 20;
-const UVA_BASE = 0x7f1200000000;
-const QSIZE = 64;
-
-/** Uplink that records what the device transmits and lets the test inject received frames. */
-class CapturePort implements Port {
-  readonly name = 'capture';
-  readonly stats = emptyStats();
-  readonly sent: Uint8Array[] = [];
-  readonly hdrs: NetHdr[] = [];
-  device: FrameSink | null = null;
-  connect(d: FrameSink): void {
-    this.device = d;
-  }
-  deliver(frame: Uint8Array, hdr: NetHdr, byteLen = frame.length): Delivery {
-    this.sent.push(frame.slice(0, byteLen));
-    this.hdrs.push(new NetHdr().copyFrom(hdr));
-    return 'ok';
-  }
-  onSpace(cb: () => void): void {
-    queueMicrotask(cb);
-  }
-  close(): void {}
-}
-
-async function until(what: string, f: () => boolean, ms = 3000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!f()) {
-    if (Date.now() > end) throw new Error(`timeout: ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
-interface Ring {
-  drv: MockDriver;
-  kick: number;
-  call: number;
-  err: number;
-}
-
-async function setup(t: ExecutionContext, features: bigint, opts: { txKickNoFd?: boolean } = {}) {
-  const path = join(dir, `dp${seq++}.sock`);
-  const dev = new NetDevice({ queuePairs: 1, label: path });
-  const port = new CapturePort();
-  dev.attachPort(port);
-  const ep = new VhostUserEndpoint({ path, device: dev, native });
-  ep.start();
-  const connected = new Promise<void>((r) => ep.once('session', () => r()));
-  const sf = connectFrontend(native, { path }, { timeoutMs: 3000 });
-  await connected;
-  const fe = sf.fe;
-  const memfd = native.memfdCreate('guest', false);
-  native.ftruncate(memfd, MEM_BYTES);
-  const ab = native.mmap(memfd, 0, MEM_BYTES, true);
-  const mem = new FlatMemory(ab, 0);
-  const fds: number[] = [memfd];
-  t.teardown(() => {
-    sf.close();
-    ep.close();
-    native.munmap(ab);
-    for (const fd of fds) native.close(fd);
-  });
-
-  await fe.request(R.GET_FEATURES);
-  await fe.request(R.SET_PROTOCOL_FEATURES, bit(ProtoF.REPLY_ACK) | bit(ProtoF.MQ));
-  await fe.request(R.SET_OWNER);
-  const ack = (m: VhostMessage | null) => (m!.payload as { value: bigint }).value;
-  t.is(ack(await fe.request(R.SET_FEATURES, features | bit(VirtioF.PROTOCOL_FEATURES), { needReply: true })), 0n);
-  const region = { guestPhysAddr: 0n, memorySize: BigInt(MEM_BYTES), userspaceAddr: BigInt(UVA_BASE), mmapOffset: 0n };
-  t.is(ack(await fe.request(R.SET_MEM_TABLE, { nregions: 1, padding: 0, regions: [region] }, { needReply: true, fds: [memfd] })), 0n);
-
-  const rings: Ring[] = [];
-  for (const index of [0, 1]) {
-    const base = index * 0x40000;
-    const drv = new MockDriver(mem, {
-      size: QSIZE,
-      base,
-      heapAddr: 0x100000 + index * 0x100000,
-      heapByteLen: 0x100000,
-      eventIdx: (features & bit(VirtioF.RING_EVENT_IDX)) !== 0n,
-    });
-    const [kick, call, err] = [native.eventfd(0), native.eventfd(0), native.eventfd(0)];
-    fds.push(kick, call, err);
-    const opt = { needReply: true };
-    await fe.request(R.SET_VRING_NUM, { index, num: QSIZE }, opt);
-    await fe.request(R.SET_VRING_BASE, { index, num: 0 }, opt);
-    await fe.request(
-      R.SET_VRING_ADDR,
-      {
-        index,
-        flags: 0,
-        descUserAddr: BigInt(UVA_BASE + drv.descAddr),
-        usedUserAddr: BigInt(UVA_BASE + drv.usedAddr),
-        availUserAddr: BigInt(UVA_BASE + drv.availAddr),
-        logGuestAddr: 0n,
-      },
-      opt,
-    );
-    await fe.request(R.SET_VRING_CALL, { index, noFd: false }, { ...opt, fds: [call] });
-    await fe.request(R.SET_VRING_ERR, { index, noFd: false }, { ...opt, fds: [err] });
-    if (index === 1 && opts.txKickNoFd) await fe.request(R.SET_VRING_KICK, { index, noFd: true }, opt);
-    else await fe.request(R.SET_VRING_KICK, { index, noFd: false }, { ...opt, fds: [kick] });
-    await fe.request(R.SET_VRING_ENABLE, { index, num: 1 }, opt);
-    rings.push({ drv, kick, call, err });
-  }
-  const session = ep.session!;
-  t.truthy(session.rings[0]!.queue, 'RX ring ready');
-  t.truthy(session.rings[1]!.queue, 'TX ring ready');
-  return { dev, port, rx: rings[0]!, tx: rings[1]!, session, fe, sf, ep, mem };
-}
+import { UVA_BASE, frameOf, setupLoopback as setup, until } from '../helpers/loopback.ts';
 
 /** A frame with no offload work. */
 const PLAIN = new NetHdr();
 const FEATURES = bit(VirtioF.VERSION_1) | bit(VirtioF.NET_F_MRG_RXBUF) | bit(VirtioF.RING_EVENT_IDX) | bit(VirtioF.RING_INDIRECT_DESC);
-
-function frameOf(len: number, seed: number): Uint8Array {
-  const f = new Uint8Array(len);
-  for (let i = 0; i < len; i++) f[i] = (i * 7 + seed) & 0xff;
-  return f;
-}
 
 test('guest TX: a chain split over header + two buffers leaves as one frame; used len 0; call signalled', async (t) => {
   const { port, tx } = await setup(t, FEATURES);
