@@ -581,8 +581,9 @@ const HANDLERS: Partial<Record<number, Handler>> = {
   },
   [FrontendReq.RESET_OWNER]() {
     // vhost-user.rst: "no longer used ... recommended that back-ends either ignore this message, or
-    // use it to disable all rings". We disable (and stop) all rings and keep the connection state.
-    this.stopAllRings();
+    // use it to disable all rings". We return every ring to its initial state (stopped, disabled,
+    // unconfigured) and keep memory, features and the dirty log (D3).
+    this.resetRings();
   },
   [FrontendReq.GET_QUEUE_NUM]() {
     return { payload: { value: BigInt(this.device.queueNum) } };
@@ -719,10 +720,14 @@ const HANDLERS: Partial<Record<number, Handler>> = {
     this.status = Number(s);
   },
   [FrontendReq.RESET_DEVICE]() {
+    // "reset all internal device state to the initial state": rings, features, status, the device,
+    // and migration state (dirty log, postcopy). The memory table stays: the spec keeps it ("until
+    // the frontend sends a new one") and QEMU does not resend it.
     this.resetRings();
     this.ackedFeatures = 0n;
     this.featuresSet = false;
     this.status = 0;
+    this.migration.close();
     this.device.reset();
   },
   [FrontendReq.SEND_RARP](msg) {

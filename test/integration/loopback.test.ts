@@ -159,12 +159,15 @@ test('ring states: enable before SET_FEATURES counts (D2); SET_VRING_KICK does n
   t.is(r.session().rings[1]!.base, 7);
 });
 
-test('RESET_OWNER disables and stops all rings but keeps the memory table (D3)', async (t) => {
+test('RESET_OWNER returns every ring to its initial state but keeps the memory table (D3)', async (t) => {
   const r = await rig(t);
   await negotiate(r);
+  await r.fe.fe.request(R.SET_VRING_NUM, { index: 1, num: 128 }, { needReply: true });
+  await r.fe.fe.request(R.SET_VRING_BASE, { index: 1, num: 7 }, { needReply: true });
   await r.fe.fe.request(R.SET_VRING_ENABLE, { index: 1, num: 1 }, { needReply: true });
   await r.fe.fe.request(R.RESET_OWNER, undefined, { needReply: true });
-  t.false(r.session().rings[1]!.enabled);
+  const ring = r.session().rings[1]!;
+  t.deepEqual([ring.enabled, ring.started, ring.num, ring.base, ring.addr], [false, false, 0, 0, null]);
 });
 
 test('a second frontend is refused while one is connected, and accepted after it leaves (D10)', async (t) => {
