@@ -4,12 +4,13 @@
 #
 # Outputs (in $RIG_DIR, default <repo>/.rig/guest, gitignored):
 #   vmlinuz         the kernel image
-#   initramfs.gz    busybox-static + the modules below (+ deps) + /init
+#   initramfs.gz    busybox-static + the modules below (+ deps) + /init + /bin/seqnet
+#   seqnet          guest-tools/seqnet.c built static (the copy in the initramfs)
 #   kernel-release  e.g. 6.1.0-56-amd64
 #   debs/           the downloaded .debs (kept so a rebuild needs no network)
 #
-# Idempotent: does nothing if the outputs exist and are newer than guest-init.sh and this
-# script. RIG_FORCE=1 rebuilds. RIG_KEEP_KROOT=1 keeps the 400 MB extracted kernel tree.
+# Idempotent: does nothing if the outputs exist and are newer than guest-init.sh,
+# guest-tools/seqnet.c and this script. RIG_FORCE=1 rebuilds. RIG_KEEP_KROOT=1 keeps the 400 MB extracted kernel tree.
 #
 # Needs: apt-get (download only, no root needed for that), dpkg-deb, gzip, busybox (host
 # copy of busybox-static is not required: the one from the .deb is used for cpio/depmod).
@@ -19,6 +20,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 RIG_DIR=${RIG_DIR:-$REPO/.rig/guest}
 INIT_SRC=$HERE/guest-init.sh
+# Guest-side test tools, compiled on the host (static, so they need no libc in the initramfs).
+SEQNET_SRC=$HERE/guest-tools/seqnet.c
 
 # Modules the guest may need (test-rig-facts §4.2, §5): virtio-net for vhost-user, virtio
 # console/9p for host access, e1000e + vfio for the VFIO scenario, tun/veth for in-guest
@@ -33,6 +36,7 @@ up_to_date() {
   local f
   for f in vmlinuz initramfs.gz kernel-release; do [[ -s $RIG_DIR/$f ]] || return 1; done
   [[ $RIG_DIR/initramfs.gz -nt $INIT_SRC && $RIG_DIR/initramfs.gz -nt ${BASH_SOURCE[0]} ]] || return 1
+  [[ $RIG_DIR/initramfs.gz -nt $SEQNET_SRC ]] || return 1
 }
 
 if [[ ${RIG_FORCE:-0} != 1 ]] && up_to_date; then
@@ -130,6 +134,14 @@ for a in $("$BB" --list-full); do
   ln -sf "$up/bin/busybox" "$R/$a"
 done
 install -m 0755 "$INIT_SRC" "$R/init"
+# /bin/seqnet: sequence-numbered UDP sender/receiver (loss/duplication tests; host twin:
+# test/helpers/seqnet.ts). Built static with the host's gcc + libc.a (libc6-dev).
+if command -v gcc >/dev/null; then
+  gcc -static -Os -s -Wall -Werror -o "$RIG_DIR/seqnet" "$SEQNET_SRC"
+  install -m 0755 "$RIG_DIR/seqnet" "$R/bin/seqnet"
+else
+  say "WARNING: no gcc on the host: the guest has no /bin/seqnet (apt-get install gcc libc6-dev)"
+fi
 echo "root:x:0:0:root:/root:/bin/sh" > "$R/etc/passwd"
 echo "root:x:0:" > "$R/etc/group"
 echo "vut-guest" > "$R/etc/hostname"

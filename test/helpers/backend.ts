@@ -16,6 +16,11 @@ export interface Backend {
   waitForLog(re: RegExp, timeoutMs: number): Promise<void>;
   /** SIGTERM, wait for exit; returns the exit code. */
   stop(timeoutMs?: number): Promise<number | null>;
+  /**
+   * SIGKILL, wait for exit: a crash, no cleanup (the socket file stays, the tap fd is closed by the kernel).
+   * Resolves with the signal that ended the process (null if it had already exited by itself).
+   */
+  kill(timeoutMs?: number): Promise<NodeJS.Signals | null>;
 }
 
 export interface BackendOptions {
@@ -38,7 +43,13 @@ export async function startBackend(args: string[], opts: BackendOptions = {}): P
   let log = '';
   proc.stdout!.on('data', (d: Buffer) => (log += d.toString()));
   proc.stderr!.on('data', (d: Buffer) => (log += d.toString()));
-  const exited = new Promise<number | null>((r) => proc.on('exit', (code) => r(code)));
+  let exitSignal: NodeJS.Signals | null = null;
+  const exited = new Promise<number | null>((r) =>
+    proc.on('exit', (code, signal) => {
+      exitSignal = signal;
+      r(code);
+    }),
+  );
   const kill = () => proc.kill('SIGKILL');
   process.once('exit', kill);
   const b: Backend = {
@@ -61,6 +72,18 @@ export async function startBackend(args: string[], opts: BackendOptions = {}): P
       clearTimeout(t);
       process.removeListener('exit', kill);
       return code;
+    },
+    async kill(timeoutMs = 5000) {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      let t: NodeJS.Timeout | undefined;
+      await Promise.race([
+        exited,
+        new Promise((_, reject) => {
+          t = setTimeout(() => reject(new Error(`backend ${proc.pid} still alive ${timeoutMs} ms after SIGKILL`)), timeoutMs);
+        }),
+      ]).finally(() => clearTimeout(t));
+      process.removeListener('exit', kill);
+      return exitSignal;
     },
   };
   const end = Date.now() + 15000;
