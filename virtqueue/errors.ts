@@ -42,7 +42,18 @@ export type VirtqErrorCode =
   /** RegionMemory: a region overlaps an existing one in guest-physical space. */
   | 'VQ_REGION_OVERLAP'
   /** RegionMemory: a region description is malformed (negative, zero length, view too short, past 2^53). */
-  | 'VQ_BAD_REGION';
+  | 'VQ_BAD_REGION'
+  /**
+   * Inflight region (vhost-user.rst "Inflight I/O tracking") that cannot be used for this queue: too
+   * short or misaligned, unknown version or feature flags, desc_num not the queue size, wrong layout.
+   */
+  | 'VQ_INFLIGHT_REGION'
+  /**
+   * Inflight region whose content is inconsistent: an index outside the queue, a loop or an overlap
+   * in a `next` list, a batch or a set of in-flight descriptors larger than the ring, an `inflight`
+   * byte other than 0 / 1, duplicate buffer ids.
+   */
+  | 'VQ_INFLIGHT_CORRUPT';
 
 export class VirtqError extends Error {
   readonly code: VirtqErrorCode;

@@ -2,7 +2,7 @@
  * The virtqueue engine: pure TypeScript over guest-memory views, no native code, no sockets.
  * Devices use a Virtqueue (SplitQueue, virtio v1.2 2.7, or PackedQueue, 2.8: pop / pushUsed / flushUsed /
  * drain) with Chain, ChainReader and ChainWriter; the session builds queues from SET_VRING_* state over a
- * RegionMemory.
+ * RegionMemory, and attaches inflight regions (inflight.ts, vhost-user.rst "Inflight I/O tracking").
  */
 export type { VirtqErrorCode } from './errors.ts';
 export { VirtqError } from './errors.ts';
@@ -57,6 +57,29 @@ export type { SplitQueueConfig, SplitQueueStats } from './split.ts';
 export { SplitQueue } from './split.ts';
 export type { MockBuffer, AddChainOptions, RawDesc, UsedEntry, MockDriverOptions } from './mock-driver.ts';
 export { MockDriver } from './mock-driver.ts';
+export type {
+  InflightLayout,
+  InflightInitOptions,
+  InflightAttachResult,
+  InflightRegion,
+  SplitInflightEntry,
+  PackedInflightEntry,
+  PackedRecovery,
+} from './inflight.ts';
+export {
+  INFLIGHT_VERSION,
+  INFLIGHT_ALIGN,
+  SPLIT_INFLIGHT_HEADER_BYTES,
+  SPLIT_INFLIGHT_DESC_BYTES,
+  PACKED_INFLIGHT_HEADER_BYTES,
+  PACKED_INFLIGHT_DESC_BYTES,
+  inflightQueueSize,
+  inflightRegionSize,
+  inflightQueueOffset,
+  openInflightRegion,
+  SplitInflight,
+  PackedInflight,
+} from './inflight.ts';
 export type { PackedQueueConfig, PackedBase } from './packed.ts';
 export { PackedQueue, packedBaseFromVhost, packedBaseToVhost } from './packed.ts';
 export type {

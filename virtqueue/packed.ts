@@ -47,6 +47,19 @@
  * one hangs the guest. The device WRITES the device area: disableNotification stores DISABLE;
  * enableNotification stores ENABLE, or with EVENT_IDX off_wrap := the first position not yet seen and
  * then flags := DESC, and re-checks that descriptor afterwards (the race of 2.8.21.2 / 2.8.22 note).
+ *
+ * Inflight tracking (vhost-user.rst "Inflight I/O tracking", inflight.ts PackedInflight): with a region
+ * attached, pop copies the list's descriptors into the region and marks it in flight, pushUsed frees
+ * its entries and advances the region's used_idx, flushUsed publishes and then commits the batch,
+ * unpop frees what it gives back. Attaching a region that holds work from before a restart
+ * resubmits it: the saved descriptors (the ring slots may have been overwritten by used elements
+ * since) go through the same list walker, oldest first, before the ring is read again; the used
+ * position is the region's (after the spec's roll-back / commit) and the next position to read is
+ * that plus the descriptors still in flight. Without a region each operation pays one null check.
+ *
+ * Dirty log: descriptor writes (used elements) are logged at their own address; the device event
+ * suppression area, the packed ring's "used" area of SET_VRING_ADDR, at `usedLogAddr` + offset when
+ * given (log_guest_addr with VHOST_VRING_F_LOG), at its own address otherwise.
  */
 import type { GuestMemory } from './memory.ts';
 import { createSpan, ringU16, ringU32 } from './memory.ts';
@@ -69,6 +82,8 @@ import {
 } from './defs.ts';
 import type { VirtqErrorCode } from './errors.ts';
 import { VirtqError, hexAddr } from './errors.ts';
+import type { InflightAttachResult, InflightRegion, PackedRecovery } from './inflight.ts';
+import { PackedInflight } from './inflight.ts';
 import type { ChainHandler, DrainResult, Virtqueue, VirtqueueStats } from './queue.ts';
 import { drainQueue } from './queue.ts';
 import { QueueCore } from './queue-core.ts';
@@ -164,6 +179,12 @@ export interface PackedQueueConfig {
   usedWrapCounter?: boolean;
   /** The raw SET_VRING_BASE value; when given it replaces the four fields above (packedBaseFromVhost). */
   vhostBase?: number;
+  /**
+   * Guest address at which writes to the device event suppression area are reported to the dirty
+   * log (SET_VRING_ADDR log_guest_addr with VHOST_VRING_F_LOG); default: deviceEventAddr. Used
+   * elements are always logged at their descriptor's own address.
+   */
+  usedLogAddr?: number;
   /** For log lines. */
   label?: string;
 }
@@ -173,6 +194,8 @@ export class PackedQueue extends QueueCore implements Virtqueue {
   readonly descGpa: number;
   readonly driverEventGpa: number;
   readonly deviceEventGpa: number;
+  /** Where device event area writes are logged (usedLogAddr, or deviceEventGpa). */
+  readonly usedLogGpa: number;
   readonly eventIdx: boolean;
   readonly indirect: boolean;
   readonly inOrder: boolean;
@@ -227,6 +250,19 @@ export class PackedQueue extends QueueCore implements Virtqueue {
   private readonly span = createSpan();
   private readonly table = new IndirectTable();
 
+  // Inflight tracking (null / empty without a region).
+  private inflightRegion: PackedInflight | null = null;
+  /** What recover() returned; resubmitPos lists and resubmitOff descriptors of it handed out. */
+  private recovery: PackedRecovery | null = null;
+  private resubmitPos = 0;
+  private resubmitOff = 0;
+  /** Per buffer id in flight: its head entry in the region. */
+  private idEntry: Uint16Array = new Uint16Array(0);
+  /** Head entries pushed since the last flush. */
+  private pendEntry: Uint16Array = new Uint16Array(0);
+  /** Per history slot: 1 when that pop was a resubmission. */
+  private histResub: Uint8Array = new Uint8Array(0);
+
   /** Validates the layout and maps the rings; throws VirtqError (VQ_BAD_SIZE, VQ_RING_LAYOUT, VQ_UNMAPPED) or RangeError (indices). */
   constructor(cfg: PackedQueueConfig, mem: GuestMemory) {
     super(mem);
@@ -277,6 +313,11 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     this.descGpa = cfg.descAddr;
     this.driverEventGpa = cfg.driverEventAddr;
     this.deviceEventGpa = cfg.deviceEventAddr;
+    const logAt = cfg.usedLogAddr ?? cfg.deviceEventAddr;
+    if (!Number.isSafeInteger(logAt) || logAt < 0) {
+      throw new VirtqError('VQ_RING_LAYOUT', `used log address ${logAt} is invalid`);
+    }
+    this.usedLogGpa = logAt;
     this.eventIdx = cfg.eventIdx;
     this.indirect = cfg.indirect;
     this.inOrder = cfg.inOrder === true;
@@ -365,6 +406,9 @@ export class PackedQueue extends QueueCore implements Virtqueue {
 
   /** True when the next descriptor is available (a chain can be popped). False on a broken queue. */
   hasAvailable(): boolean {
+    if (this.inflightRegion !== null && this.recovery !== null && this.resubmitPos < this.recovery.entries.length) {
+      return this.broken === null && this.ringsMapped;
+    }
     return this.broken === null && this.ringsMapped && this.availAt(this.availL);
   }
 
@@ -374,6 +418,7 @@ export class PackedQueue extends QueueCore implements Virtqueue {
    */
   pop(chain: Chain): boolean {
     if (this.broken !== null || !this.ringsMapped) return false;
+    if (this.inflightRegion !== null) return this.popTracked(chain);
     const S = this.size;
     const L = this.availL;
     let pos = L;
@@ -385,7 +430,7 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     // Acquire: the flags load orders the reads of this list's descriptors after it.
     const f0 = Atomics.load(this.descU16, (pos << 3) + 7);
     if (((f0 >>> 7) & 1) !== w || ((f0 >>> 15) & 1) === w) return false;
-    const n = this.walk(chain, pos, f0);
+    const n = this.walk(chain, this.desc, S, pos, f0);
     if (n === 0) {
       this.markBroken(this.errCode!, `descriptor ${pos} (wrap ${w}): ${this.errMessage}`);
       return false;
@@ -430,17 +475,22 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     s.set(this.idSlot);
     this.idCount = c;
     this.idSlot = s;
+    if (this.idEntry.length !== 0) {
+      // Allocated with the region (attachInflight); popTracked detaches the region while it pops.
+      const e = new Uint16Array(65536);
+      e.set(this.idEntry);
+      this.idEntry = e;
+    }
   }
 
   /**
-   * Resolves the list starting at ring position `pos` (first flags `f0`, already acquired) into
-   * `chain`; returns the ring descriptors it took, 0 on error (errCode / errMessage set).
+   * Resolves the list starting at position `pos` of descriptor ring `d` (`S` descriptors as u32
+   * words: the queue's ring, or a resubmitted list's saved copy) with first flags `f0` (already
+   * acquired) into `chain`; returns the ring descriptors it took, 0 on error (errCode / errMessage set).
    */
-  private walk(chain: Chain, pos: number, f0: number): number {
+  private walk(chain: Chain, d: Uint32Array, S: number, pos: number, f0: number): number {
     chain.reset();
     chain.mem = this.mem;
-    const S = this.size;
-    const d = this.desc;
     const mem = this.mem;
     const span = this.span;
     let flags = f0;
@@ -543,10 +593,21 @@ export class PackedQueue extends QueueCore implements Virtqueue {
       if (c === 0) throw new RangeError(`unpop(${n}): chain ${k + 1} from the top (id ${this.histId[h]}) was already pushed`);
       total += c;
     }
+    const r = this.inflightRegion;
     h = this.histTop;
     for (let k = 0; k < n; k++) {
       h = h === 0 ? S - 1 : h - 1;
-      this.idCount[this.histId[h]!] = 0;
+      const id = this.histId[h]!;
+      if (r !== null) {
+        if (this.histResub[h] === 1) {
+          // Back on the resubmit list: it was never counted in the ring position.
+          this.histResub[h] = 0;
+          this.resubmitPos--;
+          this.resubmitOff -= this.histCount[h]!;
+          total -= this.histCount[h]!;
+        } else r.onUnpop(this.idEntry[id]!);
+      }
+      this.idCount[id] = 0;
       this.histCount[h] = 0;
     }
     this.histTop = h;
@@ -570,6 +631,11 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     const tbl = this.idCount;
     const cnt = head >= 0 && head < tbl.length ? tbl[head]! : 0;
     if (cnt === 0 || !Number.isInteger(head)) throw new RangeError(`pushUsed: buffer id ${head} is not in flight`);
+    if (this.inflightRegion !== null) {
+      const e = this.idEntry[head]!;
+      this.inflightRegion.beginUsed(e);
+      this.pendEntry[this.pending] = e;
+    }
     tbl[head] = 0;
     this.histCount[this.idSlot[head]!] = 0;
     const S = this.size;
@@ -607,6 +673,8 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     const n = this.pending;
     if (n === 0 || !this.ringsMapped) return false;
     Atomics.store(this.descU16, this.firstFlagsAt, this.firstFlags);
+    // Inflight: the batch is committed only once it is published (a crash in between is recovered).
+    if (this.inflightRegion !== null) this.inflightRegion.commitUsed(this.pendEntry, n);
     const old = this.usedL;
     const next = this.shadowUsedL;
     this.usedL = next;
@@ -640,7 +708,7 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     if (this.devFlags !== EV_DISABLE) {
       this.devFlags = EV_DISABLE;
       Atomics.store(this.devEvt, 1, EV_DISABLE);
-      this.logWrite(this.deviceEventGpa + 2, 2);
+      this.logWrite(this.usedLogGpa + 2, 2);
     }
   }
 
@@ -664,22 +732,146 @@ export class PackedQueue extends QueueCore implements Virtqueue {
       if (this.devOffWrap !== ow) {
         this.devOffWrap = ow;
         Atomics.store(this.devEvt, 0, ow);
-        this.logWrite(this.deviceEventGpa, 2);
+        this.logWrite(this.usedLogGpa, 2);
       }
       if (this.devFlags !== EV_DESC) {
         this.devFlags = EV_DESC;
         Atomics.store(this.devEvt, 1, EV_DESC);
-        this.logWrite(this.deviceEventGpa + 2, 2);
+        this.logWrite(this.usedLogGpa + 2, 2);
       }
     } else if (this.devFlags !== EV_ENABLE) {
       this.devFlags = EV_ENABLE;
       Atomics.store(this.devEvt, 1, EV_ENABLE);
-      this.logWrite(this.deviceEventGpa + 2, 2);
+      this.logWrite(this.usedLogGpa + 2, 2);
     }
     // Store-load fence: the seq-cst store above (or an earlier one) is visible before this load.
     return this.availAt(seen);
   }
 
+
+  // ---- inflight tracking -------------------------------------------------------------------------
+
+  /** The attached inflight region, or null. */
+  get inflight(): PackedInflight | null {
+    return this.inflightRegion;
+  }
+  /** Resubmitted lists pop() has still to hand out. */
+  get resubmitPending(): number {
+    return this.recovery === null ? 0 : this.recovery.entries.length - this.resubmitPos;
+  }
+
+  /**
+   * Attaches this queue's inflight region (SET_INFLIGHT_FD, before the ring runs: nothing popped or
+   * pushed yet). A blank region (version 0) is initialized with the queue's used position; a region
+   * in use is recovered (PackedInflight.recover, which reads the ring flags at its old used position):
+   * the used position becomes the region's, the next position to read that plus the descriptors
+   * still in flight, and those lists are resubmitted. Throws VirtqError (VQ_INFLIGHT_REGION /
+   * VQ_INFLIGHT_CORRUPT) and leaves the queue untouched when the region is unusable; RangeError when
+   * called at the wrong time (host bug).
+   */
+  attachInflight(region: InflightRegion): InflightAttachResult {
+    if (!(region instanceof PackedInflight)) {
+      throw new VirtqError('VQ_INFLIGHT_REGION', `${this.label}: a ${region.layout} inflight region on a packed queue`);
+    }
+    if (region.size !== this.size) {
+      throw new VirtqError('VQ_INFLIGHT_REGION', `${this.label}: inflight region for ${region.size} entries on a queue of ${this.size}`);
+    }
+    if (this.inflightRegion !== null) throw new RangeError(`${this.label}: an inflight region is already attached`);
+    if (this.outstanding !== 0 || this.pending !== 0) {
+      throw new RangeError(`${this.label}: attachInflight with chains popped or pushed`);
+    }
+    if (!this.ringsMapped) throw new VirtqError('VQ_UNMAPPED', `${this.label}: rings are not mapped`);
+    const S = this.size;
+    const fresh = region.isFresh;
+    let rec: PackedRecovery | null = null;
+    if (fresh) region.init({ usedIdx: this.usedIdx, usedWrap: this.usedWrapCounter });
+    else {
+      const ring = this.descU16;
+      rec = region.recover((pos) => Atomics.load(ring, (pos << 3) + 7));
+      this.usedL = rec.usedIdx + (rec.usedWrap ? 0 : S);
+      this.shadowUsedL = this.usedL;
+      let a = this.usedL + rec.descTotal;
+      if (a >= this.twoSize) a -= this.twoSize;
+      this.availL = a;
+      this.ahead = 0;
+      this.histTop = 0;
+      this.histLen = 0;
+      this.histCount.fill(0);
+    }
+    this.recovery = rec;
+    this.resubmitPos = 0;
+    this.resubmitOff = 0;
+    this.idEntry = new Uint16Array(this.idCount.length);
+    this.pendEntry = new Uint16Array(S);
+    this.histResub = new Uint8Array(S);
+    this.inflightRegion = region;
+    return { fresh, resubmitted: rec === null ? 0 : rec.entries.length };
+  }
+
+  /** pop() with a region: resubmitted lists first (their saved copies), then the ring, recording the pop. */
+  private popTracked(chain: Chain): boolean {
+    const r = this.inflightRegion!;
+    const rec = this.recovery;
+    if (rec !== null && this.resubmitPos < rec.entries.length) return this.popResubmit(chain, rec);
+    const L = this.availL;
+    // The untracked path does the ring work; detached meanwhile so it does not come back here.
+    this.inflightRegion = null;
+    let ok: boolean;
+    try {
+      ok = this.pop(chain);
+    } finally {
+      this.inflightRegion = r;
+    }
+    if (!ok) return false;
+    const S = this.size;
+    const n = chain.descCount;
+    const e = r.onPop(this.desc, L < S ? L : L - S, n, S);
+    if (e < 0) {
+      this.markBroken('VQ_INFLIGHT_CORRUPT', `inflight region has no free entry for ${n} descriptors`);
+      return false;
+    }
+    this.idEntry[chain.head] = e;
+    this.histResub[this.histTop === 0 ? S - 1 : this.histTop - 1] = 0;
+    return true;
+  }
+
+  private popResubmit(chain: Chain, rec: PackedRecovery): boolean {
+    const k = this.resubmitPos;
+    const e = rec.entries[k]!;
+    const num = rec.descCounts[k]!;
+    const off = this.resubmitOff;
+    const d = rec.descs.subarray(off << 2, (off + num) << 2);
+    const n = this.walk(chain, d, num, 0, d[3]! >>> 16);
+    if (n === 0) {
+      this.markBroken(this.errCode!, `resubmitted inflight entry ${e}: ${this.errMessage}`);
+      return false;
+    }
+    if (n !== num) {
+      this.markBroken('VQ_INFLIGHT_CORRUPT', `resubmitted inflight entry ${e}: ${n} descriptors walked, ${num} saved`);
+      return false;
+    }
+    const id = chain.head;
+    if (id >= this.idCount.length) this.growIdTables();
+    if (this.idCount[id] !== 0) {
+      this.markBroken('VQ_BAD_ID', `resubmitted inflight entry ${e}: buffer id ${id} is already in flight`);
+      return false;
+    }
+    const S = this.size;
+    const slot = this.histTop;
+    this.histId[slot] = id;
+    this.histCount[slot] = n;
+    this.histResub[slot] = 1;
+    this.histTop = slot + 1 === S ? 0 : slot + 1;
+    if (this.histLen < S) this.histLen++;
+    this.idCount[id] = n;
+    this.idSlot[id] = slot;
+    this.idEntry[id] = e;
+    this.resubmitPos = k + 1;
+    this.resubmitOff = off + num;
+    this.outstanding++;
+    this.stats.popped++;
+    return true;
+  }
 
   /** The device loop (queue.ts drainQueue): one result object per queue, nothing allocated per call. */
   drain(fn: ChainHandler, budget: number, chain: Chain = this.scratchChain): DrainResult {

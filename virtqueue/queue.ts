@@ -7,6 +7,7 @@
  */
 import type { Chain } from './chain.ts';
 import type { VirtqError } from './errors.ts';
+import type { InflightAttachResult, InflightRegion } from './inflight.ts';
 import type { GuestMemory } from './memory.ts';
 
 export interface VirtqueueStats {
@@ -81,6 +82,17 @@ export interface Virtqueue {
   hasAvailable(): boolean;
   /** The device loop: pop, hand to `fn`, push, flush, re-enable with the race re-check. */
   drain(fn: ChainHandler, budget: number, chain?: Chain): DrainResult;
+
+  /** The attached inflight region (vhost-user.rst "Inflight I/O tracking"), or null. */
+  readonly inflight: InflightRegion | null;
+  /** Chains from before a restart that pop() has still to hand out (hasAvailable() is true meanwhile). */
+  readonly resubmitPending: number;
+  /**
+   * Attaches this queue's region of the inflight buffer (its layout must match the ring format)
+   * before the ring runs; recovers and resubmits what it holds. Throws VirtqError
+   * (VQ_INFLIGHT_REGION / VQ_INFLIGHT_CORRUPT) without changing the queue when it is unusable.
+   */
+  attachInflight(region: InflightRegion): InflightAttachResult;
 }
 
 /**

@@ -26,6 +26,19 @@
  * the driver will not read before used.idx moves) and advances a private shadow index; `flushUsed`
  * publishes used.idx once and computes whether the driver must be notified. We write elements in
  * place instead of keeping a host-side copy: same single publication, no extra copy.
+ *
+ * Inflight tracking (vhost-user.rst "Inflight I/O tracking", inflight.ts): with a region attached
+ * (`attachInflight`), pop marks the head in flight, pushUsed links it into the batch list, flushUsed
+ * publishes used.idx and then clears the batch (the spec's order), unpop clears what it gives back.
+ * Attaching a region that holds work from before a restart resubmits it: pop() returns those heads,
+ * oldest first, through the same chain walker, before reading the available ring, whose position
+ * becomes used.idx + their number (libvhost-user vu_check_queue_inflights). Without a region each
+ * operation pays one null check.
+ *
+ * Dirty log: writes to the used ring are reported at `usedLogAddr` + offset when the session gives
+ * it (SET_VRING_ADDR log_guest_addr with VHOST_VRING_F_LOG: vhost-user.rst "Migration", "the write
+ * to first byte of the used ring is logged at this offset from log start"), at the ring's own gpa
+ * otherwise.
  */
 import type { GuestMemory } from './memory.ts';
 import { ringU16, ringU32 } from './memory.ts';
@@ -44,6 +57,8 @@ import {
 } from './defs.ts';
 import type { VirtqErrorCode } from './errors.ts';
 import { VirtqError, hexAddr } from './errors.ts';
+import type { InflightAttachResult, InflightRegion } from './inflight.ts';
+import { SplitInflight } from './inflight.ts';
 import type { ChainHandler, DrainResult, Virtqueue, VirtqueueStats } from './queue.ts';
 import { drainQueue } from './queue.ts';
 import { QueueCore } from './queue-core.ts';
@@ -72,9 +87,18 @@ export interface SplitQueueConfig {
   lastAvailIdx?: number;
   /** Next used index to write; default: the ring's current used.idx (what the driver has seen). */
   usedIdx?: number;
+  /**
+   * Guest address at which used ring writes are reported to the dirty log (SET_VRING_ADDR
+   * log_guest_addr, when VHOST_VRING_F_LOG is set); default: usedAddr.
+   */
+  usedLogAddr?: number;
   /** For log lines. */
   label?: string;
 }
+
+const NO_HEADS: Uint16Array = new Uint16Array(0);
+/** Split pop history flag: the chain came from the resubmit list, not the available ring. */
+const HIST_RESUBMIT = 0x10000;
 
 /** Kept as the split-specific name; same shape as every queue's stats. */
 export type SplitQueueStats = VirtqueueStats;
@@ -95,6 +119,8 @@ export class SplitQueue extends QueueCore implements Virtqueue {
   readonly descGpa: number;
   readonly availGpa: number;
   readonly usedGpa: number;
+  /** Where used ring writes are logged (usedLogAddr, or usedGpa). */
+  readonly usedLogGpa: number;
   readonly eventIdx: boolean;
   readonly indirect: boolean;
   readonly label: string;
@@ -127,6 +153,18 @@ export class SplitQueue extends QueueCore implements Virtqueue {
   private notifyOn = true;
   private readonly scratchChain = new Chain();
 
+  // Inflight tracking (null / empty without a region).
+  private inflightRegion: SplitInflight | null = null;
+  /** Heads to hand out again, in counter order, and how many were handed out. */
+  private resubmit: Uint16Array = NO_HEADS;
+  private resubmitPos = 0;
+  /** Heads pushed since the last flush (the batch commitUsed clears). */
+  private pendHeads: Uint16Array = NO_HEADS;
+  /** Pop history for unpop: head | HIST_RESUBMIT, a ring of `size`. */
+  private hist: Uint32Array = new Uint32Array(0);
+  private histTop = 0;
+  private histLen = 0;
+
   /** Validates the layout and maps the rings; throws VirtqError (VQ_BAD_SIZE, VQ_RING_LAYOUT, VQ_UNMAPPED). */
   constructor(cfg: SplitQueueConfig, mem: GuestMemory) {
     super(mem);
@@ -148,6 +186,11 @@ export class SplitQueue extends QueueCore implements Virtqueue {
     }
     checkIdx(cfg.lastAvailIdx, 'lastAvailIdx');
     checkIdx(cfg.usedIdx, 'usedIdx');
+    const logAt = cfg.usedLogAddr ?? cfg.usedAddr;
+    if (!Number.isSafeInteger(logAt) || logAt < 0) {
+      throw new VirtqError('VQ_RING_LAYOUT', `used ring log address ${logAt} is invalid`);
+    }
+    this.usedLogGpa = logAt;
     this.size = size;
     this.mask = size - 1;
     this.descGpa = cfg.descAddr;
@@ -212,6 +255,7 @@ export class SplitQueue extends QueueCore implements Virtqueue {
    * most the number of free descriptors): the queue is marked broken (VQ_AVAIL_JUMP) and 0 returned.
    */
   hasAvailable(): boolean {
+    if (this.inflightRegion !== null && this.broken === null && this.resubmitPos < this.resubmit.length) return true;
     return this.availableCount() > 0;
   }
 
@@ -233,6 +277,7 @@ export class SplitQueue extends QueueCore implements Virtqueue {
    */
   pop(chain: Chain): boolean {
     if (this.broken !== null) return false;
+    if (this.inflightRegion !== null) return this.popTracked(chain);
     if (this.lastAvail === this.seenAvail && this.availableCount() === 0) return false;
     // Ring entries are read after the acquire load of avail.idx that covered them.
     const head = this.avail[2 + (this.lastAvail & this.mask)]!;
@@ -254,6 +299,7 @@ export class SplitQueue extends QueueCore implements Virtqueue {
   unpop(n = 1): void {
     if (!(Number.isInteger(n) && n >= 0)) throw new RangeError(`unpop(${n})`);
     if (n > this.outstanding) throw new RangeError(`unpop(${n}): only ${this.outstanding} chains are outstanding`);
+    if (this.inflightRegion !== null) return this.unpopTracked(n);
     this.lastAvail = (this.lastAvail - n) & 0xffff;
     this.outstanding -= n;
     this.stats.popped -= n;
@@ -272,6 +318,10 @@ export class SplitQueue extends QueueCore implements Virtqueue {
       throw new RangeError(`pushUsed: head ${head} outside 0..${this.size - 1}`);
     }
     if (this.pending >= this.size) throw new RangeError(`pushUsed: more than ${this.size} unpublished used elements`);
+    if (this.inflightRegion !== null) {
+      this.inflightRegion.beginUsed(head);
+      this.pendHeads[this.pending] = head;
+    }
     const w = 1 + 2 * (this.shadowUsed & this.mask);
     this.usedU32[w] = head;
     this.usedU32[w + 1] = byteLen >= 0xffffffff ? 0xffffffff : byteLen >>> 0;
@@ -295,6 +345,8 @@ export class SplitQueue extends QueueCore implements Virtqueue {
     const next = this.shadowUsed;
     // Release: the element stores above become visible before the new index.
     Atomics.store(this.usedU16, 1, next);
+    // Inflight: the batch is cleared only once used.idx covers it (a crash in between is recovered).
+    if (this.inflightRegion !== null) this.inflightRegion.commitUsed(next, this.pendHeads, n);
     this.used = next;
     this.pending = 0;
     this.stats.flushes++;
@@ -312,11 +364,11 @@ export class SplitQueue extends QueueCore implements Virtqueue {
   private logUsed(hook: (gpa: number, byteLen: number) => void, old: number, n: number): void {
     const mem = this.mem;
     const first = old & this.mask;
-    const elems = this.usedGpa + 4;
+    const elems = this.usedLogGpa + 4;
     const head = Math.min(n, this.size - first);
     hook.call(mem, elems + 8 * first, 8 * head);
     if (head < n) hook.call(mem, elems, 8 * (n - head));
-    hook.call(mem, this.usedGpa + 2, 2);
+    hook.call(mem, this.usedLogGpa + 2, 2);
   }
 
   /**
@@ -330,7 +382,7 @@ export class SplitQueue extends QueueCore implements Virtqueue {
     if (!this.eventIdx && this.usedFlags !== USED_F_NO_NOTIFY) {
       this.usedFlags = USED_F_NO_NOTIFY;
       Atomics.store(this.usedU16, 0, USED_F_NO_NOTIFY);
-      this.logWrite(this.usedGpa, 2);
+      this.logWrite(this.usedLogGpa, 2);
     }
   }
 
@@ -350,17 +402,123 @@ export class SplitQueue extends QueueCore implements Virtqueue {
       if (this.availEvent !== this.seenAvail) {
         this.availEvent = this.seenAvail;
         Atomics.store(this.usedU16, this.availEventAt, this.seenAvail);
-        this.logWrite(this.usedGpa + 4 + 8 * this.size, 2);
+        this.logWrite(this.usedLogGpa + 4 + 8 * this.size, 2);
       }
     } else if (this.usedFlags !== 0) {
       this.usedFlags = 0;
       Atomics.store(this.usedU16, 0, 0);
-      this.logWrite(this.usedGpa, 2);
+      this.logWrite(this.usedLogGpa, 2);
     }
     // Store-load fence: the seq-cst store above (or an earlier one) is visible before this load.
     return Atomics.load(this.avail, 1) !== this.seenAvail;
   }
 
+
+  // ---- inflight tracking -------------------------------------------------------------------------
+
+  /** The attached inflight region, or null. */
+  get inflight(): SplitInflight | null {
+    return this.inflightRegion;
+  }
+  /** Resubmitted chains pop() has still to hand out. */
+  get resubmitPending(): number {
+    return this.resubmit.length - this.resubmitPos;
+  }
+
+  /**
+   * Attaches this queue's inflight region (SET_INFLIGHT_FD, before the ring runs: nothing popped or
+   * pushed yet). A blank region (version 0) is initialized from the ring; a region in use is
+   * recovered (SplitInflight.recover with the used ring's idx now): its heads still in flight are
+   * resubmitted, used := used.idx and last_avail_idx := used.idx + their number. Throws VirtqError
+   * (VQ_INFLIGHT_REGION / VQ_INFLIGHT_CORRUPT) and leaves the queue untouched when the region is
+   * unusable; RangeError when called at the wrong time (host bug).
+   */
+  attachInflight(region: InflightRegion): InflightAttachResult {
+    if (!(region instanceof SplitInflight)) {
+      throw new VirtqError('VQ_INFLIGHT_REGION', `${this.label}: a ${region.layout} inflight region on a split queue`);
+    }
+    if (region.size !== this.size) {
+      throw new VirtqError('VQ_INFLIGHT_REGION', `${this.label}: inflight region for ${region.size} entries on a queue of ${this.size}`);
+    }
+    if (this.inflightRegion !== null) throw new RangeError(`${this.label}: an inflight region is already attached`);
+    if (this.outstanding !== 0 || this.pending !== 0) {
+      throw new RangeError(`${this.label}: attachInflight with chains popped or pushed`);
+    }
+    if (!this.ringsMapped) throw new VirtqError('VQ_UNMAPPED', `${this.label}: rings are not mapped`);
+    const ringUsed = Atomics.load(this.usedU16, 1);
+    let heads = NO_HEADS;
+    const fresh = region.isFresh;
+    if (fresh) region.init({ usedIdx: ringUsed });
+    else {
+      heads = region.recover(ringUsed, Atomics.load(this.avail, 1));
+      this.used = ringUsed;
+      this.shadowUsed = ringUsed;
+      this.lastAvail = (ringUsed + heads.length) & 0xffff;
+      this.seenAvail = this.lastAvail;
+    }
+    this.resubmit = heads;
+    this.resubmitPos = 0;
+    this.pendHeads = new Uint16Array(this.size);
+    this.hist = new Uint32Array(this.size);
+    this.histTop = 0;
+    this.histLen = 0;
+    this.inflightRegion = region;
+    return { fresh, resubmitted: heads.length };
+  }
+
+  /** pop() with a region: resubmitted heads first, then the ring (same walker), recording the pop. */
+  private popTracked(chain: Chain): boolean {
+    const r = this.inflightRegion!;
+    let head: number;
+    if (this.resubmitPos < this.resubmit.length) {
+      head = this.resubmit[this.resubmitPos]!;
+      if (!this.walker.walk(chain, head)) {
+        this.markBroken(this.walker.errCode!, `resubmitted head ${head}: ${this.walker.errMessage}`);
+        return false;
+      }
+      this.resubmitPos++;
+      this.remember(head | HIST_RESUBMIT);
+      this.outstanding++;
+      this.stats.popped++;
+      return true;
+    }
+    // The untracked path does the ring work; detached meanwhile so it does not come back here.
+    this.inflightRegion = null;
+    let ok: boolean;
+    try {
+      ok = this.pop(chain);
+    } finally {
+      this.inflightRegion = r;
+    }
+    if (!ok) return false;
+    head = chain.head;
+    r.onPop(head);
+    this.remember(head);
+    return true;
+  }
+
+  private remember(v: number): void {
+    this.hist[this.histTop] = v;
+    this.histTop = this.histTop + 1 === this.size ? 0 : this.histTop + 1;
+    if (this.histLen < this.size) this.histLen++;
+  }
+
+  private unpopTracked(n: number): void {
+    if (n > this.histLen) throw new RangeError(`unpop(${n}): only ${this.histLen} pops are remembered`);
+    const r = this.inflightRegion!;
+    for (let k = 0; k < n; k++) {
+      this.histTop = this.histTop === 0 ? this.size - 1 : this.histTop - 1;
+      const v = this.hist[this.histTop]!;
+      if ((v & HIST_RESUBMIT) !== 0) this.resubmitPos--;
+      else {
+        r.onUnpop(v & 0xffff);
+        this.lastAvail = (this.lastAvail - 1) & 0xffff;
+      }
+    }
+    this.histLen -= n;
+    this.outstanding -= n;
+    this.stats.popped -= n;
+  }
 
   /** The device loop (queue.ts drainQueue): one result object per queue, nothing allocated per call. */
   drain(fn: ChainHandler, budget: number, chain: Chain = this.scratchChain): DrainResult {
