@@ -52,6 +52,7 @@ import type { Device, ReadyQueue } from './device.ts';
 import { BackendError, fail } from './errors.ts';
 import { MemoryTable, hex, type RegionSpec } from './memory-table.ts';
 import { Migration, type MigrationNative } from './migration.ts';
+import { InflightBuffer, type InflightNative, type InflightShape } from './inflight-buffer.ts';
 import { RingState } from './rings.ts';
 
 const log = createDebug('vhost:session');
@@ -63,12 +64,15 @@ export const MAX_MEM_SLOTS = 509;
 const NACK = 1n;
 /** Poll period of rings whose kick is NOFD. */
 const POLL_INTERVAL_MS = 1;
+/** SET_VRING_ADDR flags bit 0 (vhost-user.rst "Vring address description"). */
+const VHOST_VRING_F_LOG = 1;
 
 export type SessionNative = Pick<
   NativeBinding,
   'close' | 'mmap' | 'munmap' | 'fstat' | 'eventfdRead' | 'eventfdWrite' | 'Poller'
 > &
-  MigrationNative;
+  MigrationNative &
+  InflightNative;
 
 export interface SessionOptions {
   device: Device;
@@ -92,6 +96,7 @@ export const SESSION_PROTOCOL_FEATURES =
   bit(ProtoF.MQ) |
   bit(ProtoF.LOG_SHMFD) |
   bit(ProtoF.PAGEFAULT) |
+  bit(ProtoF.INFLIGHT_SHMFD) |
   bit(ProtoF.REPLY_ACK) |
   bit(ProtoF.RARP) |
   bit(ProtoF.BACKEND_REQ) |
@@ -139,6 +144,8 @@ export class Session {
   backendReqFd: Fd | null = null;
   readonly memory: MemoryTable;
   readonly migration: Migration;
+  /** GET/SET_INFLIGHT_FD buffer (INFLIGHT_SHMFD), shared with the frontend across our restarts. */
+  inflight: InflightBuffer | null = null;
   private memGeneration = 0;
   readonly rings: RingState[];
   private closed = false;
@@ -335,7 +342,10 @@ export class Session {
       const avail = this.ringAddr(a.availUva, 'available ring');
       const used = this.ringAddr(a.usedUva, 'used ring');
       const mem = this.memory.memory;
+      // VHOST_VRING_F_LOG (vhost-user.rst SET_VRING_ADDR): used-ring writes are logged at log_guest_addr.
+      const logUsed = (a.flags & VHOST_VRING_F_LOG) !== 0 && a.logGpa <= BigInt(Number.MAX_SAFE_INTEGER);
       const common = {
+        ...(logUsed ? { usedLogAddr: Number(a.logGpa) } : {}),
         size: r.num,
         descAddr: desc,
         eventIdx: has(this.ackedFeatures, VirtioF.RING_EVENT_IDX),
@@ -356,6 +366,7 @@ export class Session {
           )
         : new SplitQueue({ ...common, availAddr: avail, usedAddr: used, lastAvailIdx: r.base & 0xffff }, mem);
       r.memGeneration = this.memGeneration;
+      const resubmitted = this.attachInflight(r);
       log('%s: ring %d ready (size %d, base %d, desc %s)', this.label, r.index, r.num, r.base, hex(desc));
       this.watchKick(r);
       const ready: ReadyQueue = {
@@ -366,9 +377,21 @@ export class Session {
         fail: (err) => this.ringFailed(r, err),
       };
       this.device.ringReady(ready);
+      // No kick will come for chains the previous backend had taken: process them now (libvhost-user
+      // writes its own kick eventfd for the same reason).
+      if (resubmitted > 0) setImmediate(() => r.queue && this.device.kick(r.index));
     } catch (e) {
       this.ringFailed(r, e as Error);
     }
+  }
+
+  /** Attaches the ring's inflight region, if any; returns how many chains it resubmits. */
+  private attachInflight(r: RingState): number {
+    const region = this.inflight?.regionFor(r.index, r.num) ?? null;
+    if (region === null || r.queue === null) return 0;
+    const res = r.queue.attachInflight(region);
+    if (res.resubmitted > 0) log('%s: ring %d resubmits %d inflight chains', this.label, r.index, res.resubmitted);
+    return res.resubmitted;
   }
 
   /** Drop the engine object (ring stays started/enabled); the next update rebuilds it. */
@@ -469,6 +492,8 @@ export class Session {
     this.device.reset();
     this.memory.close();
     this.migration.close();
+    this.inflight?.close();
+    this.inflight = null;
     if (this.backendReqFd !== null) this.sys.close(this.backendReqFd);
     this.backendReqFd = null;
   }
@@ -625,6 +650,20 @@ const HANDLERS: Partial<Record<number, Handler>> = {
     this.migration.setLogBase(fds.take(0), p.mmapSize, p.mmapOffset);
     // Reply body: see protocol/messages.ts logBaseReply (empty, like DPDK).
     return { payload: { bytes: new Uint8Array(0) } };
+  },
+  [FrontendReq.GET_INFLIGHT_FD](msg) {
+    const p = msg.payload as InflightShape;
+    this.inflight?.close();
+    this.inflight = null;
+    this.inflight = InflightBuffer.create(this.sys, this.packed ? 'packed' : 'split', p.numQueues, p.queueSize);
+    const { shape, fd } = this.inflight.describe();
+    return { payload: shape, fds: [fd] };
+  },
+  [FrontendReq.SET_INFLIGHT_FD](msg, fds) {
+    const p = msg.payload as InflightShape;
+    const buf = InflightBuffer.adopt(this.sys, fds.take(0), this.packed ? 'packed' : 'split', p);
+    this.inflight?.close();
+    this.inflight = buf;
   },
   [FrontendReq.SET_LOG_FD](_msg, fds) {
     this.migration.setLogFd(fds.take(0));

@@ -236,13 +236,17 @@ export class NetDevice implements Device, FrameSink {
     this.txDone = 0;
     let processed = 0;
     let more = false;
+    // With an inflight journal (INFLIGHT_SHMFD) each chain is published as used right after its frame
+    // left: a chain that was sent but not yet published would be resubmitted, i.e. sent twice, by a
+    // backend restarted after a crash (spec-notes/decisions.md D26). Without one, bursts are cheaper.
+    const burst = q.inflight !== null ? 1 : TX_BURST;
     // Bursts of TX_BURST: each ends with our used entries published (drain flushes) and the
     // receiver's burst published (endBurst), up to TX_BUDGET chains per turn of the event loop.
     do {
       uplink?.beginBurst?.();
       let res;
       try {
-        res = q.drain(this.txChain, TX_BURST, this.chain);
+        res = q.drain(this.txChain, burst, this.chain);
       } finally {
         uplink?.endBurst?.();
       }
