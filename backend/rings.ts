@@ -38,5 +38,8 @@ export class RingState {
   memGeneration = -1;
   /** Sticky guest error: the ring stays down until reconfigured (SET_VRING_BASE/ADDR/KICK). */
   broken: Error | null = null;
+  /** In-band call (VRING_CALL on the backend channel) awaiting its ack / wanted again meanwhile. */
+  inbandCallInFlight = false;
+  inbandCallAgain = false;
   constructor(readonly index: number) {}
 }

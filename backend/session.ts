@@ -16,6 +16,7 @@ import createDebug from 'debug';
 import type { NativeBinding, Fd } from '../native/types.ts';
 import { POLL_READABLE } from '../native/types.ts';
 import {
+  BackendReq,
   FrontendReq,
   VirtioF,
   ProtoF,
@@ -53,6 +54,7 @@ import { BackendError, fail } from './errors.ts';
 import { MemoryTable, hex, type RegionSpec } from './memory-table.ts';
 import { Migration, type MigrationNative } from './migration.ts';
 import { InflightBuffer, type InflightNative, type InflightShape } from './inflight-buffer.ts';
+import { BackendChannel, type BackendChannelNative } from './backend-channel.ts';
 import { RingState } from './rings.ts';
 
 const log = createDebug('vhost:session');
@@ -72,7 +74,8 @@ export type SessionNative = Pick<
   'close' | 'mmap' | 'munmap' | 'fstat' | 'eventfdRead' | 'eventfdWrite' | 'Poller'
 > &
   MigrationNative &
-  InflightNative;
+  InflightNative &
+  BackendChannelNative;
 
 export interface SessionOptions {
   device: Device;
@@ -100,6 +103,7 @@ export const SESSION_PROTOCOL_FEATURES =
   bit(ProtoF.REPLY_ACK) |
   bit(ProtoF.RARP) |
   bit(ProtoF.BACKEND_REQ) |
+  bit(ProtoF.INBAND_NOTIFICATIONS) |
   bit(ProtoF.CONFIGURE_MEM_SLOTS) |
   bit(ProtoF.RESET_DEVICE) |
   bit(ProtoF.STATUS);
@@ -129,7 +133,7 @@ export class Session {
   readonly device: Device;
   readonly sys: SessionNative;
   private readonly sendRaw: SessionOptions['send'];
-  private readonly trace: SessionOptions['trace'];
+  readonly trace: SessionOptions["trace"];
   readonly label: string;
 
   /** Offered in GET_FEATURES. */
@@ -141,7 +145,8 @@ export class Session {
   protocolFeaturesSet = false;
   owner = false;
   status = 0;
-  backendReqFd: Fd | null = null;
+  /** SET_BACKEND_REQ_FD: our channel for back-end requests (BACKEND_REQ). */
+  backendChannel: BackendChannel | null = null;
   readonly memory: MemoryTable;
   readonly migration: Migration;
   /** GET/SET_INFLIGHT_FD buffer (INFLIGHT_SHMFD), shared with the frontend across our restarts. */
@@ -419,6 +424,11 @@ export class Session {
     log('%s: ring %d broken: %s', this.label, r.index, err.message);
     r.broken = err;
     if (r.queue) this.stopQueue(r);
+    if (r.errFd === null && this.inband()) {
+      this.backendChannel!.request(BackendReq.VRING_ERR, { index: r.index, num: 0 }, { needReply: true }).catch((e: Error) =>
+        log('%s: in-band VRING_ERR failed: %s', this.label, e.message),
+      );
+    }
     if (r.errFd !== null) {
       try {
         this.sys.eventfdWrite(r.errFd, 1n);
@@ -429,7 +439,10 @@ export class Session {
   }
 
   private notify(r: RingState): void {
-    if (r.callFd === null) return;
+    if (r.callFd === null) {
+      if (this.inband()) this.inbandCall(r);
+      return;
+    }
     try {
       this.sys.eventfdWrite(r.callFd, 1n);
     } catch (e) {
@@ -437,8 +450,37 @@ export class Session {
     }
   }
 
+  /** In-band notifications are usable: negotiated, with the backend channel they need (vhost-user.rst). */
+  private inband(): boolean {
+    return this.protoNegotiated(ProtoF.INBAND_NOTIFICATIONS) && this.backendChannel !== null && this.backendChannel.isOpen;
+  }
+
+  /**
+   * VRING_CALL on the backend channel. The spec wants each one acked before going on ("block until
+   * they are processed"); we do not block the loop: one call per ring is in flight, and calls wanted
+   * meanwhile collapse into one sent after the ack (an interrupt carries no count).
+   */
+  private inbandCall(r: RingState): void {
+    if (r.inbandCallInFlight) {
+      r.inbandCallAgain = true;
+      return;
+    }
+    r.inbandCallInFlight = true;
+    this.backendChannel!.request(BackendReq.VRING_CALL, { index: r.index, num: 0 }, { needReply: true })
+      .catch((e: Error) => log('%s: in-band VRING_CALL on ring %d failed: %s', this.label, r.index, e.message))
+      .finally(() => {
+        r.inbandCallInFlight = false;
+        if (r.inbandCallAgain) {
+          r.inbandCallAgain = false;
+          if (this.inband()) this.inbandCall(r);
+        }
+      });
+  }
+
   private watchKick(r: RingState): void {
     if (r.kickFd === null) {
+      // With in-band notifications the kicks come as VRING_KICK messages: no polling.
+      if (this.protoNegotiated(ProtoF.INBAND_NOTIFICATIONS)) return;
       // vhost-user.rst SET_VRING_KICK: "the invalid FD flag ... signals that polling should be used
       // instead of waiting for the kick". Poll every millisecond while the ring is ready.
       r.pollTimer ??= setInterval(() => {
@@ -494,8 +536,8 @@ export class Session {
     this.migration.close();
     this.inflight?.close();
     this.inflight = null;
-    if (this.backendReqFd !== null) this.sys.close(this.backendReqFd);
-    this.backendReqFd = null;
+    this.backendChannel?.close();
+    this.backendChannel = null;
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -747,8 +789,18 @@ const HANDLERS: Partial<Record<number, Handler>> = {
     r.enabled = p.num === 1;
   },
   [FrontendReq.SET_BACKEND_REQ_FD](_msg, fds) {
-    if (this.backendReqFd !== null) this.sys.close(this.backendReqFd);
-    this.backendReqFd = fds.take(0);
+    this.backendChannel?.close();
+    this.backendChannel = new BackendChannel(fds.take(0), this.sys, {
+      replyAck: () => this.protoNegotiated(ProtoF.REPLY_ACK),
+      ...(this.trace ? { trace: this.trace } : {}),
+      label: this.label,
+    });
+  },
+  [FrontendReq.VRING_KICK](msg) {
+    // vhost-user.rst INBAND_NOTIFICATIONS: the kick arrives as a message instead of an eventfd write.
+    const p = msg.payload as VringState;
+    const r = this.ring(p.index);
+    if (r.queue) this.device.kick(r.index);
   },
   [FrontendReq.GET_STATUS]() {
     return { payload: { value: BigInt(this.status) } };

@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../../native/index.ts';
-import { FrontendReq as R, ProtoF, VirtioF, bit, type VhostMessage } from '../../protocol/index.ts';
+import { FrontendReq as R, ProtoF, VirtioF, bit, type ScriptedFrontend, type VhostMessage } from '../../protocol/index.ts';
 import { FlatMemory, MockDriver } from '../../virtqueue/index.ts';
 import { VhostUserEndpoint } from '../../backend/server.ts';
 import { NetDevice } from '../../backend/devices/net/net-device.ts';
@@ -71,6 +71,10 @@ export interface LoopbackOptions {
   txKickNoFd?: boolean;
   /** Protocol features acked on top of REPLY_ACK | MQ. */
   protocolFeatures?: bigint;
+  /** Runs after SET_FEATURES, before the memory table and the rings (e.g. SET_BACKEND_REQ_FD). */
+  beforeRings?: (fe: ScriptedFrontend) => Promise<void>;
+  /** Kick, call and err all NOFD (in-band notifications). */
+  noFdNotify?: boolean;
 }
 
 export async function setupLoopback(t: ExecutionContext, features: bigint, opts: LoopbackOptions = {}) {
@@ -101,6 +105,7 @@ export async function setupLoopback(t: ExecutionContext, features: bigint, opts:
   await fe.request(R.SET_OWNER);
   const ack = (m: VhostMessage | null) => (m!.payload as { value: bigint }).value;
   t.is(ack(await fe.request(R.SET_FEATURES, features | bit(VirtioF.PROTOCOL_FEATURES), { needReply: true })), 0n);
+  await opts.beforeRings?.(fe);
   const region = { guestPhysAddr: 0n, memorySize: BigInt(MEM_BYTES), userspaceAddr: BigInt(UVA_BASE), mmapOffset: 0n };
   t.is(ack(await fe.request(R.SET_MEM_TABLE, { nregions: 1, padding: 0, regions: [region] }, { needReply: true, fds: [memfd] })), 0n);
 
@@ -131,9 +136,10 @@ export async function setupLoopback(t: ExecutionContext, features: bigint, opts:
       },
       opt,
     );
-    await fe.request(R.SET_VRING_CALL, { index, noFd: false }, { ...opt, fds: [call] });
-    await fe.request(R.SET_VRING_ERR, { index, noFd: false }, { ...opt, fds: [err] });
-    if (index === 1 && opts.txKickNoFd) await fe.request(R.SET_VRING_KICK, { index, noFd: true }, opt);
+    const nofd = opts.noFdNotify === true;
+    await fe.request(R.SET_VRING_CALL, { index, noFd: nofd }, { ...opt, fds: nofd ? [] : [call] });
+    await fe.request(R.SET_VRING_ERR, { index, noFd: nofd }, { ...opt, fds: nofd ? [] : [err] });
+    if ((index === 1 && opts.txKickNoFd) || nofd) await fe.request(R.SET_VRING_KICK, { index, noFd: true }, opt);
     else await fe.request(R.SET_VRING_KICK, { index, noFd: false }, { ...opt, fds: [kick] });
     await fe.request(R.SET_VRING_ENABLE, { index, num: 1 }, opt);
     rings.push({ drv, kick, call, err });
