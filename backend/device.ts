@@ -16,6 +16,18 @@ export interface ReadyQueue {
   fail(err: Error): void;
 }
 
+/** A virtio device configuration space served through GET_CONFIG / SET_CONFIG (protocol feature CONFIG). */
+export interface DeviceConfigSpace {
+  readonly size: number;
+  read(offset: number, size: number): Uint8Array;
+  /** `migration`: VHOST_SET_CONFIG_TYPE_MIGRATION (restoring a migrated device) vs. a driver write. */
+  write(offset: number, bytes: Uint8Array, migration: boolean): void;
+  /** NET_SET_MTU, for devices that have an MTU. */
+  setMtu?(mtu: number): void;
+  /** Set by the session: the backend changed the space itself (-> CONFIG_CHANGE_MSG). */
+  onChange: (() => void) | null;
+}
+
 export interface Device {
   readonly kind: string;
   /** Virtio feature bits offered (the session adds PROTOCOL_FEATURES itself). */
@@ -33,6 +45,12 @@ export interface Device {
   kick(index: number): void;
   /** The frontend went away or reset the device: drop all ring references. */
   reset(): void;
+  /** The configuration space, for frontends that negotiate CONFIG. */
+  readonly config?: DeviceConfigSpace;
+  /** Internal state for SET_DEVICE_STATE_FD (vhost-user.rst "Migrating back-end state"). */
+  saveState?(): Uint8Array;
+  /** Applies a state saved by saveState; throws (nothing applied) on malformed input. */
+  loadState?(bytes: Uint8Array): void;
   /** SEND_RARP (protocol feature RARP): announce the guest MAC on the uplink. */
   sendRarp?(mac: Uint8Array): void;
 }

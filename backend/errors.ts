@@ -16,6 +16,8 @@ export type BackendErrorCode =
   | 'SESSION_BAD_LOG' // dirty log (SET_LOG_BASE) unusable
   | 'SESSION_POSTCOPY' // postcopy set-up failed (userfaultfd)
   | 'SESSION_BAD_INFLIGHT' // inflight region unusable (GET/SET_INFLIGHT_FD)
+  | 'SESSION_BAD_CONFIG' // config space access outside the space or to read-only bytes
+  | 'SESSION_BAD_STATE_DATA' // device state (SET_DEVICE_STATE_FD) malformed or not ours
   | 'CLI_USAGE'
   | 'PORT_ERROR';
 

@@ -55,6 +55,7 @@ import { MemoryTable, hex, type RegionSpec } from './memory-table.ts';
 import { Migration, type MigrationNative } from './migration.ts';
 import { InflightBuffer, type InflightNative, type InflightShape } from './inflight-buffer.ts';
 import { BackendChannel, type BackendChannelNative } from './backend-channel.ts';
+import { DEVICE_HANDLERS, DeviceStateTransfer, type StateNative } from './device-handlers.ts';
 import { RingState } from './rings.ts';
 
 const log = createDebug('vhost:session');
@@ -75,7 +76,8 @@ export type SessionNative = Pick<
 > &
   MigrationNative &
   InflightNative &
-  BackendChannelNative;
+  BackendChannelNative &
+  StateNative;
 
 export interface SessionOptions {
   device: Device;
@@ -104,15 +106,18 @@ export const SESSION_PROTOCOL_FEATURES =
   bit(ProtoF.RARP) |
   bit(ProtoF.BACKEND_REQ) |
   bit(ProtoF.INBAND_NOTIFICATIONS) |
+  bit(ProtoF.CONFIG) |
+  bit(ProtoF.NET_MTU) |
+  bit(ProtoF.DEVICE_STATE) |
   bit(ProtoF.CONFIGURE_MEM_SLOTS) |
   bit(ProtoF.RESET_DEVICE) |
   bit(ProtoF.STATUS);
 
-type HandlerResult = { payload: unknown; fds?: Fd[] } | void;
-type Handler = (this: Session, msg: VhostMessage, fds: FdClaim) => HandlerResult;
+export type HandlerResult = { payload: unknown; fds?: Fd[] } | void;
+export type Handler = (this: Session, msg: VhostMessage, fds: FdClaim) => HandlerResult;
 
 /** The fds that came with one message; a handler claims the ones it keeps, the rest are closed. */
-class FdClaim {
+export class FdClaim {
   private readonly claimed = new Set<number>();
   constructor(readonly fds: readonly Fd[]) {}
   take(i: number): Fd {
@@ -149,6 +154,8 @@ export class Session {
   backendChannel: BackendChannel | null = null;
   readonly memory: MemoryTable;
   readonly migration: Migration;
+  /** SET_DEVICE_STATE_FD transfer in progress or finished (DEVICE_STATE). */
+  stateTransfer: DeviceStateTransfer | null = null;
   /** GET/SET_INFLIGHT_FD buffer (INFLIGHT_SHMFD), shared with the frontend across our restarts. */
   inflight: InflightBuffer | null = null;
   private memGeneration = 0;
@@ -167,7 +174,13 @@ export class Session {
     this.migration = new Migration(opts.native);
     let proto = (opts.protocolFeatures ?? SESSION_PROTOCOL_FEATURES) & SESSION_PROTOCOL_FEATURES;
     if (!this.migration.postcopySupported) proto &= ~bit(ProtoF.PAGEFAULT);
+    // Device-dependent features: only what this device can back.
+    const dev = opts.device;
+    if (!dev.config) proto &= ~bit(ProtoF.CONFIG);
+    if (!dev.config?.setMtu || !has(dev.features, VirtioF.NET_F_MTU)) proto &= ~bit(ProtoF.NET_MTU);
+    if (!dev.saveState || !dev.loadState) proto &= ~bit(ProtoF.DEVICE_STATE);
     this.offeredProtocolFeatures = proto;
+    if (dev.config) dev.config.onChange = () => this.configChanged();
     this.rings = Array.from({ length: opts.device.maxRings }, (_, i) => new RingState(i));
   }
 
@@ -450,6 +463,14 @@ export class Session {
     }
   }
 
+  /** The device changed its config space: tell the frontend (BACKEND_CONFIG_CHANGE_MSG, with CONFIG). */
+  private configChanged(): void {
+    if (this.closed || !this.protoNegotiated(ProtoF.CONFIG) || this.backendChannel === null) return;
+    this.backendChannel
+      .request(BackendReq.CONFIG_CHANGE_MSG, null, { needReply: true })
+      .catch((e: Error) => log('%s: CONFIG_CHANGE_MSG failed: %s', this.label, e.message));
+  }
+
   /** In-band notifications are usable: negotiated, with the backend channel they need (vhost-user.rst). */
   private inband(): boolean {
     return this.protoNegotiated(ProtoF.INBAND_NOTIFICATIONS) && this.backendChannel !== null && this.backendChannel.isOpen;
@@ -536,6 +557,8 @@ export class Session {
     this.migration.close();
     this.inflight?.close();
     this.inflight = null;
+    this.stateTransfer?.close();
+    this.stateTransfer = null;
     this.backendChannel?.close();
     this.backendChannel = null;
   }
@@ -627,6 +650,7 @@ function regionOf(p: MemoryRegion): RegionSpec {
 
 /** One handler per request id; the table row (protocol/messages.ts) has already been enforced. */
 const HANDLERS: Partial<Record<number, Handler>> = {
+  ...DEVICE_HANDLERS,
   [FrontendReq.GET_FEATURES]() {
     return { payload: { value: this.offeredFeatures } };
   },

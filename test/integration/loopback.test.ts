@@ -196,7 +196,7 @@ test.serial('every request this backend does not implement gets a clear error re
   const before = fdCount();
   const supported = new Set(supportedRequests());
   const unsupported = (Object.values(FRONTEND_MESSAGES) as MessageDef[]).filter((d) => !supported.has(d.id));
-  t.true(unsupported.length > 10);
+  t.true(unsupported.length >= 5, "the non-net requests at least (D29)");
   for (const def of unsupported) {
     const payload = sample(requestLayout(def), def);
     const n = def.fds === 'none' ? 0 : def.fds === 'per-region' ? (payload as { nregions: number }).nregions : 1;

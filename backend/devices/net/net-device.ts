@@ -27,6 +27,7 @@ import {
   NetHdr,
 } from './net-hdr.ts';
 import { completeChecksum, segmentTcp } from './offload.ts';
+import { NetConfig } from './net-config.ts';
 
 const log = createDebug('vhost:net');
 /** Chains handled per kick before yielding to the event loop (fairness between rings and ports). */
@@ -57,6 +58,8 @@ export const NET_FEATURES =
   bit(VirtioF.NET_F_GUEST_TSO6) |
   bit(VirtioF.NET_F_GUEST_ECN) |
   bit(VirtioF.NET_F_MRG_RXBUF) |
+  // The MTU in the config space (QEMU serves it from host_mtu=; NET_SET_MTU tells us).
+  bit(VirtioF.NET_F_MTU) |
   // The guest announces itself (gratuitous ARP) after migration; QEMU handles the config bit.
   bit(VirtioF.NET_F_GUEST_ANNOUNCE) |
   bit(VirtioF.NET_F_MQ) |
@@ -92,6 +95,8 @@ export class NetDevice implements Device, FrameSink {
   readonly features: bigint;
   readonly maxRings: number;
   readonly queueNum: number;
+  /** Config space and internal state (GET/SET_CONFIG, NET_SET_MTU, SET_DEVICE_STATE_FD). */
+  readonly config: NetConfig;
   readonly stats: NetStats = {
     rxFrames: 0,
     rxBytes: 0,
@@ -140,6 +145,7 @@ export class NetDevice implements Device, FrameSink {
   constructor(opts: { queuePairs: number; label?: string; features?: bigint }) {
     this.maxRings = opts.queuePairs * 2;
     this.queueNum = opts.queuePairs;
+    this.config = new NetConfig(opts.queuePairs);
     this.features = opts.features ?? NET_FEATURES;
     this.rings = new Array<ReadyQueue | null>(this.maxRings).fill(null);
     this.txScheduled = new Array<boolean>(this.maxRings).fill(false);
@@ -178,6 +184,13 @@ export class NetDevice implements Device, FrameSink {
   kick(index: number): void {
     if (index % 2 === 0) this.wakeSpaceWaiters();
     else this.processTx(index);
+  }
+
+  saveState(): Uint8Array {
+    return this.config.saveState();
+  }
+  loadState(bytes: Uint8Array): void {
+    this.config.loadState(bytes);
   }
 
   reset(): void {
