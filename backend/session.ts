@@ -42,6 +42,8 @@ import {
   type RarpMac,
   type SingleMemoryRegion,
   type LogDescription,
+  type IotlbMsg,
+  IotlbType,
   type VringAddr,
   type VringState,
   type RawFrame,
@@ -56,6 +58,9 @@ import { Migration, type MigrationNative } from './migration.ts';
 import { InflightBuffer, type InflightNative, type InflightShape } from './inflight-buffer.ts';
 import { BackendChannel, type BackendChannelNative } from './backend-channel.ts';
 import { DEVICE_HANDLERS, DeviceStateTransfer, type StateNative } from './device-handlers.ts';
+import { Iommu } from './iommu.ts';
+import { IotlbFault } from '../virtqueue/iotlb.ts';
+import { descTableBytes, availRingBytes, usedRingBytes, type GuestMemory } from '../virtqueue/index.ts';
 import { RingState } from './rings.ts';
 
 const log = createDebug('vhost:session');
@@ -154,6 +159,8 @@ export class Session {
   backendChannel: BackendChannel | null = null;
   readonly memory: MemoryTable;
   readonly migration: Migration;
+  /** IOTLB and IOVA translation, while ACCESS_PLATFORM is negotiated. */
+  iommu: Iommu | null = null;
   /** SET_DEVICE_STATE_FD transfer in progress or finished (DEVICE_STATE). */
   stateTransfer: DeviceStateTransfer | null = null;
   /** GET/SET_INFLIGHT_FD buffer (INFLIGHT_SHMFD), shared with the frontend across our restarts. */
@@ -168,8 +175,10 @@ export class Session {
     this.sendRaw = opts.send;
     this.trace = opts.trace;
     this.label = opts.label ?? 'session';
-    // LOG_ALL is a vhost feature, not the device's: QEMU blocks migration without it.
-    this.offeredFeatures = opts.device.features | bit(VirtioF.PROTOCOL_FEATURES) | bit(VirtioF.LOG_ALL);
+    // LOG_ALL is a vhost feature, not the device's: QEMU blocks migration without it. ACCESS_PLATFORM
+    // (vIOMMU) is the session's business too: it changes how addresses translate, not the device.
+    this.offeredFeatures =
+      opts.device.features | bit(VirtioF.PROTOCOL_FEATURES) | bit(VirtioF.LOG_ALL) | bit(VirtioF.ACCESS_PLATFORM);
     this.memory = new MemoryTable(opts.native);
     this.migration = new Migration(opts.native);
     let proto = (opts.protocolFeatures ?? SESSION_PROTOCOL_FEATURES) & SESSION_PROTOCOL_FEATURES;
@@ -344,8 +353,15 @@ export class Session {
     );
   }
 
+  /** What the rings address: guest physical memory, or IOVAs through the IOTLB (ACCESS_PLATFORM). */
+  private queueMemory(): GuestMemory {
+    if (this.iommu === null) return this.memory.memory;
+    this.iommu.memory.backing = this.memory.memory;
+    return this.iommu.memory;
+  }
+
   updateRings(): void {
-    this.migration.attach(this.memory.memory);
+    this.migration.attach(this.queueMemory());
     for (const r of this.rings) {
       const want = this.isReady(r);
       if (r.queue && (!want || r.memGeneration !== this.memGeneration)) this.stopQueue(r);
@@ -359,7 +375,7 @@ export class Session {
       const desc = this.ringAddr(a.descUva, 'descriptor table');
       const avail = this.ringAddr(a.availUva, 'available ring');
       const used = this.ringAddr(a.usedUva, 'used ring');
-      const mem = this.memory.memory;
+      const mem = this.queueMemory();
       // VHOST_VRING_F_LOG (vhost-user.rst SET_VRING_ADDR): used-ring writes are logged at log_guest_addr.
       const logUsed = (a.flags & VHOST_VRING_F_LOG) !== 0 && a.logGpa <= BigInt(Number.MAX_SAFE_INTEGER);
       const common = {
@@ -399,8 +415,44 @@ export class Session {
       // writes its own kick eventfd for the same reason).
       if (resubmitted > 0) setImmediate(() => r.queue && this.device.kick(r.index));
     } catch (e) {
+      if (r.queue) this.stopQueue(r);
+      r.queue = null;
+      // A ring address the IOTLB does not know yet: the miss is on its way to the frontend; the ring
+      // starts when the UPDATE arrives (updateRings runs after every message).
+      if (e instanceof IotlbFault && e.code === 'VQ_IOTLB_MISS') {
+        log('%s: ring %d waits for an IOTLB update (%s)', this.label, r.index, e.message);
+        return;
+      }
       this.ringFailed(r, e as Error);
     }
+  }
+
+  /** Guest-address ranges of a ring's three areas (for IOTLB invalidations). */
+  private ringRanges(r: RingState): [number, number][] {
+    const a = r.addr!;
+    const n = r.num;
+    const packed = this.packed;
+    return [
+      [Number(a.descUva), packed ? 16 * n : descTableBytes(n)],
+      [Number(a.availUva), packed ? 4 : availRingBytes(n)],
+      [Number(a.usedUva), packed ? 4 : usedRingBytes(n)],
+    ];
+  }
+
+  /** IOTLB_MSG applied: restart rings whose areas an invalidation hit; resume rings parked on a miss. */
+  iotlbChanged(msg: IotlbMsg): void {
+    if (msg.type === IotlbType.INVALIDATE) {
+      const lo = Number(msg.iova);
+      const hi = lo + Number(msg.size);
+      for (const r of this.rings) {
+        if (r.queue && this.ringRanges(r).some(([at, len]) => at < hi && lo < at + len)) this.stopQueue(r);
+      }
+      return;
+    }
+    // An UPDATE may be what a parked queue waits for: let every ready ring try again.
+    setImmediate(() => {
+      for (const r of this.rings) if (r.queue) this.device.kick(r.index);
+    });
   }
 
   /** Attaches the ring's inflight region, if any; returns how many chains it resubmits. */
@@ -427,6 +479,8 @@ export class Session {
 
   private ringAddr(uva: bigint, what: string): number {
     if (uva > BigInt(Number.MAX_SAFE_INTEGER)) fail('SESSION_BAD_RING', `${what} address ${uva} out of range`);
+    // With ACCESS_PLATFORM ring addresses are IOVAs, translated through the IOTLB like buffers.
+    if (this.iommu !== null) return Number(uva);
     const gpa = this.memory.uvaToGpa(Number(uva));
     if (gpa === null) fail('SESSION_BAD_RING', `${what} at ${hex(uva)} is not in any memory region`);
     return gpa;
@@ -598,6 +652,11 @@ export class Session {
     this.featuresSet = true;
     // vhost-user.rst "Migration": LOG_ALL switches dirty logging on and off; the device never sees it.
     this.migration.logAll = has(f, VirtioF.LOG_ALL);
+    if (has(f, VirtioF.ACCESS_PLATFORM)) {
+      this.iommu ??= new Iommu(this.memory.memory, () => this.backendChannel, this.label);
+    } else {
+      this.iommu = null;
+    }
     this.device.setFeatures(f & ~bit(VirtioF.LOG_ALL));
     // Without PROTOCOL_FEATURES rings are enabled as soon as they start (vhost-user.rst "Ring states").
     if (!this.virtioNegotiated(VirtioF.PROTOCOL_FEATURES)) for (const r of this.rings) if (r.started) r.enabled = true;
@@ -820,6 +879,13 @@ const HANDLERS: Partial<Record<number, Handler>> = {
       label: this.label,
     });
   },
+  [FrontendReq.IOTLB_MSG](msg) {
+    const p = msg.payload as IotlbMsg;
+    if (this.iommu === null) fail('SESSION_BAD_STATE', 'IOTLB_MSG without ACCESS_PLATFORM negotiated');
+    const err = this.iommu.apply(p);
+    if (err !== null) fail('SESSION_BAD_STATE', `IOTLB_MSG refused: ${err}`);
+    this.iotlbChanged(p);
+  },
   [FrontendReq.VRING_KICK](msg) {
     // vhost-user.rst INBAND_NOTIFICATIONS: the kick arrives as a message instead of an eventfd write.
     const p = msg.payload as VringState;
@@ -842,6 +908,7 @@ const HANDLERS: Partial<Record<number, Handler>> = {
     this.ackedFeatures = 0n;
     this.featuresSet = false;
     this.status = 0;
+    this.iommu = null;
     this.migration.close();
     this.device.reset();
   },

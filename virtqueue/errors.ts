@@ -53,7 +53,18 @@ export type VirtqErrorCode =
    * in a `next` list, a batch or a set of in-flight descriptors larger than the ring, an `inflight`
    * byte other than 0 / 1, duplicate buffer ids.
    */
-  | 'VQ_INFLIGHT_CORRUPT';
+  | 'VQ_INFLIGHT_CORRUPT'
+  /**
+   * IotlbMemory (VIRTIO_F_IOMMU_PLATFORM): the IOVA has no IOTLB entry. Not a guest error: the queue
+   * waits while the back-end sends an IOTLB miss and the front-end answers with an update
+   * (vhost-user.rst "IOMMU support"). The fault carries the iova and the access.
+   */
+  | 'VQ_IOTLB_MISS'
+  /**
+   * IotlbMemory: the IOTLB entry forbids the access (a device write to a read-only mapping, a device
+   * read of a write-only one): vhost-user.rst "IOMMU support", the access failure event.
+   */
+  | 'VQ_IOTLB_PERM';
 
 export class VirtqError extends Error {
   readonly code: VirtqErrorCode;

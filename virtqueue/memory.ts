@@ -237,6 +237,36 @@ class Slot {
   ) {}
 }
 
+/** RegionMemory's regions sorted by uva; `maxEnd[i]` is the highest uva end among order[0..i]. */
+interface UvaIndex {
+  order: Slot[];
+  starts: number[];
+  maxEnd: number[];
+  /** Some uva ranges overlap (one mapping aliased at two gpas): the last-hit shortcut is off. */
+  aliased: boolean;
+  last: number;
+}
+
+/** Index in `ix.order` of the lowest-gpa region containing uva, or -1. */
+function findUva(ix: UvaIndex, uva: number): number {
+  const starts = ix.starts;
+  let lo = 0;
+  let hi = starts.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    if (starts[mid]! <= uva) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  // Walk back only while an earlier region could still reach uva (one step when nothing is aliased).
+  let best = -1;
+  for (let j = hi; j >= 0; j--) {
+    const s = ix.order[j]!;
+    if (uva - s.uva < s.byteLen && (best < 0 || s.gpa < ix.order[best]!.gpa)) best = j;
+    if (j === 0 || ix.maxEnd[j - 1]! <= uva) break;
+  }
+  return best;
+}
+
 /**
  * Guest memory made of regions (the vhost-user memory table). Regions are kept sorted by gpa and
  * found by binary search, with a one-entry cache of the last hit (consecutive descriptors usually
@@ -247,6 +277,8 @@ export class RegionMemory implements GuestMemory {
   private slots: Slot[] = [];
   private starts: number[] = [];
   private last = 0;
+  /** uva-sorted view of `slots` for translateUva (built lazily, dropped when regions change). */
+  private uvaIndex: UvaIndex | null = null;
 
   constructor(regions: Iterable<MemoryRegion> = []) {
     for (const r of regions) this.addRegion(r);
@@ -279,6 +311,7 @@ export class RegionMemory implements GuestMemory {
     this.slots.splice(i, 0, slot);
     this.starts.splice(i, 0, r.gpa);
     this.last = 0;
+    this.uvaIndex = null;
   }
 
   /** Removes the region that starts at `gpa`; returns it, or null if there is none. */
@@ -288,6 +321,7 @@ export class RegionMemory implements GuestMemory {
     const [s] = this.slots.splice(i, 1);
     this.starts.splice(i, 1);
     this.last = 0;
+    this.uvaIndex = null;
     return s!.region;
   }
 
@@ -337,6 +371,49 @@ export class RegionMemory implements GuestMemory {
   uvaToGpa(uva: number): number | null {
     for (const s of this.slots) if (uva >= s.uva && uva - s.uva < s.byteLen) return s.gpa + (uva - s.uva);
     return null;
+  }
+
+  /**
+   * Like `translate()`, keyed by the frontend's user address instead of the gpa (IOTLB entries map
+   * IOVAs to user addresses: vhost-user.rst "Memory access", "User addresses map to the vhost memory
+   * region containing that user address"). Fills `out` as far as the range is contiguous in one region
+   * and returns the gpa of `uva` (the dirty log is indexed by gpa, vhost-user.rst "Migration"), or -1
+   * when `uva` is in no region or, for `write`, only in a read-only one. Binary search over a
+   * uva-sorted index plus a last-hit cache; aliased uvas resolve like `uvaToGpa` (lowest gpa wins).
+   */
+  translateUva(uva: number, byteLen: number, write: boolean, out: Span): number {
+    const ix = this.uvaIndex ?? this.buildUvaIndex();
+    const order = ix.order;
+    let s = order[ix.last];
+    if (s === undefined || ix.aliased || !(uva >= s.uva && uva - s.uva < s.byteLen)) {
+      const i = findUva(ix, uva);
+      if (i < 0) return -1;
+      ix.last = i;
+      s = order[i]!;
+    }
+    if (write && !s.writable) return -1;
+    const off = uva - s.uva;
+    const room = s.byteLen - off;
+    out.bytes = s.bytes;
+    out.offset = off;
+    out.byteLen = byteLen < room ? byteLen : room;
+    return s.gpa + off;
+  }
+
+  private buildUvaIndex(): UvaIndex {
+    const order = this.slots.slice().sort((a, b) => a.uva - b.uva || a.gpa - b.gpa);
+    const starts: number[] = [];
+    const maxEnd: number[] = [];
+    let aliased = false;
+    let m = 0;
+    for (const s of order) {
+      if (s.uva < m) aliased = true;
+      starts.push(s.uva);
+      m = Math.max(m, s.uva + s.byteLen);
+      maxEnd.push(m);
+    }
+    this.uvaIndex = { order, starts, maxEnd, aliased, last: 0 };
+    return this.uvaIndex;
   }
 
   /** gpa of byte `offset` of a view into one of the regions (same ArrayBuffer), or null. */

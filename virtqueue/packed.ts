@@ -430,7 +430,12 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     // Acquire: the flags load orders the reads of this list's descriptors after it.
     const f0 = Atomics.load(this.descU16, (pos << 3) + 7);
     if (((f0 >>> 7) & 1) !== w || ((f0 >>> 15) & 1) === w) return false;
-    const n = this.walk(chain, this.desc, S, pos, f0);
+    let n: number;
+    try {
+      n = this.walk(chain, this.desc, S, pos, f0);
+    } catch (e) {
+      return this.walkFault(e);
+    }
     if (n === 0) {
       this.markBroken(this.errCode!, `descriptor ${pos} (wrap ${w}): ${this.errMessage}`);
       return false;
@@ -841,7 +846,12 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     const num = rec.descCounts[k]!;
     const off = this.resubmitOff;
     const d = rec.descs.subarray(off << 2, (off + num) << 2);
-    const n = this.walk(chain, d, num, 0, d[3]! >>> 16);
+    let n: number;
+    try {
+      n = this.walk(chain, d, num, 0, d[3]! >>> 16);
+    } catch (e) {
+      return this.walkFault(e);
+    }
     if (n === 0) {
       this.markBroken(this.errCode!, `resubmitted inflight entry ${e}: ${this.errMessage}`);
       return false;

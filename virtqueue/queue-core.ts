@@ -49,6 +49,26 @@ export abstract class QueueCore {
     return this.mem;
   }
 
+  /**
+   * A translation fault thrown while walking a chain (ACCESS_PLATFORM, virtqueue/iotlb.ts): a miss
+   * leaves the queue as it was (nothing consumed; the session asks the frontend for the mapping and
+   * kicks the ring when it arrives), a denied access is the guest's error and breaks the queue.
+   * Anything else is a bug and propagates.
+   */
+  protected walkFault(e: unknown): false {
+    if (e instanceof VirtqError && e.code === 'VQ_IOTLB_MISS') {
+      this.iotlbMisses++;
+      return false;
+    }
+    if (e instanceof VirtqError && e.code === 'VQ_IOTLB_PERM') {
+      this.markBroken('VQ_IOTLB_PERM', e.message);
+      return false;
+    }
+    throw e;
+  }
+  /** Pops that stopped on an IOTLB miss (diagnostics, tests). */
+  iotlbMisses = 0;
+
   /** The first guest error wins; later ones are not recorded. */
   protected markBroken(code: VirtqErrorCode, message: string): void {
     if (this.broken !== null) return;

@@ -281,7 +281,13 @@ export class SplitQueue extends QueueCore implements Virtqueue {
     if (this.lastAvail === this.seenAvail && this.availableCount() === 0) return false;
     // Ring entries are read after the acquire load of avail.idx that covered them.
     const head = this.avail[2 + (this.lastAvail & this.mask)]!;
-    if (!this.walker.walk(chain, head)) {
+    let ok: boolean;
+    try {
+      ok = this.walker.walk(chain, head);
+    } catch (e) {
+      return this.walkFault(e);
+    }
+    if (!ok) {
       this.markBroken(this.walker.errCode!, `avail[${this.lastAvail}]: ${this.walker.errMessage}`);
       return false;
     }
@@ -472,7 +478,13 @@ export class SplitQueue extends QueueCore implements Virtqueue {
     let head: number;
     if (this.resubmitPos < this.resubmit.length) {
       head = this.resubmit[this.resubmitPos]!;
-      if (!this.walker.walk(chain, head)) {
+      let ok: boolean;
+      try {
+        ok = this.walker.walk(chain, head);
+      } catch (e) {
+        return this.walkFault(e);
+      }
+      if (!ok) {
         this.markBroken(this.walker.errCode!, `resubmitted head ${head}: ${this.walker.errMessage}`);
         return false;
       }
