@@ -68,7 +68,7 @@ test('IOTLB: rings at IOVAs start from the UPDATEs; a buffer miss is sent on the
   t.true(misses.length >= 1);
   t.true(misses.every((m) => m.type === IotlbType.MISS));
   t.is(misses[0]!.perm, RO, 'a device read asks for read access');
-  t.is(Number(misses[0]!.iova) & ~(PAGE - 1), served[0]);
+  t.is(Number(misses[0]!.iova) & ~(PAGE - 1), served[0]!);
   // Guest RX into an unmapped buffer: the miss asks for write access.
   rx.drv.addChain([{ byteLen: 2048, write: true }]);
   native.eventfdWrite(rx.kick, 1n);
