@@ -72,9 +72,13 @@ test('protocol features: every bit once, offered rows = what the session offers,
   }
 });
 
-test('virtio features: the offered rows are exactly what the net device (plus PROTOCOL_FEATURES, LOG_ALL) offers', (t) => {
+test('virtio features: the offered rows are exactly what the net device (plus PROTOCOL_FEATURES, LOG_ALL, ACCESS_PLATFORM) offers', (t) => {
   const rows = section('Virtio features offered by the net device');
-  const offered = NET_FEATURES | (1n << BigInt(VirtioF.PROTOCOL_FEATURES)) | (1n << BigInt(VirtioF.LOG_ALL));
+  const offered =
+    NET_FEATURES |
+    (1n << BigInt(VirtioF.PROTOCOL_FEATURES)) |
+    (1n << BigInt(VirtioF.LOG_ALL)) |
+    (1n << BigInt(VirtioF.ACCESS_PLATFORM));
   const expected = Object.entries(VirtioF)
     .filter(([, b]) => has(offered, b))
     .sort((a, b) => a[1] - b[1])
