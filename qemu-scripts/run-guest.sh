@@ -23,6 +23,9 @@
 #   --mem SIZE          MEM         guest RAM (default 512M; also the shared memfd size)
 #   --smp N             SMP         vCPUs (default 1)
 #   --hostroot          HOSTROOT=1  share the host / read-only over 9p (tag hostroot -> /host)
+#   --iommu             IOMMU=1     vIOMMU: an Intel IOMMU (intremap, device-iotlb) in front of the
+#                                   NIC, which gets iommu_platform=on,ats=on (so the vhost-user backend
+#                                   sees IOVAs and IOTLB messages), and intel_iommu=on for the guest
 #   --qmp PATH          QMP         QMP unix socket (server, nowait)
 #   --dry-run           DRY_RUN=1   print the command instead of running it
 #   RIG_DIR (env)                   where vmlinuz/initramfs.gz are (default <repo>/.rig/guest)
@@ -48,6 +51,7 @@ CPUS=${CPUS:-}
 MEM=${MEM:-512M}
 SMP=${SMP:-1}
 HOSTROOT=${HOSTROOT:-0}
+IOMMU=${IOMMU:-0}
 QMP=${QMP:-}
 DRY_RUN=${DRY_RUN:-0}
 QEMU=${QEMU:-qemu-system-x86_64}
@@ -72,6 +76,7 @@ while (($#)); do
     --mem) MEM=$2; shift ;;
     --smp) SMP=$2; shift ;;
     --hostroot) HOSTROOT=1 ;;
+    --iommu) IOMMU=1 ;;
     --qmp) QMP=$2; shift ;;
     --dry-run) DRY_RUN=1 ;;
     -h|--help) usage 0 ;;
@@ -92,6 +97,12 @@ args=(
   -nographic -no-reboot
   -kernel "$RIG_DIR/vmlinuz" -initrd "$RIG_DIR/initramfs.gz"
 )
+if [[ $IOMMU == 1 ]]; then
+  # The IOMMU must exist before the PCI devices it translates for, so it goes first. device-iotlb
+  # (ATS) is what makes QEMU's vhost send IOTLB messages to the backend instead of refusing.
+  args+=(-device intel-iommu,intremap=on,device-iotlb=on)
+  APPEND="intel_iommu=on $APPEND"
+fi
 
 if [[ -n $SOCK ]]; then
   # vhost-user needs guest RAM the backend can mmap: a shared memfd backend, made the RAM of
@@ -127,6 +138,7 @@ if [[ -n $SOCK ]]; then
   [[ $PACKED == 1 ]] && device+=",packed=on"
   [[ $MRG == 0 ]] && device+=",mrg_rxbuf=off"
   [[ -n $DEV_OPTS ]] && device+=",$DEV_OPTS"
+  [[ $IOMMU == 1 ]] && device+=",disable-legacy=on,iommu_platform=on,ats=on"
   args+=(-chardev "$chardev" -netdev "$netdev" -device "$device")
 else
   args+=(-nic none)

@@ -68,6 +68,8 @@ export interface GuestOptions {
   smp?: number;
   /** Share the host / read-only over 9p, mounted at /host in the guest. */
   hostRoot?: boolean;
+  /** Intel vIOMMU in front of the NIC (run-guest.sh --iommu: iommu_platform=on,ats=on, intel_iommu=on). */
+  iommu?: boolean;
   /** QMP unix socket path. */
   qmp?: string;
   /** Appended to the QEMU command line (after `--`). */
@@ -143,6 +145,7 @@ function runGuestArgs(o: GuestOptions): string[] {
   if (o.mem) a.push('--mem', o.mem);
   if (o.smp !== undefined) a.push('--smp', String(o.smp));
   if (o.hostRoot) a.push('--hostroot');
+  if (o.iommu) a.push('--iommu');
   if (o.qmp) a.push('--qmp', o.qmp);
   if (o.extraQemuArgs?.length) a.push('--', ...o.extraQemuArgs);
   return a;

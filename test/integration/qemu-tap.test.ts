@@ -118,6 +118,36 @@ for (const variant of [
   });
 }
 
+qemuTest('QEMU guest behind an Intel vIOMMU (iommu_platform=on, ats=on): IOVAs, IOTLB misses answered by QEMU, pings both ways', async (t) => {
+  t.timeout(120_000);
+  const { sock, trace, be } = await tapBackend(t, 'iommu', 'vutq2');
+  const g = startGuest({
+    sock,
+    cpus: '0',
+    iommu: true,
+    vut: { ip: '10.0.2.15/24', ping: '10.0.2.1,5', hold: '20' },
+    teardown: t.teardown,
+    maxLifetimeMs: 100_000,
+  });
+  const ok = await g.waitFor(/VUT-PING-(OK|FAIL) (\S+)/, 90_000);
+  t.is(ok[1], 'OK', `guest ping: ${ok[0]}\n${g.tail()}`);
+  await g.waitFor(/VUT-HOLD/, 10_000);
+  const out = sh('ip', ['netns', 'exec', ns, 'busybox', 'ping', '-c', '3', '-W', '5', '10.0.2.15']);
+  t.regex(out, /3 packets received/);
+  await g.kill();
+  t.is(await be.stop(), 0);
+  const printed = execFileSync(process.execPath, [BIN, 'trace', 'print', trace], { encoding: 'utf8' });
+  // QEMU requires BACKEND_REQ + REPLY_ACK for a vIOMMU and negotiates ACCESS_PLATFORM.
+  t.regex(printed, /rx → SET_FEATURES 0x[0-9a-f]+ <[^>]*ACCESS_PLATFORM/);
+  // Our misses go out on the back-end channel and QEMU answers each with an UPDATE on the main one.
+  t.regex(printed, /tx ← BACKEND_IOTLB_MSG need_reply iova=0x[0-9a-f]+ .*type=0x1 /, 'MISS sent');
+  t.regex(printed, /rx → IOTLB_MSG need_reply .*type=0x2 /, 'UPDATE received');
+  t.regex(printed, /rx → BACKEND_IOTLB_MSG reply 0x0/, 'QEMU acked our miss');
+  t.regex(printed, /rx → IOTLB_MSG need_reply .*type=0x3 /, 'the guest unmapped DMA buffers: INVALIDATE');
+  t.notRegex(printed, /type=0x4 /, 'no ACCESS_FAIL');
+  t.notRegex(printed, /error|ERROR/, 'no request was refused');
+});
+
 /** Runs tcp-peer.mjs in the namespace; resolves with its result line. */
 function netnsPeer(args: string[]): { line: Promise<string>; listening: Promise<void>; kill(): void } {
   const p = spawn('ip', ['netns', 'exec', ns, process.execPath, PEER, ...args], { stdio: ['ignore', 'pipe', 'inherit'] });
