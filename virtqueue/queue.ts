@@ -80,8 +80,11 @@ export interface Virtqueue {
   enableNotification(): boolean;
   /** True when the driver has made a chain available that has not been popped. */
   hasAvailable(): boolean;
-  /** The device loop: pop, hand to `fn`, push, flush, re-enable with the race re-check. */
-  drain(fn: ChainHandler, budget: number, chain?: Chain): DrainResult;
+  /**
+   * The device loop: pop, hand to `fn`, push, flush, re-enable with the race re-check. `poll`: when
+   * the ring runs empty, notifications stay disabled (the caller polls it and enables them itself).
+   */
+  drain(fn: ChainHandler, budget: number, chain?: Chain, poll?: boolean): DrainResult;
 
   /** The attached inflight region (vhost-user.rst "Inflight I/O tracking"), or null. */
   readonly inflight: InflightRegion | null;
@@ -107,8 +110,12 @@ export interface Virtqueue {
  * own trigger or the next kick). Budget exhausted with chains left: `more`, notifications stay
  * disabled and the caller must call drain again. Guest errors end the loop with `broken` set.
  * `out` is filled and returned (one object per queue: the loop allocates nothing).
+ *
+ * `poll` (busy polling, spec-notes/performance.md): an empty ring returns with notifications still
+ * disabled; the caller keeps polling `hasAvailable()` and must call `enableNotification()` (and
+ * handle its race answer) before it stops polling, or no kick will ever come.
  */
-export function drainQueue(q: Virtqueue, fn: ChainHandler, budget: number, chain: Chain, out: DrainResult): DrainResult {
+export function drainQueue(q: Virtqueue, fn: ChainHandler, budget: number, chain: Chain, out: DrainResult, poll = false): DrainResult {
   out.processed = 0;
   out.notify = false;
   out.more = false;
@@ -137,6 +144,7 @@ export function drainQueue(q: Virtqueue, fn: ChainHandler, budget: number, chain
       out.more = true;
       return out;
     }
+    if (poll) return out;
     if (!q.enableNotification()) return out;
     // Entries arrived while we were enabling: go on (or hand back to the caller if out of budget).
     if (out.processed >= budget) {

@@ -533,8 +533,8 @@ export class SplitQueue extends QueueCore implements Virtqueue {
   }
 
   /** The device loop (queue.ts drainQueue): one result object per queue, nothing allocated per call. */
-  drain(fn: ChainHandler, budget: number, chain: Chain = this.scratchChain): DrainResult {
-    return drainQueue(this, fn, budget, chain, this.drainResult);
+  drain(fn: ChainHandler, budget: number, chain: Chain = this.scratchChain, poll = false): DrainResult {
+    return drainQueue(this, fn, budget, chain, this.drainResult, poll);
   }
   private readonly drainResult: DrainResult = { processed: 0, notify: false, more: false, stopped: false };
 }

@@ -1,16 +1,24 @@
 /**
  * Switching between two vhost-user devices: a pair of ports where what one device transmits is
  * delivered straight into the other device's RX path, header included (the receiving device does in
- * software the offload work its guest did not negotiate). 'busy' propagates, so a guest whose peer has
+ * software the offload work its guest did not negotiate). With `deliverChain` the receiving device copies
+the frame from the sender's TX chain straight into its guest's RX buffers: one copy, guest memory to
+guest memory (spec-notes/performance.md, 2026-11-23). 'busy' propagates, so a guest whose peer has
  * no RX buffers is held back (its TX ring is left as is) instead of losing frames.
  */
 import type { NetHdr } from '../devices/net/net-hdr.ts';
+import type { ChainReader } from '../../virtqueue/index.ts';
 import { emptyStats, type Delivery, type FrameSink, type Port, type PortStats } from './port.ts';
+
+/** A frame (GSO included) never exceeds 64 KiB plus headers. */
+const MAX_GATHER = 65536 + 64;
 
 class PairPort implements Port {
   readonly stats: PortStats = emptyStats();
   device: FrameSink | null = null;
   peer!: PairPort;
+  /** Only for a peer sink without deliverChain; allocated on first use. */
+  private gatherBuf: Uint8Array | null = null;
   constructor(readonly name: string) {}
 
   connect(device: FrameSink): void {
@@ -24,6 +32,30 @@ class PairPort implements Port {
       return 'dropped';
     }
     const res = target.deliver(frame, hdr, byteLen);
+    if (res === 'ok') {
+      this.stats.txFrames++;
+      this.stats.txBytes += byteLen;
+      this.peer.stats.rxFrames++;
+      this.peer.stats.rxBytes += byteLen;
+    } else if (res === 'dropped') this.stats.txDropped++;
+    return res;
+  }
+  /**
+   * Single copy: the peer device copies from our guest's TX chain straight into its guest's RX
+   * buffers (no intermediate buffer). A peer without that form gets the bytes gathered first.
+   */
+  deliverChain(src: ChainReader, hdr: NetHdr, byteLen: number): Delivery {
+    const target = this.peer.device;
+    if (!target) {
+      this.stats.txDropped++;
+      return 'dropped';
+    }
+    let res: Delivery;
+    if (target.deliverChain !== undefined) res = target.deliverChain(src, hdr, byteLen);
+    else {
+      const buf = this.gatherBuf ?? (this.gatherBuf = new Uint8Array(MAX_GATHER));
+      res = target.deliver(buf, hdr, src.read(buf, 0, byteLen));
+    }
     if (res === 'ok') {
       this.stats.txFrames++;
       this.stats.txBytes += byteLen;

@@ -8,12 +8,20 @@
  * switch between two guests loses nothing; a sink that cannot take it at all answers 'dropped'.
  */
 import type { NetHdr } from '../devices/net/net-hdr.ts';
+import type { ChainReader } from '../../virtqueue/index.ts';
 
 export type Delivery = 'ok' | 'busy' | 'dropped';
 
 export interface FrameSink {
   /** The frame is bytes[0, byteLen) (default: all of bytes), so senders need not make a view per frame. */
   deliver(bytes: Uint8Array, hdr: NetHdr, byteLen?: number): Delivery;
+  /**
+   * Optional single-copy form for guest-to-guest switching: the frame is the next `byteLen` readable
+   * bytes of `src` (the sender's TX chain, header already consumed), copied by the receiver straight
+   * into its guest's RX buffers. Same answers as deliver(); on 'busy' the sender re-reads the chain
+   * later, so the cursor position after any answer does not matter. Senders use it when present.
+   */
+  deliverChain?(src: ChainReader, hdr: NetHdr, byteLen: number): Delivery;
   /** Register a one-shot callback for when a sink that answered 'busy' has room again. */
   onSpace(cb: () => void): void;
   /**

@@ -59,7 +59,8 @@ test('GET_FEATURES offers the net features plus PROTOCOL_FEATURES; GET_QUEUE_NUM
   const r = await rig(t, 3);
   const f = await negotiate(r);
   for (const b of [VirtioF.PROTOCOL_FEATURES, VirtioF.VERSION_1, VirtioF.NET_F_MRG_RXBUF, VirtioF.RING_EVENT_IDX]) t.true(has(f, b), `bit ${b}`);
-  t.false(has(f, VirtioF.ACCESS_PLATFORM), 'no IOMMU support offered yet');
+  t.true(has(f, VirtioF.ACCESS_PLATFORM), 'vIOMMU support (D32)');
+  t.true(has(f, VirtioF.LOG_ALL), 'dirty logging (D20)');
   t.is(u64(await r.fe.fe.request(R.GET_QUEUE_NUM)), 3n);
 });
 

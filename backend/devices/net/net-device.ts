@@ -11,7 +11,7 @@
  */
 import createDebug from 'debug';
 import { VirtioF, bit, has } from '../../../protocol/index.ts';
-import { Chain, ChainReader, ChainWriter } from '../../../virtqueue/index.ts';
+import { Chain, ChainReader, ChainWriter, createSpan } from '../../../virtqueue/index.ts';
 import type { Device, ReadyQueue } from '../../device.ts';
 import type { Delivery, FrameSink, Port } from '../../ports/port.ts';
 import {
@@ -27,6 +27,7 @@ import {
   NetHdr,
 } from './net-hdr.ts';
 import { completeChecksum, segmentTcp } from './offload.ts';
+import { BusyPoller, type PolledRing } from './busy-poll.ts';
 import { NetConfig } from './net-config.ts';
 
 const log = createDebug('vhost:net');
@@ -40,6 +41,30 @@ const TX_BUDGET = 256;
 const TX_BURST = 32;
 /** A frame (GSO frames included) never exceeds 64 KiB plus the virtio header. */
 const MAX_FRAME = 65536 + 64;
+/**
+ * Busy-poll window for TX rings that ran empty (busy-poll.ts), in microseconds; 0 disables it.
+ * Default: VHOST_USER_TS_BUSY_POLL_US from the environment, else DEFAULT_BUSY_POLL_US.
+ */
+export const DEFAULT_BUSY_POLL_US = 50;
+const pollers = new Map<number, BusyPoller>();
+/** One poll loop per window length for the whole process: all devices' rings are served by it in turn. */
+function sharedPoller(us: number): BusyPoller {
+  let p = pollers.get(us);
+  if (p === undefined) {
+    p = new BusyPoller(us / 1000);
+    pollers.set(us, p);
+  }
+  return p;
+}
+function defaultBusyPollUs(): number {
+  const v = process.env.VHOST_USER_TS_BUSY_POLL_US;
+  if (v === undefined || v === '') return DEFAULT_BUSY_POLL_US;
+  const n = Number(v);
+  return Number.isFinite(n) && n >= 0 ? n : DEFAULT_BUSY_POLL_US;
+}
+
+/** Bytes of a frame hashed to pick its RX ring: Ethernet + IPv4 addresses. */
+const HASH_BYTES = 34;
 /** The most buffers one mergeable RX frame may take (virtio v1.2 5.1.6.4: num_buffers is a le16). */
 const MAX_MRG_BUFFERS = 64;
 
@@ -90,7 +115,7 @@ export interface NetStats {
   rxDroppedSegments: number;
 }
 
-export class NetDevice implements Device, FrameSink {
+export class NetDevice implements Device, FrameSink, PolledRing {
   readonly kind = 'net';
   readonly features: bigint;
   readonly maxRings: number;
@@ -141,8 +166,23 @@ export class NetDevice implements Device, FrameSink {
   /** Software offload work happens in a copy: the frame may live in another guest's memory. */
   private readonly scratch = new Uint8Array(MAX_FRAME);
   private readonly segScratch = new Uint8Array(MAX_FRAME);
+  /** deliverChain: the source chain while a frame is delivered from it (null otherwise). */
+  private src: ChainReader | null = null;
+  /** deliverChain with offload work: the frame is gathered here (allocated on first use). */
+  private gatherBuf: Uint8Array | null = null;
+  private readonly hashBytes = new Uint8Array(HASH_BYTES);
+  private readonly span = createSpan();
 
-  constructor(opts: { queuePairs: number; label?: string; features?: bigint }) {
+  /** Null when busy polling is off (busyPollUs 0). */
+  private readonly poller: BusyPoller | null;
+  /** TX ring i is waiting for the uplink's onSpace (not polled meanwhile). */
+  private readonly txWaiting: boolean[];
+
+  /**
+   * `busyPollUs`: how long a TX ring that ran empty is polled before notifications are re-enabled
+   * (busy-poll.ts); 0 = never poll. Default: see DEFAULT_BUSY_POLL_US.
+   */
+  constructor(opts: { queuePairs: number; label?: string; features?: bigint; busyPollUs?: number }) {
     this.maxRings = opts.queuePairs * 2;
     this.queueNum = opts.queuePairs;
     this.config = new NetConfig(opts.queuePairs);
@@ -151,6 +191,9 @@ export class NetDevice implements Device, FrameSink {
     this.txScheduled = new Array<boolean>(this.maxRings).fill(false);
     this.rxDirty = new Array<ReadyQueue | null>(this.maxRings).fill(null);
     this.label = opts.label ?? 'net';
+    this.txWaiting = new Array<boolean>(this.maxRings).fill(false);
+    const us = opts.busyPollUs ?? defaultBusyPollUs();
+    this.poller = us > 0 ? sharedPoller(us) : null;
   }
 
   attachPort(port: Port): void {
@@ -173,6 +216,7 @@ export class NetDevice implements Device, FrameSink {
 
   ringReady(ring: ReadyQueue): void {
     this.rings[ring.index] = ring;
+    this.txWaiting[ring.index] = false;
     if (ring.index % 2 === 1) this.kick(ring.index); // TX may already hold chains (reconnect, restart)
     else this.wakeSpaceWaiters();
   }
@@ -195,6 +239,7 @@ export class NetDevice implements Device, FrameSink {
 
   reset(): void {
     this.rings.fill(null);
+    this.txWaiting.fill(false);
     this.spaceWaiters = [];
   }
 
@@ -221,12 +266,27 @@ export class NetDevice implements Device, FrameSink {
       this.stats.txDropped++;
       return 0;
     }
-    // Header and frame land in separate buffers, so the frame starts at 0 and no view is made per frame.
-    this.reader.read(this.hdrBytes, 0, this.hdrLen);
-    const byteLen = this.reader.read(this.txBuf, 0, total - this.hdrLen);
-    const hdr = this.txHdr.read(this.hdrBytes, 0);
+    // The header is parsed in place when contiguous (it always is with DPDK and Linux drivers).
+    const sp = this.span;
+    let hdr: NetHdr;
+    if (this.reader.current(sp) >= this.hdrLen) {
+      hdr = this.txHdr.read(sp.bytes, sp.offset);
+      this.reader.skip(this.hdrLen);
+    } else {
+      this.reader.read(this.hdrBytes, 0, this.hdrLen);
+      hdr = this.txHdr.read(this.hdrBytes, 0);
+    }
+    const byteLen = total - this.hdrLen;
     const uplink = this.uplink;
-    const out: Delivery = uplink ? uplink.deliver(this.txBuf, hdr, byteLen) : 'dropped';
+    let out: Delivery;
+    if (uplink === null) out = 'dropped';
+    // Another guest (pair port): its device copies from this chain straight into its RX buffers.
+    else if (uplink.deliverChain !== undefined) out = uplink.deliverChain(this.reader, hdr, byteLen);
+    else {
+      // Header and frame land in separate buffers, so the frame starts at 0 and no view is made per frame.
+      this.reader.read(this.txBuf, 0, byteLen);
+      out = uplink.deliver(this.txBuf, hdr, byteLen);
+    }
     if (out === 'busy') {
       this.txBlocked = true;
       return false; // give the chain back; resume when the uplink has room
@@ -253,13 +313,15 @@ export class NetDevice implements Device, FrameSink {
     // left: a chain that was sent but not yet published would be resubmitted, i.e. sent twice, by a
     // backend restarted after a crash (spec-notes/decisions.md D26). Without one, bursts are cheaper.
     const burst = q.inflight !== null ? 1 : TX_BURST;
+    // Busy polling: a ring that runs empty keeps notifications disabled and is handed to the poller.
+    const poll = this.poller !== null;
     // Bursts of TX_BURST: each ends with our used entries published (drain flushes) and the
     // receiver's burst published (endBurst), up to TX_BUDGET chains per turn of the event loop.
     do {
       uplink?.beginBurst?.();
       let res;
       try {
-        res = q.drain(this.txChain, burst, this.chain);
+        res = q.drain(this.txChain, burst, this.chain, poll);
       } finally {
         uplink?.endBurst?.();
       }
@@ -270,16 +332,40 @@ export class NetDevice implements Device, FrameSink {
     this.txRing = null;
     if (q.broken) return ring.fail(q.broken);
     if (this.txBlocked && uplink) {
-      uplink.onSpace(() => this.processTx(index));
-    } else if (more && !this.txScheduled[index]) {
-      // More is pending: continue after other events had their turn.
-      this.txScheduled[index] = true;
-      setImmediate(() => {
-        this.txScheduled[index] = false;
+      // drain re-enabled notifications (stopped); the uplink calls back when it has room.
+      this.txWaiting[index] = true;
+      uplink.onSpace(() => {
+        this.txWaiting[index] = false;
         this.processTx(index);
       });
-    }
+    } else if (more) {
+      if (!this.txScheduled[index]) {
+        // More is pending: continue after other events had their turn.
+        this.txScheduled[index] = true;
+        setImmediate(() => {
+          this.txScheduled[index] = false;
+          this.processTx(index);
+        });
+      }
+    } else if (poll && this.rings[index] === ring) this.poller!.watch(this, index);
     if (this.txDone) log('%s: tx ring %d: %d frames', this.label, index, this.txDone);
+  }
+
+  // ---- busy polling (PolledRing, called by the shared BusyPoller) ----------------------------
+
+  pollValid(index: number): boolean {
+    const r = this.rings[index];
+    return r !== null && r !== undefined && r.queue.broken === null && !this.txWaiting[index];
+  }
+  pollAvailable(index: number): boolean {
+    return this.rings[index]!.queue.hasAvailable();
+  }
+  pollProcess(index: number): void {
+    this.processTx(index);
+  }
+  pollStop(index: number): boolean {
+    const r = this.rings[index];
+    return r !== null && r !== undefined && r.queue.enableNotification();
   }
 
   // ---- uplink -> guest RX --------------------------------------------------------------------
@@ -295,8 +381,11 @@ export class NetDevice implements Device, FrameSink {
     for (const cb of w) cb();
   }
 
-  /** Picks the RX ring for a frame: one flow stays on one ring (hash of the MAC/IP header bytes). */
-  private pickRx(frame: Uint8Array, byteLen: number): ReadyQueue | null {
+  /**
+   * Picks the RX ring for a frame: one flow stays on one ring (hash of the MAC/IP header bytes).
+   * `frame` null: the frame is in `this.src` (a chain), whose first bytes are peeked for the hash.
+   */
+  private pickRx(frame: Uint8Array | null, byteLen: number): ReadyQueue | null {
     let first: ReadyQueue | null = null;
     let count = 0;
     for (let i = 0; i < this.maxRings; i += 2) {
@@ -308,7 +397,11 @@ export class NetDevice implements Device, FrameSink {
     }
     if (count <= 1) return first;
     let h = 0;
-    const end = Math.min(byteLen, 34);
+    let end = Math.min(byteLen, HASH_BYTES);
+    if (frame === null) {
+      frame = this.hashBytes;
+      end = this.src!.peek(frame, 0, end);
+    }
     for (let i = 0; i < end; i++) h = (h * 31 + frame[i]!) | 0;
     let k = (h >>> 0) % count;
     for (let i = 0; i < this.maxRings; i += 2) {
@@ -316,6 +409,26 @@ export class NetDevice implements Device, FrameSink {
       if (r && k-- === 0) return r;
     }
     return first;
+  }
+
+  /**
+   * A frame that is the next `byteLen` readable bytes of another guest's TX chain (pair port): plain
+   * frames are copied from that chain straight into this guest's RX buffers (one copy). Frames that
+   * need offload work in software are gathered into a buffer first and take the deliver() path.
+   */
+  deliverChain(src: ChainReader, hdr: NetHdr, byteLen: number): Delivery {
+    const h = this.rxHdr.copyFrom(hdr);
+    if (!this.guestCsum) h.flags &= ~NET_HDR_F_DATA_VALID;
+    if (!h.plain) {
+      const buf = this.gatherBuf ?? (this.gatherBuf = new Uint8Array(MAX_FRAME));
+      return this.deliver(buf, hdr, src.read(buf, 0, byteLen));
+    }
+    this.src = src;
+    try {
+      return this.deliverOne(null, byteLen, h);
+    } finally {
+      this.src = null;
+    }
   }
 
   /**
@@ -387,7 +500,8 @@ export class NetDevice implements Device, FrameSink {
     return delivered > 0 ? 'ok' : first;
   }
 
-  private deliverOne(frame: Uint8Array, byteLen: number, hdr: NetHdr): Delivery {
+  /** `frame` null: the frame is the next byteLen readable bytes of `this.src`. */
+  private deliverOne(frame: Uint8Array | null, byteLen: number, hdr: NetHdr): Delivery {
     const ring = this.pickRx(frame, byteLen);
     if (!ring) {
       this.stats.rxDroppedNoQueue++;
@@ -426,7 +540,27 @@ export class NetDevice implements Device, FrameSink {
     }
   }
 
-  private rxSingle(ring: ReadyQueue, frame: Uint8Array, byteLen: number, need: number, hdr: NetHdr): Delivery {
+  /** Writes frame bytes [off, off + take) at the writer's position, from `frame` or else from `this.src`. */
+  private putFrame(frame: Uint8Array | null, off: number, take: number): void {
+    if (frame === null) this.writer.copyFrom(this.src!, take);
+    else this.writer.write(frame, off, take);
+  }
+
+  /** Writes the header for `numBuffers` buffers at the writer's position (in place when contiguous). */
+  private putHdr(hdr: NetHdr, numBuffers: number): void {
+    const w = this.writer;
+    const sp = this.span;
+    const n = this.hdrLen;
+    if (w.current(sp) >= n) {
+      hdr.write(sp.bytes, sp.offset, n, numBuffers);
+      w.commit(n);
+    } else {
+      hdr.write(this.hdrBytes, 0, n, numBuffers);
+      w.write(this.hdrBytes, 0, n);
+    }
+  }
+
+  private rxSingle(ring: ReadyQueue, frame: Uint8Array | null, byteLen: number, need: number, hdr: NetHdr): Delivery {
     const q = ring.queue;
     const c = this.chain;
     if (!this.popRx(ring, c)) return 'busy';
@@ -438,17 +572,27 @@ export class NetDevice implements Device, FrameSink {
       this.stats.rxDroppedTooBig++;
       return 'dropped';
     }
-    hdr.write(this.hdrBytes, 0, this.hdrLen, 1);
-    this.writer.write(this.hdrBytes, 0, this.hdrLen);
-    this.writer.write(frame, 0, byteLen);
+    this.putHdr(hdr, 1);
+    this.putFrame(frame, 0, byteLen);
     q.pushUsed(c.head, this.writer.written);
     return 'ok';
   }
 
-  private rxMergeable(ring: ReadyQueue, frame: Uint8Array, byteLen: number, need: number, hdr: NetHdr): Delivery {
+  private rxMergeable(ring: ReadyQueue, frame: Uint8Array | null, byteLen: number, need: number, hdr: NetHdr): Delivery {
     const q = ring.queue;
-    let n = 0;
-    let room = 0;
+    const w = this.writer;
+    // Fast path: the first buffer holds header and frame (the common case; num_buffers = 1).
+    const c0 = this.mrgChains[0]!;
+    if (!this.popRx(ring, c0)) return 'busy';
+    w.reset(c0, ring.memory);
+    if (w.remaining >= need) {
+      this.putHdr(hdr, 1);
+      this.putFrame(frame, 0, byteLen);
+      q.pushUsed(c0.head, w.written);
+      return 'ok';
+    }
+    let n = 1;
+    let room = w.remaining;
     while (room < need) {
       if (n === MAX_MRG_BUFFERS) {
         q.unpop(n);
@@ -469,12 +613,9 @@ export class NetDevice implements Device, FrameSink {
     for (let i = 0; i < n; i++) {
       const c = this.mrgChains[i]!;
       this.writer.reset(c, ring.memory);
-      if (i === 0) {
-        hdr.write(this.hdrBytes, 0, this.hdrLen, n);
-        this.writer.write(this.hdrBytes, 0, this.hdrLen);
-      }
+      if (i === 0) this.putHdr(hdr, n);
       const take = Math.min(this.writer.remaining, byteLen - off);
-      if (take > 0) this.writer.write(frame, off, take);
+      if (take > 0) this.putFrame(frame, off, take);
       off += take;
       this.rxHeads[i] = c.head;
       this.rxLens[i] = this.writer.written;
