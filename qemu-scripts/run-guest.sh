@@ -27,6 +27,12 @@
 #                                   NIC, which gets iommu_platform=on,ats=on (so the vhost-user backend
 #                                   sees IOVAs and IOTLB messages), and intel_iommu=on for the guest
 #   --qmp PATH          QMP         QMP unix socket (server, nowait)
+#   --incoming URI      INCOMING    migration destination: -incoming URI (e.g. unix:/tmp/m.sock,
+#                                   or "defer": listen only after QMP migrate-incoming, so that
+#                                   capabilities such as postcopy-ram can be set first). Give the
+#                                   destination exactly the source's options otherwise (same
+#                                   --mem/--mac/--queues/--packed/..., its own --sock and --qmp):
+#                                   the device state only loads into an identical machine.
 #   --dry-run           DRY_RUN=1   print the command instead of running it
 #   RIG_DIR (env)                   where vmlinuz/initramfs.gz are (default <repo>/.rig/guest)
 #   QEMU (env)                      QEMU binary (default qemu-system-x86_64)
@@ -53,6 +59,7 @@ SMP=${SMP:-1}
 HOSTROOT=${HOSTROOT:-0}
 IOMMU=${IOMMU:-0}
 QMP=${QMP:-}
+INCOMING=${INCOMING:-}
 DRY_RUN=${DRY_RUN:-0}
 QEMU=${QEMU:-qemu-system-x86_64}
 VUT=()
@@ -78,6 +85,7 @@ while (($#)); do
     --hostroot) HOSTROOT=1 ;;
     --iommu) IOMMU=1 ;;
     --qmp) QMP=$2; shift ;;
+    --incoming) INCOMING=$2; shift ;;
     --dry-run) DRY_RUN=1 ;;
     -h|--help) usage 0 ;;
     --) shift; EXTRA=("$@"); break ;;
@@ -150,6 +158,11 @@ if [[ $HOSTROOT == 1 ]]; then
   args+=(-virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")
 fi
 [[ -n $QMP ]] && args+=(-qmp "unix:$QMP,server=on,wait=off")
+# Migration destination: QEMU builds the machine (and connects its vhost-user chardev, so the
+# backend sees the feature negotiation at once) but does not run it until the incoming state has
+# loaded. Guest RAM stays the share=on memfd above: vhost-user migration needs it shared on both
+# sides (the backend maps it; postcopy places pages into it with userfaultfd).
+[[ -n $INCOMING ]] && args+=(-incoming "$INCOMING")
 
 # console=ttyS0: -nographic wires the first serial port to stdio. panic=-1: reboot at once on
 # a guest panic, which -no-reboot turns into a QEMU exit (no hung test). quiet: the kernel log

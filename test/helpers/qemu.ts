@@ -72,6 +72,11 @@ export interface GuestOptions {
   iommu?: boolean;
   /** QMP unix socket path. */
   qmp?: string;
+  /**
+   * Migration destination: `-incoming <uri>` ('defer' = wait for QMP migrate-incoming, see
+   * test/helpers/migration.ts). Every other option must equal the source's (own sock/qmp aside).
+   */
+  incoming?: string;
   /** Appended to the QEMU command line (after `--`). */
   extraQemuArgs?: readonly string[];
   rigDir?: string;
@@ -147,6 +152,7 @@ function runGuestArgs(o: GuestOptions): string[] {
   if (o.hostRoot) a.push('--hostroot');
   if (o.iommu) a.push('--iommu');
   if (o.qmp) a.push('--qmp', o.qmp);
+  if (o.incoming) a.push('--incoming', o.incoming);
   if (o.extraQemuArgs?.length) a.push('--', ...o.extraQemuArgs);
   return a;
 }
