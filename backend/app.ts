@@ -23,6 +23,8 @@ export interface NetOptions {
   port: PortSpec | null;
   trace: string | null;
   protocolFeatures?: bigint;
+  /** Busy-poll window after a TX ring runs empty, µs (0 = off; default: the device's). */
+  busyPollUs?: number;
 }
 
 export function parsePortSpec(spec: string): PortSpec {
@@ -52,7 +54,11 @@ export function startNet(native: NativeBinding, o: NetOptions): RunningNet {
   const endpoints: VhostUserEndpoint[] = [];
   const ports: Port[] = [];
   const mk = (path: string, client: boolean) => {
-    const device = new NetDevice({ queuePairs: o.queuePairs, label: path });
+    const device = new NetDevice({
+      queuePairs: o.queuePairs,
+      label: path,
+      ...(o.busyPollUs !== undefined ? { busyPollUs: o.busyPollUs } : {}),
+    });
     const ep = new VhostUserEndpoint({
       path,
       client,

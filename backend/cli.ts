@@ -2,7 +2,7 @@
  * vhost-user-ts command line.
  *
  *   vhost-user-ts net --socket PATH [--client] [--queues N] [--port tap:NAME|vhost:PATH2[,client]]
- *                     [--trace FILE] [--protocol-features HEX]
+ *                     [--trace FILE] [--protocol-features HEX] [--busy-poll-us N]
  *   vhost-user-ts trace print FILE
  *
  * Logging: DEBUG=vhost:* (namespaces vhost:proto, vhost:session, vhost:vq, vhost:net, vhost:tap, ...).
@@ -20,6 +20,7 @@ const USAGE = `usage:
   --queues N        queue pairs offered (GET_QUEUE_NUM), default 1
   --port SPEC       uplink: tap:NAME (kernel tap device) or vhost:PATH2 (switch to a second vhost-user device)
   --trace FILE      record every vhost-user message, both directions, to FILE (msgpack)
+  --busy-poll-us N  after a TX ring runs empty, poll it N µs before sleeping on kicks (default 50, 0 = off)
   DEBUG=vhost:*     debug logging`;
 
 function usage(msg: string): never {
@@ -36,6 +37,7 @@ export function parseNetArgs(argv: string[]): NetOptions {
       port: { type: 'string' },
       trace: { type: 'string' },
       'protocol-features': { type: 'string' },
+      'busy-poll-us': { type: 'string' },
     },
     strict: true,
     allowPositionals: false,
@@ -51,6 +53,13 @@ export function parseNetArgs(argv: string[]): NetOptions {
       usage(`--protocol-features must be a number (e.g. 0x8009), got '${values['protocol-features']}'`);
     }
   }
+  let busyPollUs: number | undefined;
+  if (values['busy-poll-us'] !== undefined) {
+    busyPollUs = Number(values['busy-poll-us']);
+    if (!Number.isInteger(busyPollUs) || busyPollUs < 0 || busyPollUs > 1_000_000) {
+      usage(`--busy-poll-us must be 0..1000000, got '${values['busy-poll-us']}'`);
+    }
+  }
   return {
     socket: values.socket,
     client: values.client ?? false,
@@ -58,6 +67,7 @@ export function parseNetArgs(argv: string[]): NetOptions {
     port: values.port ? parsePortSpec(values.port) : null,
     trace: values.trace ?? null,
     ...(protocolFeatures !== undefined ? { protocolFeatures } : {}),
+    ...(busyPollUs !== undefined ? { busyPollUs } : {}),
   };
 }
 
