@@ -13,7 +13,7 @@ import { parsePortSpec, startNet, type NetOptions } from './app.ts';
 
 const USAGE = `usage:
   vhost-user-ts net --socket PATH [--client] [--queues N] [--port tap:NAME|vhost:PATH2[,client]]
-                    [--trace FILE] [--protocol-features HEX]
+                    [--trace FILE] [--protocol-features HEX] [--busy-poll-us N]
   vhost-user-ts trace print FILE
 
   --socket PATH     vhost-user socket (we listen; with --client we connect to a frontend listening there)

@@ -25,7 +25,7 @@ test('usage errors exit 2 with a message naming the problem', (t) => {
     [['net', '--socket', '/tmp/x', '--port', 'eth0'], /bad --port 'eth0'/],
     [['net', '--socket', '/tmp/x', '--port', 'vhost:/tmp/y,fast'], /only 'client' is known/],
     [['net', '--socket', '/tmp/x', '--bogus'], /Unknown option '--bogus'/],
-    [['net', '--socket', '/tmp/x', '--busy-poll-us', '-5'], /--busy-poll-us must be 0\.\.1000000/],
+    [['net', '--socket', '/tmp/x', '--busy-poll-us', 'x'], /--busy-poll-us must be 0\.\.1000000/],
     [['frobnicate'], /unknown command 'frobnicate'/],
     [['trace'], /trace needs: print FILE/],
   ] as const) {
