@@ -15,6 +15,8 @@ const USAGE = `usage:
   vhost-user-ts net --socket PATH [--client] [--queues N] [--port tap:NAME|vhost:PATH2[,client]]
                     [--trace FILE] [--protocol-features HEX] [--busy-poll-us N]
   vhost-user-ts trace print FILE
+  vhost-user-ts conform --socket PATH [--report FILE.json|FILE.html]... [--probe iotlb,config,reconnect|none]
+                        [--frontend TEXT] [--queues N] [--port tap:NAME] [--client] [--duration S] [--strict]
 
   --socket PATH     vhost-user socket (we listen; with --client we connect to a frontend listening there)
   --queues N        queue pairs offered (GET_QUEUE_NUM), default 1
@@ -111,6 +113,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     if (cmd === 'net') await runNet(rest);
     else if (cmd === 'trace') await runTrace(rest);
+    else if (cmd === 'conform') await (await import('./conform/cli.ts')).runConform(rest);
     else if (cmd === '--help' || cmd === '-h' || cmd === 'help') process.stdout.write(USAGE + '\n');
     else usage(cmd ? `unknown command '${cmd}'` : 'no command given');
     return 0;
