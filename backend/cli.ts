@@ -1,27 +1,33 @@
 /**
  * vhost-user-ts command line.
  *
- *   vhost-user-ts net --socket PATH [--client] [--queues N] [--port tap:NAME|vhost:PATH2[,client]]
+ *   vhost-user-ts net --socket PATH [--client] [--queues N] [--port tap:NAME|vhost:PATH2[,client]|vfio:PCI[,poll]]
  *                     [--trace FILE] [--protocol-features HEX] [--busy-poll-us N]
- *   vhost-user-ts trace print FILE
+ *   vhost-user-ts trace print|diagram|export|replay FILE ...   (backend/trace-tools/cli.ts)
+ *   vhost-user-ts proxy (--listen A | --connect-frontend A) --connect B [--trace FILE]
  *
  * Logging: DEBUG=vhost:* (namespaces vhost:proto, vhost:session, vhost:vq, vhost:net, vhost:tap, ...).
  */
 import { parseArgs } from 'node:util';
 import { BackendError } from './errors.ts';
 import { parsePortSpec, startNet, type NetOptions } from './app.ts';
+import { TRACE_USAGE, runProxyCommand, runTraceCommand } from './trace-tools/cli.ts';
 
 const USAGE = `usage:
-  vhost-user-ts net --socket PATH [--client] [--queues N] [--port tap:NAME|vhost:PATH2[,client]]
-                    [--trace FILE] [--protocol-features HEX] [--busy-poll-us N]
-  vhost-user-ts trace print FILE
+  vhost-user-ts net --socket PATH [--client] [--queues N] [--port tap:NAME|vhost:PATH2[,client]|vfio:PCI[,poll]]
+                    [--trace FILE [--trace-rings] [--snaplen N]] [--protocol-features HEX] [--busy-poll-us N]
+${TRACE_USAGE}
   vhost-user-ts conform --socket PATH [--report FILE.json|FILE.html]... [--probe iotlb,config,reconnect|none]
                         [--frontend TEXT] [--queues N] [--port tap:NAME] [--client] [--duration S] [--strict]
 
   --socket PATH     vhost-user socket (we listen; with --client we connect to a frontend listening there)
   --queues N        queue pairs offered (GET_QUEUE_NUM), default 1
   --port SPEC       uplink: tap:NAME (kernel tap device) or vhost:PATH2 (switch to a second vhost-user device)
+                    or vfio:0000:00:03.0 (a NIC bound to vfio-pci, see qemu-scripts/vfio-bind.sh; e1000e;
+                    ,poll polls instead of waiting for interrupts)
   --trace FILE      record every vhost-user message, both directions, to FILE (msgpack)
+  --trace-rings     with --trace: also record kicks, calls and every chain (head, descriptors, length,
+                    the first --snaplen bytes of the frame, default 256)
   --busy-poll-us N  after a TX ring runs empty, poll it N µs before sleeping on kicks (default 50, 0 = off)
   DEBUG=vhost:*     debug logging`;
 
@@ -40,6 +46,8 @@ export function parseNetArgs(argv: string[]): NetOptions {
       trace: { type: 'string' },
       'protocol-features': { type: 'string' },
       'busy-poll-us': { type: 'string' },
+      'trace-rings': { type: 'boolean', default: false },
+      snaplen: { type: 'string' },
     },
     strict: true,
     allowPositionals: false,
@@ -62,6 +70,12 @@ export function parseNetArgs(argv: string[]): NetOptions {
       usage(`--busy-poll-us must be 0..1000000, got '${values['busy-poll-us']}'`);
     }
   }
+  if (values['trace-rings'] && !values.trace) usage('--trace-rings needs --trace FILE');
+  let snaplen: number | undefined;
+  if (values.snaplen !== undefined) {
+    snaplen = Number(values.snaplen);
+    if (!Number.isInteger(snaplen) || snaplen < 14 || snaplen > 65536) usage(`--snaplen must be 14..65536, got '${values.snaplen}'`);
+  }
   return {
     socket: values.socket,
     client: values.client ?? false,
@@ -70,6 +84,8 @@ export function parseNetArgs(argv: string[]): NetOptions {
     trace: values.trace ?? null,
     ...(protocolFeatures !== undefined ? { protocolFeatures } : {}),
     ...(busyPollUs !== undefined ? { busyPollUs } : {}),
+    ...(values['trace-rings'] ? { traceRings: true } : {}),
+    ...(snaplen !== undefined ? { snaplen } : {}),
   };
 }
 
@@ -102,10 +118,7 @@ async function runNet(argv: string[]): Promise<void> {
 }
 
 async function runTrace(argv: string[]): Promise<void> {
-  const [sub, file] = argv;
-  if (sub !== 'print' || !file) usage('trace needs: print FILE');
-  const { readTrace, formatRecord } = await import('../protocol/index.ts');
-  for await (const rec of readTrace(file)) process.stdout.write(formatRecord(rec) + '\n');
+  await runTraceCommand(argv);
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -113,6 +126,7 @@ export async function main(argv: string[]): Promise<number> {
   try {
     if (cmd === 'net') await runNet(rest);
     else if (cmd === 'trace') await runTrace(rest);
+    else if (cmd === 'proxy') await runProxyCommand(rest);
     else if (cmd === 'conform') await (await import('./conform/cli.ts')).runConform(rest);
     else if (cmd === '--help' || cmd === '-h' || cmd === 'help') process.stdout.write(USAGE + '\n');
     else usage(cmd ? `unknown command '${cmd}'` : 'no command given');

@@ -10,6 +10,12 @@ export interface ReadyQueue {
   readonly index: number;
   readonly queue: Virtqueue;
   readonly memory: GuestMemory;
+  /**
+   * Legacy big-endian ring (vhost-user.rst SET_VRING_ENDIAN 1): the queue already swaps ring fields;
+   * device structures in the buffers that the legacy interface puts in the guest's byte order (the
+   * virtio-net header, virtio v1.2 5.1.6.1) are big-endian too. Absent / false: little-endian.
+   */
+  readonly bigEndian?: boolean;
   /** Signal the driver (call eventfd) that used buffers are available. */
   notify(): void;
   /** Report that this ring is broken (guest error): signals the err eventfd, stops the ring. */
@@ -53,4 +59,9 @@ export interface Device {
   loadState?(bytes: Uint8Array): void;
   /** SEND_RARP (protocol feature RARP): announce the guest MAC on the uplink. */
   sendRarp?(mac: Uint8Array): void;
+  /**
+   * The device honours ReadyQueue.bigEndian for its own structures in the buffers (legacy
+   * big-endian guests): without it the session does not offer CROSS_ENDIAN.
+   */
+  readonly bigEndianRings?: boolean;
 }

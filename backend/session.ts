@@ -33,6 +33,8 @@ import {
   VHOST_USER_NEED_REPLY_MASK,
   messageRecord,
   rawRecord,
+  ringRecord,
+  type TraceRingRecord,
   HEADER_SIZE,
   type Encoded,
   type MessageDef,
@@ -94,6 +96,8 @@ export interface SessionOptions {
   /** Observer of every decoded request and encoded reply (tracing, conformance). */
   /** Receives a trace record for every request (decoded, or raw with the codec's error) and reply. */
   trace?: (rec: TraceMessageRecord) => void;
+  /** Receives ring events (kick seen, call sent, ring broken) when ring tracing is on. */
+  ringTrace?: (rec: TraceRingRecord) => void;
   label?: string;
 }
 
@@ -116,7 +120,9 @@ export const SESSION_PROTOCOL_FEATURES =
   bit(ProtoF.DEVICE_STATE) |
   bit(ProtoF.CONFIGURE_MEM_SLOTS) |
   bit(ProtoF.RESET_DEVICE) |
-  bit(ProtoF.STATUS);
+  bit(ProtoF.STATUS) |
+  // Legacy big-endian rings (SET_VRING_ENDIAN), split only: decisions.md D33.
+  bit(ProtoF.CROSS_ENDIAN);
 
 export type HandlerResult = { payload: unknown; fds?: Fd[] } | void;
 export type Handler = (this: Session, msg: VhostMessage, fds: FdClaim) => HandlerResult;
@@ -144,6 +150,8 @@ export class Session {
   readonly sys: SessionNative;
   private readonly sendRaw: SessionOptions['send'];
   readonly trace: SessionOptions["trace"];
+  /** Ring event sink (kicks, calls, broken rings); null = off, which costs one null check per event. */
+  ringTrace: ((rec: TraceRingRecord) => void) | null;
   readonly label: string;
 
   /** Offered in GET_FEATURES. */
@@ -167,6 +175,8 @@ export class Session {
   inflight: InflightBuffer | null = null;
   private memGeneration = 0;
   readonly rings: RingState[];
+  /** SET_VRING_ENDIAN per ring index: true = big-endian (num 1); unset = little-endian (D33). */
+  readonly vringBigEndian: boolean[] = [];
   private closed = false;
 
   constructor(opts: SessionOptions) {
@@ -174,6 +184,7 @@ export class Session {
     this.sys = opts.native;
     this.sendRaw = opts.send;
     this.trace = opts.trace;
+    this.ringTrace = opts.ringTrace ?? null;
     this.label = opts.label ?? 'session';
     // LOG_ALL is a vhost feature, not the device's: QEMU blocks migration without it. ACCESS_PLATFORM
     // (vIOMMU) is the session's business too: it changes how addresses translate, not the device.
@@ -188,6 +199,7 @@ export class Session {
     if (!dev.config) proto &= ~bit(ProtoF.CONFIG);
     if (!dev.config?.setMtu || !has(dev.features, VirtioF.NET_F_MTU)) proto &= ~bit(ProtoF.NET_MTU);
     if (!dev.saveState || !dev.loadState) proto &= ~bit(ProtoF.DEVICE_STATE);
+    if (dev.bigEndianRings !== true) proto &= ~bit(ProtoF.CROSS_ENDIAN);
     this.offeredProtocolFeatures = proto;
     if (dev.config) dev.config.onChange = () => this.configChanged();
     this.rings = Array.from({ length: opts.device.maxRings }, (_, i) => new RingState(i));
@@ -386,6 +398,9 @@ export class Session {
         indirect: has(this.ackedFeatures, VirtioF.RING_INDIRECT_DESC),
         label: `${this.label}:${r.index}`,
       };
+      // A legacy big-endian ring (SET_VRING_ENDIAN 1). VERSION_1 or packed acked since then wins: modern
+      // rings are little-endian (the kernel's vhost does the same, vhost_init_is_le). D33.
+      const bigEndian = this.vringBigEndian[r.index] === true && !this.packed && !has(this.ackedFeatures, VirtioF.VERSION_1);
       // SET_VRING_ADDR's avail/used fields carry the driver and device areas for packed rings.
       r.queue = this.packed
         ? new PackedQueue(
@@ -398,7 +413,7 @@ export class Session {
             },
             mem,
           )
-        : new SplitQueue({ ...common, availAddr: avail, usedAddr: used, lastAvailIdx: r.base & 0xffff }, mem);
+        : new SplitQueue({ ...common, availAddr: avail, usedAddr: used, lastAvailIdx: r.base & 0xffff, bigEndian }, mem);
       r.memGeneration = this.memGeneration;
       const resubmitted = this.attachInflight(r);
       log('%s: ring %d ready (size %d, base %d, desc %s)', this.label, r.index, r.num, r.base, hex(desc));
@@ -407,6 +422,7 @@ export class Session {
         index: r.index,
         queue: r.queue,
         memory: mem,
+        bigEndian,
         notify: () => this.notify(r),
         fail: (err) => this.ringFailed(r, err),
       };
@@ -489,6 +505,7 @@ export class Session {
   /** A guest error on this ring: mark it broken, signal the err eventfd (vhost-user.rst SET_VRING_ERR). */
   private ringFailed(r: RingState, err: Error): void {
     log('%s: ring %d broken: %s', this.label, r.index, err.message);
+    if (this.ringTrace !== null) this.ringTrace(ringRecord(r.index, 'broken', { error: err.message }));
     r.broken = err;
     if (r.queue) this.stopQueue(r);
     if (r.errFd === null && this.inband()) {
@@ -506,6 +523,7 @@ export class Session {
   }
 
   private notify(r: RingState): void {
+    if (this.ringTrace !== null) this.ringTrace(ringRecord(r.index, 'call'));
     if (r.callFd === null) {
       if (this.inband()) this.inbandCall(r);
       return;
@@ -571,6 +589,7 @@ export class Session {
           return;
         }
         this.sys.eventfdRead(fd);
+        if (this.ringTrace !== null) this.ringTrace(ringRecord(r.index, 'kick'));
         if (r.queue) this.device.kick(r.index);
       });
     }
@@ -636,6 +655,7 @@ export class Session {
 
   resetRings(): void {
     this.stopAllRings();
+    this.vringBigEndian.length = 0;
     for (const r of this.rings) {
       this.replaceKick(r, null);
       r.num = 0;
@@ -865,6 +885,19 @@ const HANDLERS: Partial<Record<number, Handler>> = {
     if (ring.errFd !== null) this.sys.close(ring.errFd);
     ring.errFd = p.noFd ? null : fds.take(0);
   },
+  [FrontendReq.SET_VRING_ENDIAN](msg) {
+    // vhost-user.rst SET_VRING_ENDIAN (CROSS_ENDIAN and num 0/1 are checked by the table row). Taken
+    // while the ring is stopped, before or after SET_VRING_BASE (QEMU sends it after; D33). Modern
+    // rings are little-endian (virtio v1.2 2.7: VERSION_1 rings are le; packed needs VERSION_1).
+    const p = msg.payload as VringState;
+    const r = this.ring(p.index);
+    if (r.started) fail('SESSION_BAD_STATE', `SET_VRING_ENDIAN on started ring ${p.index}`);
+    if (p.num === 1 && (this.packed || has(this.ackedFeatures, VirtioF.VERSION_1))) {
+      fail('SESSION_BAD_RING', `ring ${p.index}: big-endian refused, VERSION_1 / RING_PACKED rings are little-endian`);
+    }
+    this.vringBigEndian[p.index] = p.num === 1;
+    log('%s: ring %d is %s-endian', this.label, p.index, p.num === 1 ? 'big' : 'little');
+  },
   [FrontendReq.SET_VRING_ENABLE](msg) {
     const p = msg.payload as VringState;
     const r = this.ring(p.index);
@@ -890,6 +923,7 @@ const HANDLERS: Partial<Record<number, Handler>> = {
     // vhost-user.rst INBAND_NOTIFICATIONS: the kick arrives as a message instead of an eventfd write.
     const p = msg.payload as VringState;
     const r = this.ring(p.index);
+    if (this.ringTrace !== null) this.ringTrace(ringRecord(r.index, 'kick', { inband: true }));
     if (r.queue) this.device.kick(r.index);
   },
   [FrontendReq.GET_STATUS]() {

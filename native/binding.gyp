@@ -14,7 +14,8 @@
         "src/eventfd.cc",
         "src/tap.cc",
         "src/poller.cc",
-        "src/uffd.cc"
+        "src/uffd.cc",
+        "src/vfio.cc"
       ],
       # `node -p` evaluates as CommonJS even though the repo is "type": "module"; include_dir is relative
       # to the cwd, which gyp sets to this directory.

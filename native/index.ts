@@ -26,6 +26,10 @@ const MEMBERS = [
   'Poller',
   'userfaultfd', 'uffdApi', 'uffdRegister', 'uffdUnregister', 'uffdCopy', 'uffdZeropage', 'uffdContinue',
   'uffdWriteProtect', 'uffdWake', 'uffdRead',
+  'vfioOpenContainer', 'vfioOpenGroup', 'vfioGetApiVersion', 'vfioCheckExtension', 'vfioGroupGetStatus',
+  'vfioGroupSetContainer', 'vfioGroupUnsetContainer', 'vfioSetIommu', 'vfioGroupGetDeviceFd', 'vfioDeviceGetInfo',
+  'vfioDeviceGetRegionInfo', 'vfioDeviceGetIrqInfo', 'vfioDeviceSetIrqs', 'vfioDeviceReset', 'vfioMapDma',
+  'vfioUnmapDma', 'pread', 'pwrite',
 ] as const satisfies readonly (keyof NativeBinding)[];
 
 export class NativeLoadError extends Error {

@@ -158,6 +158,37 @@ export const UFFD_IOCTL = {
   api: 0x3fn,
 } as const;
 
+export interface VfioDeviceInfo {
+  /** VFIO_DEVICE_FLAGS_* (bit 1: PCI, bit 0: reset supported). */
+  flags: number;
+  numRegions: number;
+  numIrqs: number;
+}
+export interface VfioRegionInfo {
+  index: number;
+  /** VFIO_REGION_INFO_FLAG_* (VFIO_REGION_FLAG.read/write/mmap). */
+  flags: number;
+  /** 0 for a BAR the device does not implement. */
+  size: number;
+  /** Where the region starts in the device fd (for pread/pwrite and mmap). */
+  offset: number;
+}
+export interface VfioIrqInfo {
+  index: number;
+  /** VFIO_IRQ_INFO_* (eventfd 1, maskable 2, automasked 4, noresize 8). */
+  flags: number;
+  /** Vectors; 0 when the device lacks this kind of interrupt. */
+  count: number;
+}
+
+/** linux/vfio.h constants the TS side needs. */
+export const VFIO_API_VERSION = 0;
+export const VFIO_EXT = { type1: 1, type1v2: 3, noiommu: 8 } as const;
+export const VFIO_GROUP_FLAGS = { viable: 1, containerSet: 2 } as const;
+export const VFIO_REGION_FLAG = { read: 1, write: 2, mmap: 4 } as const;
+export const VFIO_PCI_REGION = { bar0: 0, config: 7 } as const;
+export const VFIO_PCI_IRQ = { intx: 0, msi: 1, msix: 2 } as const;
+
 export interface NativeBinding {
   // ---- AF_UNIX stream sockets (SOCK_CLOEXEC | SOCK_NONBLOCK) ----
   /** socket+bind+listen. Does not unlink an existing path (caller decides). */
@@ -277,4 +308,47 @@ export interface NativeBinding {
   uffdWake(fd: Fd, target: UffdTarget, offset: number, byteLen: number): void;
   /** Read one struct uffd_msg; null when none is pending (EAGAIN; open the uffd non-blocking). */
   uffdRead(fd: Fd): UffdMsg | null;
+
+  // ---- VFIO (linux/vfio.h; backend/ports/vfio/ holds the policy) ----
+  /** open('/dev/vfio/vfio'): a new, empty container. ENOENT when the vfio module is not loaded. */
+  vfioOpenContainer(): Fd;
+  /** open('/dev/vfio/<group>'): ENOENT when no device of that IOMMU group is bound to vfio-pci. */
+  vfioOpenGroup(group: number): Fd;
+  /** VFIO_GET_API_VERSION (VFIO_API_VERSION = 0). */
+  vfioGetApiVersion(container: Fd): number;
+  /** VFIO_CHECK_EXTENSION: > 0 when supported (VFIO_EXT.type1v2 ...). */
+  vfioCheckExtension(container: Fd, extension: number): number;
+  /** VFIO_GROUP_GET_STATUS flags (VFIO_GROUP_FLAGS.*). */
+  vfioGroupGetStatus(group: Fd): number;
+  /** VFIO_GROUP_SET_CONTAINER / VFIO_GROUP_UNSET_CONTAINER. */
+  vfioGroupSetContainer(group: Fd, container: Fd): void;
+  vfioGroupUnsetContainer(group: Fd): void;
+  /** VFIO_SET_IOMMU (after the first group is attached). */
+  vfioSetIommu(container: Fd, type: number): void;
+  /** VFIO_GROUP_GET_DEVICE_FD by PCI address ('0000:00:03.0'). */
+  vfioGroupGetDeviceFd(group: Fd, name: string): Fd;
+  vfioDeviceGetInfo(device: Fd): VfioDeviceInfo;
+  /** VFIO_DEVICE_GET_REGION_INFO; vfio-pci: index 0-5 = BARs, 7 = config space (VFIO_PCI_REGION). */
+  vfioDeviceGetRegionInfo(device: Fd, index: number): VfioRegionInfo;
+  /** VFIO_DEVICE_GET_IRQ_INFO; vfio-pci: index 0 INTx, 1 MSI, 2 MSI-X (VFIO_PCI_IRQ). */
+  vfioDeviceGetIrqInfo(device: Fd, index: number): VfioIrqInfo;
+  /**
+   * VFIO_DEVICE_SET_IRQS. With `fds`: eventfds for vectors [start, start+fds.length) ('trigger' only; -1
+   * de-assigns one). Without: DATA_NONE over [start, start+count): 'trigger' with count 0 disables the index,
+   * 'unmask' re-arms an auto-masked INTx.
+   */
+  vfioDeviceSetIrqs(device: Fd, index: number, action: 'trigger' | 'mask' | 'unmask', start: number,
+    fds: readonly Fd[] | null, count?: number): void;
+  /** VFIO_DEVICE_RESET (function-level reset); EINVAL/ENOTTY when the device has none. */
+  vfioDeviceReset(device: Fd): void;
+  /**
+   * VFIO_IOMMU_MAP_DMA (read+write) of [offset, offset+byteLen) of a buffer returned by `mmap()` at `iova`.
+   * vaddr, iova and length must be page aligned (EINVAL before the ioctl). Unmap before munmap().
+   */
+  vfioMapDma(container: Fd, ab: ArrayBuffer, offset: number, byteLen: number, iova: bigint): void;
+  /** VFIO_IOMMU_UNMAP_DMA; returns the bytes unmapped. */
+  vfioUnmapDma(container: Fd, iova: bigint, byteLen: number): number;
+  /** pread/pwrite of buf[offset, offset+byteLen) at file `position` (VFIO region offset + register). */
+  pread(fd: Fd, buf: Uint8Array, offset: number, byteLen: number, position: number): number;
+  pwrite(fd: Fd, buf: Uint8Array, offset: number, byteLen: number, position: number): number;
 }

@@ -33,6 +33,11 @@ export interface TraceMessageRecord {
   /** Decoded payload (bigints, numbers, Uint8Arrays); raw bytes when decoding failed. */
   payload: unknown;
   fdCount: number;
+  /**
+   * What each attached fd was, when the recorder could tell (the proxy looks: 'memfd', 'eventfd',
+   * 'socket', 'file', 'anon:<name>', 'other'); replay creates fresh fds of these kinds.
+   */
+  fdKinds?: string[];
   /** Set when the message was refused (decode error or handler error): "CODE: message". */
   error?: string;
 }
@@ -45,8 +50,25 @@ export interface TraceRingRecord {
   t0?: bigint;
   endpoint?: string;
   queue: number;
-  event: 'kick' | 'call' | 'err' | 'start' | 'stop' | 'enable' | 'disable' | 'broken' | (string & {});
+  event: 'kick' | 'call' | 'err' | 'start' | 'stop' | 'enable' | 'disable' | 'broken' | 'chain' | (string & {});
+  /** For event 'chain': a RingChainDetail. */
   detail?: unknown;
+}
+
+/**
+ * Detail of a 'chain' ring event: one descriptor chain the device consumed. `dir` 'tx' is a frame the
+ * guest sent (TX ring), 'rx' a frame written into the guest's RX buffers. `frame` holds the first
+ * bytes of the Ethernet frame (virtio-net header excluded), at most the recorder's snap length.
+ */
+export interface RingChainDetail {
+  dir: 'tx' | 'rx';
+  head: number;
+  descs: number;
+  /** Total bytes of the chain (TX: readable bytes incl. the net header; RX: bytes written). */
+  len: number;
+  /** Length of the Ethernet frame carried (without the virtio-net header). */
+  frameLen: number;
+  frame: Uint8Array;
 }
 
 export type TraceRecord = TraceMessageRecord | TraceRingRecord;
@@ -57,6 +79,10 @@ export interface TraceHeader {
   format: 'vutrace';
   version: 1;
   t: bigint;
+  /** Wall clock (ns since the epoch) at `t`, to turn record times into dates (pcapng). Optional: older files lack it. */
+  wallNs?: bigint;
+  /** What wrote the file ('net', 'proxy'). */
+  source?: string;
 }
 
 const packr = new Packr({
@@ -114,18 +140,38 @@ export function ringRecord(queue: number, event: TraceRingRecord['event'], detai
   return strip({ kind: 'ring' as const, t, queue, event, detail });
 }
 
+/** A 'chain' ring record (see RingChainDetail); `frame` is copied, so callers may pass a live view. */
+export function chainRecord(queue: number, d: RingChainDetail, t: bigint = process.hrtime.bigint()): TraceRingRecord {
+  return { kind: 'ring', t, queue, event: 'chain', detail: { ...d, frame: d.frame.slice() } };
+}
+
+/** The RingChainDetail of a 'chain' record, or null for any other record (or a malformed one). */
+export function chainDetail(rec: TraceRecord): RingChainDetail | null {
+  if (rec.kind !== 'ring' || rec.event !== 'chain') return null;
+  const d = rec.detail as Partial<RingChainDetail> | null | undefined;
+  if (!d || (d.dir !== 'tx' && d.dir !== 'rx') || !(d.frame instanceof Uint8Array)) return null;
+  return d as RingChainDetail;
+}
+
 /** Appends records to a .vutrace file. */
 export class TraceRecorder {
   private readonly out: WriteStream;
   private closed: Promise<void> | null = null;
   private error: Error | null = null;
 
-  constructor(readonly path: string) {
+  constructor(readonly path: string, opts: { source?: string } = {}) {
     this.out = createWriteStream(path);
     this.out.on('error', (e) => {
       this.error = e;
     });
-    const header: TraceHeader = { kind: 'header', format: 'vutrace', version: 1, t: process.hrtime.bigint() };
+    const header: TraceHeader = {
+      kind: 'header',
+      format: 'vutrace',
+      version: 1,
+      t: process.hrtime.bigint(),
+      wallNs: BigInt(Date.now()) * 1_000_000n,
+      ...(opts.source ? { source: opts.source } : {}),
+    };
     this.out.write(packr.pack(header));
   }
 
@@ -169,6 +215,18 @@ export async function* readTrace(path: string): AsyncGenerator<TraceRecord> {
   }
 }
 
+/** The header of a .vutrace file (throws if the file is not a trace). */
+export async function readTraceHeader(path: string): Promise<TraceHeader> {
+  const stream = createReadStream(path).pipe(new UnpackrStream({ useRecords: false }));
+  for await (const item of stream as AsyncIterable<unknown>) {
+    stream.destroy();
+    const h = item as Partial<TraceHeader> | null;
+    if (!h || h.kind !== 'header' || h.format !== 'vutrace') throw new Error(`${path}: not a vutrace file`);
+    return h as TraceHeader;
+  }
+  throw new Error(`${path}: empty file, not a vutrace file`);
+}
+
 /** All records of a .vutrace file. */
 export async function readTraceFile(path: string): Promise<TraceRecord[]> {
   const out: TraceRecord[] = [];
@@ -186,6 +244,10 @@ export function formatRecord(rec: TraceRecord, t0: bigint = rec.t0 ?? rec.t): st
   const time = `+${dt.toFixed(3).padStart(10)}ms`;
   const where = rec.endpoint ? ` [${rec.endpoint}]` : '';
   if (rec.kind === 'ring') {
+    const c = chainDetail(rec);
+    if (c) {
+      return `${time}${where}  ring q${rec.queue} chain ${c.dir} head=${c.head} descs=${c.descs} len=${c.len} frame=${c.frameLen} ${hexBytes(c.frame, 24)}`;
+    }
     const detail = rec.detail === undefined ? '' : ` ${formatPayload('', rec.detail)}`;
     return `${time}${where}  ring q${rec.queue} ${rec.event}${detail}`;
   }
@@ -196,9 +258,15 @@ export function formatRecord(rec: TraceRecord, t0: bigint = rec.t0 ?? rec.t): st
   if (rec.flags & 0x8) parts.push('need_reply');
   const p = formatPayload(rec.name, rec.payload, reply);
   if (p) parts.push(p);
-  parts.push(`fds=${rec.fdCount}`);
+  parts.push(rec.fdKinds?.length ? `fds=${rec.fdCount}(${rec.fdKinds.join(',')})` : `fds=${rec.fdCount}`);
   if (rec.error) parts.push(`!! ${rec.error}`);
   return parts.join(' ');
+}
+
+function hexBytes(b: Uint8Array, max: number): string {
+  let s = '';
+  for (let i = 0; i < Math.min(b.length, max); i++) s += b[i]!.toString(16).padStart(2, '0');
+  return b.length > max ? `${s}…` : s;
 }
 
 /** Format a whole transcript, times relative to its first record. */

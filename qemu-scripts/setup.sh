@@ -17,7 +17,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 #   this one gives the host cpio/depmod/ping, which Debian's minimal image lacks).
 # iproute2: host-side `ip` (netns/tap plumbing in tests).
 # util-linux: taskset (CPU pinning of QEMU/backends). gzip: initramfs compression.
-PKGS=(qemu-system-x86 dpdk-dev busybox-static iproute2 util-linux gzip gcc libc6-dev)
+# tshark: reads the pcapng files `trace export` writes (test/integration/trace-tools.test.ts); with
+#   DEBIAN_FRONTEND=noninteractive its debconf question (non-root capture group) takes the default.
+PKGS=(qemu-system-x86 dpdk-dev busybox-static iproute2 util-linux gzip gcc libc6-dev tshark)
 
 t0=$(date +%s.%N)
 elapsed() { awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}'; }

@@ -41,6 +41,8 @@ import {
   VIRTQ_DESC_F_INDIRECT,
   VIRTQ_DESC_F_NEXT,
   VIRTQ_DESC_F_WRITE,
+  bswap16,
+  bswap32,
 } from './defs.ts';
 import type { VirtqErrorCode } from './errors.ts';
 import { hexAddr } from './errors.ts';
@@ -54,6 +56,8 @@ const CHAIN_CAP = MAX_CHAIN_BYTES;
 const TWO_32 = 2 ** 32;
 /** hi halves >= this make a 64-bit address >= 2^53 (see joinAddr). */
 const HI_LIMIT = 2 ** 21;
+const swap16 = bswap16;
+const swap32 = bswap32;
 
 /** A segment as a plain object: only for tests and diagnostics (`Chain.segment()` allocates). */
 export interface Segment {
@@ -164,6 +168,9 @@ export function appendBuffer(
 function le32(b: Uint8Array, o: number): number {
   return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
 }
+function be32(b: Uint8Array, o: number): number {
+  return ((b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!) >>> 0;
+}
 
 /** An indirect descriptor table resolved for reading: its bytes and the offset of entry 0 in them. */
 export class IndirectTable {
@@ -211,15 +218,15 @@ export class IndirectTable {
 export class SplitChainWalker {
   errCode: VirtqErrorCode | null = null;
   errMessage = '';
-  private readonly span = createSpan();
-  private readonly table = new IndirectTable();
+  protected readonly span = createSpan();
+  protected readonly table = new IndirectTable();
 
   constructor(
-    private mem: GuestMemory,
+    protected mem: GuestMemory,
     /** The descriptor table as u32 words: [addr lo, addr hi, len, flags | next << 16] per entry. */
-    private desc: Uint32Array,
-    private readonly size: number,
-    private readonly indirectAllowed: boolean,
+    protected desc: Uint32Array,
+    protected readonly size: number,
+    protected readonly indirectAllowed: boolean,
   ) {}
 
   /** Point at a new memory table / descriptor table view (SET_MEM_TABLE). */
@@ -228,7 +235,7 @@ export class SplitChainWalker {
     this.desc = desc;
   }
 
-  private fail(code: VirtqErrorCode, message: string): false {
+  protected fail(code: VirtqErrorCode, message: string): false {
     this.errCode = code;
     this.errMessage = message;
     return false;
@@ -278,7 +285,7 @@ export class SplitChainWalker {
     }
   }
 
-  private walkIndirect(chain: Chain, tableAddr: number, tableLen: number, sawWrite: boolean, at: number): boolean {
+  protected walkIndirect(chain: Chain, tableAddr: number, tableLen: number, sawWrite: boolean, at: number): boolean {
     const err = this.table.map(this.mem, tableAddr, tableLen, DESC_BYTES, MAX_INDIRECT_DESCS, `descriptor ${at}`);
     if (err) return this.fail(err[0], err[1]);
     const n = tableLen / DESC_BYTES;
@@ -314,7 +321,7 @@ export class SplitChainWalker {
     }
   }
 
-  private bufferMessage(
+  protected bufferMessage(
     code: VirtqErrorCode,
     i: number,
     lo: number,
@@ -327,6 +334,96 @@ export class SplitChainWalker {
     const addr = '0x' + ((BigInt(hi) << 32n) | BigInt(lo)).toString(16);
     if (code === 'VQ_CHAIN_TOO_LONG') return `${where}: chain longer than 2^32 bytes`;
     return `${where}: buffer ${addr} +${len} is not mapped${write ? ' writable' : ''}`;
+  }
+}
+
+/**
+ * The walker for a legacy big-endian split ring (SplitQueue `bigEndian`, vhost-user.rst
+ * SET_VRING_ENDIAN): the same rules and the same checks as SplitChainWalker, with every descriptor
+ * field, in the ring and in indirect tables, read big-endian. A subclass rather than a flag so the
+ * little-endian walk keeps its code and its inline caches (no per-field branch).
+ *
+ * Seen as little-endian u32 words, a big-endian descriptor is [bswap(addr hi), bswap(addr lo),
+ * bswap(len), bswap16(flags) | bswap16(next) << 16].
+ */
+export class SplitChainWalkerBE extends SplitChainWalker {
+  override walk(chain: Chain, head: number): boolean {
+    chain.reset();
+    chain.head = head;
+    chain.mem = this.mem;
+    const size = this.size;
+    if (head >= size) return this.fail('VQ_BAD_HEAD', `head index ${head} >= queue size ${size}`);
+    const d = this.desc;
+    const mem = this.mem;
+    const span = this.span;
+    let i = head;
+    let ttl = size;
+    let sawWrite = false;
+    for (;;) {
+      if (ttl-- === 0) return this.fail('VQ_LOOP', `chain from head ${head} is longer than the queue (${size})`);
+      chain.descCount++;
+      const w = i << 2;
+      const hi = swap32(d[w]!);
+      const lo = swap32(d[w + 1]!);
+      const len = swap32(d[w + 2]!);
+      const fn = d[w + 3]!;
+      const flags = swap16(fn & 0xffff);
+      if ((flags & F_INDIRECT) !== 0) {
+        if (!this.indirectAllowed) {
+          return this.fail('VQ_INDIRECT_NOT_NEGOTIATED', `descriptor ${i}: INDIRECT without VIRTIO_F_INDIRECT_DESC`);
+        }
+        if ((flags & F_NEXT) !== 0) {
+          return this.fail('VQ_BAD_INDIRECT', `descriptor ${i}: INDIRECT together with NEXT`);
+        }
+        return this.walkIndirect(chain, hi >= HI_LIMIT ? -1 : hi * TWO_32 + lo, len, sawWrite, i);
+      }
+      const write = (flags & F_WRITE) !== 0;
+      if (write) sawWrite = true;
+      else if (sawWrite) return this.fail('VQ_WRITE_BEFORE_READ', `descriptor ${i}: readable after writable`);
+      const addr = hi >= HI_LIMIT ? -1 : hi * TWO_32 + lo;
+      const err = appendBuffer(chain, mem, addr, len, write, span);
+      if (err !== null) return this.fail(err, this.bufferMessage(err, i, lo, hi, len, write, false));
+      if ((flags & F_NEXT) === 0) return true;
+      const next = swap16(fn >>> 16);
+      if (next >= size) return this.fail('VQ_BAD_NEXT', `descriptor ${i}: next ${next} >= queue size ${size}`);
+      i = next;
+    }
+  }
+
+  protected override walkIndirect(chain: Chain, tableAddr: number, tableLen: number, sawWrite: boolean, at: number): boolean {
+    const err = this.table.map(this.mem, tableAddr, tableLen, DESC_BYTES, MAX_INDIRECT_DESCS, `descriptor ${at}`);
+    if (err) return this.fail(err[0], err[1]);
+    const n = tableLen / DESC_BYTES;
+    const b = this.table.bytes;
+    const base = this.table.base;
+    const mem = this.mem;
+    chain.indirect = true;
+    const span = this.span;
+    let i = 0;
+    let ttl = n;
+    for (;;) {
+      if (ttl-- === 0) return this.fail('VQ_LOOP', `indirect table at ${hexAddr(tableAddr)}: chain longer than ${n}`);
+      const o = base + i * DESC_BYTES;
+      const hi = be32(b, o);
+      const lo = be32(b, o + 4);
+      const len = be32(b, o + 8);
+      const flags = (b[o + 12]! << 8) | b[o + 13]!;
+      if ((flags & F_INDIRECT) !== 0) {
+        return this.fail('VQ_NESTED_INDIRECT', `indirect table at ${hexAddr(tableAddr)}: entry ${i} is INDIRECT`);
+      }
+      const write = (flags & F_WRITE) !== 0;
+      if (write) sawWrite = true;
+      else if (sawWrite) {
+        return this.fail('VQ_WRITE_BEFORE_READ', `indirect table at ${hexAddr(tableAddr)}: entry ${i} readable after writable`);
+      }
+      const addr = hi >= HI_LIMIT ? -1 : hi * TWO_32 + lo;
+      const err = appendBuffer(chain, mem, addr, len, write, span);
+      if (err !== null) return this.fail(err, this.bufferMessage(err, i, lo, hi, len, write, true));
+      if ((flags & F_NEXT) === 0) return true;
+      const next = (b[o + 14]! << 8) | b[o + 15]!;
+      if (next >= n) return this.fail('VQ_BAD_NEXT', `indirect table at ${hexAddr(tableAddr)}: entry ${i} next ${next} >= ${n}`);
+      i = next;
+    }
   }
 }
 

@@ -54,6 +54,19 @@ export function needEvent(event: number, next: number, old: number): boolean {
   return ((next - event - 1) & 0xffff) < ((next - old) & 0xffff);
 }
 
+/**
+ * Byte swaps for legacy big-endian rings (vhost-user.rst SET_VRING_ENDIAN, protocol feature
+ * CROSS_ENDIAN): a legacy (pre-VERSION_1) device uses the guest's native endianness, so a big-endian
+ * guest's ring fields are big-endian while this host is little-endian. Values in, values out: the
+ * caller keeps its (atomic) access and swaps what it loaded or is about to store.
+ */
+export function bswap16(v: number): number {
+  return ((v & 0xff) << 8) | ((v >>> 8) & 0xff);
+}
+export function bswap32(v: number): number {
+  return (((v & 0xff) << 24) | ((v & 0xff00) << 8) | ((v >>> 8) & 0xff00) | (v >>> 24)) >>> 0;
+}
+
 // ---- Packed virtqueues (virtio v1.2 2.8) --------------------------------------------------------
 //
 //   descriptor ring:          size × 16 bytes, 16-byte aligned { le64 addr; le32 len; le16 id; le16 flags }

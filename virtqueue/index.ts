@@ -20,6 +20,8 @@ export {
   availRingBytes,
   usedRingBytes,
   needEvent,
+  bswap16,
+  bswap32,
   VIRTQ_DESC_F_AVAIL,
   VIRTQ_DESC_F_USED,
   RING_EVENT_FLAGS_ENABLE,
@@ -51,10 +53,10 @@ export {
   ringDataView,
 } from './memory.ts';
 export type { Segment } from './chain.ts';
-export { Chain, ChainReader, ChainWriter, SplitChainWalker, appendBuffer } from './chain.ts';
+export { Chain, ChainReader, ChainWriter, SplitChainWalker, SplitChainWalkerBE, appendBuffer } from './chain.ts';
 export type { Virtqueue, VirtqueueStats, DrainResult, ChainHandler } from './queue.ts';
 export type { SplitQueueConfig, SplitQueueStats } from './split.ts';
-export { SplitQueue } from './split.ts';
+export { SplitQueue, SplitQueueBE } from './split.ts';
 export type { MockBuffer, AddChainOptions, RawDesc, UsedEntry, MockDriverOptions } from './mock-driver.ts';
 export { MockDriver } from './mock-driver.ts';
 export type {

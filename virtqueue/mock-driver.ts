@@ -6,6 +6,10 @@
  * raw writes for fault injection (loops, bad next, unmapped addresses, nested indirect tables...).
  *
  * It goes through the GuestMemory helpers with dirty = false: driver writes are not device writes.
+ *
+ * `bigEndian`: the driver of a legacy device in a big-endian guest (vhost-user.rst SET_VRING_ENDIAN):
+ * every ring field it writes or reads (descriptors, indirect tables, avail and used rings) is
+ * big-endian in memory. Buffer contents are untouched.
  */
 import type { GuestMemory } from './memory.ts';
 import { readBytes, readU16, readU32, writeBytes, writeU16, writeU32 } from './memory.ts';
@@ -17,6 +21,8 @@ import {
   VIRTQ_DESC_F_WRITE,
   VIRTQ_USED_F_NO_NOTIFY,
   availRingBytes,
+  bswap16,
+  bswap32,
   descTableBytes,
   needEvent,
   usedRingBytes,
@@ -67,6 +73,8 @@ export interface MockDriverOptions {
   heapAddr?: number;
   heapByteLen?: number;
   eventIdx?: boolean;
+  /** Legacy big-endian guest: ring fields are big-endian (default false, little-endian). */
+  bigEndian?: boolean;
 }
 
 interface InFlight {
@@ -128,6 +136,7 @@ export class MockDriver {
   readonly heapAddr: number;
   readonly heapByteLen: number;
   readonly eventIdx: boolean;
+  readonly bigEndian: boolean;
 
   private availIdxValue = 0;
   private kickedIdx = 0;
@@ -157,6 +166,7 @@ export class MockDriver {
     this.heapAddr = opts.heapAddr ?? align(Math.max(l.end, this.usedAddr + usedRingBytes(opts.size)), 4096);
     this.heapByteLen = opts.heapByteLen ?? 65536;
     this.eventIdx = opts.eventIdx ?? false;
+    this.bigEndian = opts.bigEndian ?? false;
     this.heap = new MockHeap(this.heapAddr, this.heapByteLen);
     for (let i = opts.size - 1; i >= 0; i--) this.freeDescs.push(i);
     // Rings start zeroed (2.7.10.1: the driver initializes used.flags to 0).
@@ -174,6 +184,7 @@ export class MockDriver {
       usedAddr: this.usedAddr,
       eventIdx: this.eventIdx,
       indirect: true,
+      ...(this.bigEndian ? { bigEndian: true } : {}),
       ...extra,
     };
   }
@@ -243,7 +254,23 @@ export class MockDriver {
 
   /** Writes avail.idx (the driver's release store; our writes are program-ordered in one thread). */
   publish(): void {
-    writeU16(this.mem, this.availAddr + 2, this.availIdxValue, false);
+    this.w16(this.availAddr + 2, this.availIdxValue);
+  }
+
+  // Ring fields in the driver's byte order (bigEndian), driver writes (not dirty-logged).
+  private w16(addr: number, v: number): void {
+    writeU16(this.mem, addr, this.bigEndian ? bswap16(v & 0xffff) : v, false);
+  }
+  private w32(addr: number, v: number): void {
+    writeU32(this.mem, addr, this.bigEndian ? bswap32(v >>> 0) : v, false);
+  }
+  private r16(addr: number): number {
+    const v = readU16(this.mem, addr);
+    return this.bigEndian ? bswap16(v) : v;
+  }
+  private r32(addr: number): number {
+    const v = readU32(this.mem, addr);
+    return this.bigEndian ? bswap32(v) : v;
   }
 
   /** Next avail index the driver will write (published or not). */
@@ -268,20 +295,20 @@ export class MockDriver {
 
   /** used_event (EVENT_IDX): "interrupt me when used.idx reaches v + 1". */
   setUsedEvent(v: number): void {
-    writeU16(this.mem, this.availAddr + 4 + 2 * this.size, v & 0xffff, false);
+    this.w16(this.availAddr + 4 + 2 * this.size, v & 0xffff);
   }
   /** avail.flags VIRTQ_AVAIL_F_NO_INTERRUPT. */
   setNoInterrupt(on: boolean): void {
-    writeU16(this.mem, this.availAddr, on ? VIRTQ_AVAIL_F_NO_INTERRUPT : 0, false);
+    this.w16(this.availAddr, on ? VIRTQ_AVAIL_F_NO_INTERRUPT : 0);
   }
   get usedFlags(): number {
-    return readU16(this.mem, this.usedAddr);
+    return this.r16(this.usedAddr);
   }
   get availEvent(): number {
-    return readU16(this.mem, this.usedAddr + 4 + 8 * this.size);
+    return this.r16(this.usedAddr + 4 + 8 * this.size);
   }
   get usedIdx(): number {
-    return readU16(this.mem, this.usedAddr + 2);
+    return this.r16(this.usedAddr + 2);
   }
 
   // ---- used ring -------------------------------------------------------------------------------
@@ -293,8 +320,8 @@ export class MockDriver {
     while (this.lastUsed !== idx) {
       const slot = this.lastUsed % this.size;
       const e = this.usedAddr + 4 + 8 * slot;
-      const id = readU32(this.mem, e);
-      const len = readU32(this.mem, e + 4);
+      const id = this.r32(e);
+      const len = this.r32(e + 4);
       this.lastUsed = (this.lastUsed + 1) & 0xffff;
       const fl = this.inflight.get(id);
       if (fl === undefined) {
@@ -339,16 +366,19 @@ export class MockDriver {
 
   private writeRaw(at: number, d: RawDesc): void {
     const a = BigInt(d.addr);
-    writeU32(this.mem, at, Number(a & 0xffffffffn), false);
-    writeU32(this.mem, at + 4, Number((a >> 32n) & 0xffffffffn), false);
-    writeU32(this.mem, at + 8, d.len, false);
-    writeU16(this.mem, at + 12, d.flags, false);
-    writeU16(this.mem, at + 14, d.next, false);
+    const lo = Number(a & 0xffffffffn);
+    const hi = Number((a >> 32n) & 0xffffffffn);
+    // le64 / be64 addr: the low half first in little-endian, the high half first in big-endian.
+    this.w32(at, this.bigEndian ? hi : lo);
+    this.w32(at + 4, this.bigEndian ? lo : hi);
+    this.w32(at + 8, d.len);
+    this.w16(at + 12, d.flags);
+    this.w16(at + 14, d.next);
   }
 
   /** Puts `head` in the next avail slot (no descriptor bookkeeping) and optionally publishes. */
   pushHead(head: number, publish = true): void {
-    writeU16(this.mem, this.availAddr + 4 + 2 * (this.availIdxValue % this.size), head, false);
+    this.w16(this.availAddr + 4 + 2 * (this.availIdxValue % this.size), head);
     this.availIdxValue = (this.availIdxValue + 1) & 0xffff;
     if (publish) this.publish();
   }
@@ -365,7 +395,7 @@ export class MockDriver {
     this.kickedIdx = this.availIdxValue;
     this.lastUsed = this.availIdxValue;
     this.publish();
-    writeU16(this.mem, this.usedAddr + 2, this.availIdxValue, false);
+    this.w16(this.usedAddr + 2, this.availIdxValue);
   }
 
   /** Takes a free descriptor index out of the pool (for hand-built chains). */

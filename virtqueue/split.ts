@@ -10,6 +10,14 @@
  * avail as Uint16Array, used as Uint16Array (flags, idx, avail_event) + Uint32Array (elements).
  * Only little-endian hosts are supported (virtio 1.x rings are little-endian).
  *
+ * Legacy big-endian rings (`bigEndian`, vhost-user.rst SET_VRING_ENDIAN with CROSS_ENDIAN: a
+ * pre-VERSION_1 device driven by a big-endian guest has every ring field in the guest's byte order):
+ * `new SplitQueue({ bigEndian: true, ... })` returns a SplitQueueBE, whose methods swap every value
+ * read from or written to the rings (descriptors and indirect tables through SplitChainWalkerBE).
+ * The accesses themselves are unchanged (same views, same Atomics: the value is swapped, not the
+ * access) and so are all checks. A subclass chosen at construction keeps the little-endian methods
+ * exactly as they are: no per-field branch on the hot path.
+ *
  * Memory ordering (the guest runs concurrently on other CPUs):
  * - avail.idx is read with `Atomics.load` (acquire) before any ring entry / descriptor it covers.
  * - used elements are plain stores into slots the driver does not own yet; used.idx is published
@@ -42,7 +50,7 @@
  */
 import type { GuestMemory } from './memory.ts';
 import { ringU16, ringU32 } from './memory.ts';
-import { Chain, SplitChainWalker } from './chain.ts';
+import { Chain, SplitChainWalker, SplitChainWalkerBE } from './chain.ts';
 import {
   AVAIL_ALIGN,
   DESC_ALIGN,
@@ -51,6 +59,8 @@ import {
   VIRTQ_AVAIL_F_NO_INTERRUPT,
   VIRTQ_USED_F_NO_NOTIFY,
   availRingBytes,
+  bswap16,
+  bswap32,
   descTableBytes,
   needEvent,
   usedRingBytes,
@@ -69,6 +79,8 @@ import { QueueCore } from './queue-core.ts';
 const AVAIL_F_NO_INTERRUPT = VIRTQ_AVAIL_F_NO_INTERRUPT;
 const USED_F_NO_NOTIFY = VIRTQ_USED_F_NO_NOTIFY;
 const vringNeedEvent = needEvent;
+const swap16 = bswap16;
+const swap32 = bswap32;
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([0x0102]).buffer)[0] === 0x02;
 
@@ -92,6 +104,12 @@ export interface SplitQueueConfig {
    * log_guest_addr, when VHOST_VRING_F_LOG is set); default: usedAddr.
    */
   usedLogAddr?: number;
+  /**
+   * Legacy big-endian ring (vhost-user.rst SET_VRING_ENDIAN num 1): every ring field is big-endian.
+   * Only for legacy devices (no VIRTIO_F_VERSION_1; virtio 1.x rings are little-endian), which the
+   * session checks. Default false.
+   */
+  bigEndian?: boolean;
   /** For log lines. */
   label?: string;
 }
@@ -123,43 +141,45 @@ export class SplitQueue extends QueueCore implements Virtqueue {
   readonly usedLogGpa: number;
   readonly eventIdx: boolean;
   readonly indirect: boolean;
+  /** Ring fields are big-endian (SplitQueueConfig.bigEndian; the instance is then a SplitQueueBE). */
+  readonly bigEndian: boolean;
   readonly label: string;
   /** Sticky guest error; null while the queue is healthy. */
   readonly stats: SplitQueueStats = { popped: 0, pushed: 0, flushes: 0, notifies: 0, suppressed: 0 };
 
   private desc!: Uint32Array;
-  private avail!: Uint16Array;
-  private usedU16!: Uint16Array;
-  private usedU32!: Uint32Array;
-  private readonly walker: SplitChainWalker;
-  private readonly mask: number;
+  protected avail!: Uint16Array;
+  protected usedU16!: Uint16Array;
+  protected usedU32!: Uint32Array;
+  protected readonly walker: SplitChainWalker;
+  protected readonly mask: number;
   /** u16 index of used_event in the avail ring / avail_event in the used ring. */
-  private readonly usedEventAt: number;
-  private readonly availEventAt: number;
+  protected readonly usedEventAt: number;
+  protected readonly availEventAt: number;
 
-  private lastAvail: number;
+  protected lastAvail: number;
   /** avail.idx as last read (acquire); pop() re-reads it only when it has consumed up to here. */
-  private seenAvail: number;
+  protected seenAvail: number;
   /** Published used.idx. */
-  private used: number;
+  protected used: number;
   /** Next used slot (published + pending). */
-  private shadowUsed: number;
-  private pending = 0;
+  protected shadowUsed: number;
+  protected pending = 0;
   /** Chains popped and neither pushed nor given back: the most unpop() may rewind. */
-  private outstanding = 0;
+  protected outstanding = 0;
   /** What we last wrote to used.flags / avail_event (-1: not written by us), to skip redundant writes. */
-  private usedFlags = -1;
-  private availEvent = -1;
-  private notifyOn = true;
+  protected usedFlags = -1;
+  protected availEvent = -1;
+  protected notifyOn = true;
   private readonly scratchChain = new Chain();
 
   // Inflight tracking (null / empty without a region).
-  private inflightRegion: SplitInflight | null = null;
+  protected inflightRegion: SplitInflight | null = null;
   /** Heads to hand out again, in counter order, and how many were handed out. */
-  private resubmit: Uint16Array = NO_HEADS;
-  private resubmitPos = 0;
+  protected resubmit: Uint16Array = NO_HEADS;
+  protected resubmitPos = 0;
   /** Heads pushed since the last flush (the batch commitUsed clears). */
-  private pendHeads: Uint16Array = NO_HEADS;
+  protected pendHeads: Uint16Array = NO_HEADS;
   /** Pop history for unpop: head | HIST_RESUBMIT, a ring of `size`. */
   private hist: Uint32Array = new Uint32Array(0);
   private histTop = 0;
@@ -198,15 +218,21 @@ export class SplitQueue extends QueueCore implements Virtqueue {
     this.usedGpa = cfg.usedAddr;
     this.eventIdx = cfg.eventIdx;
     this.indirect = cfg.indirect;
+    this.bigEndian = cfg.bigEndian === true;
     this.label = cfg.label ?? `vq@${hexAddr(cfg.descAddr)}`;
     this.usedEventAt = 2 + size;
     this.availEventAt = 2 + 4 * size;
     this.mapRings(mem);
-    this.walker = new SplitChainWalker(mem, this.desc, size, cfg.indirect);
+    this.walker = this.bigEndian
+      ? new SplitChainWalkerBE(mem, this.desc, size, cfg.indirect)
+      : new SplitChainWalker(mem, this.desc, size, cfg.indirect);
     this.lastAvail = cfg.lastAvailIdx ?? 0;
     this.seenAvail = this.lastAvail;
-    this.used = cfg.usedIdx ?? Atomics.load(this.usedU16, 1);
+    this.used = cfg.usedIdx ?? this.loadRingU16(this.usedU16, 1);
     this.shadowUsed = this.used;
+    // A big-endian ring is served by the subclass (its own methods): hand that out instead. Done
+    // last, after the same validation, so every field is assigned on both paths (rings start rarely).
+    if (this.bigEndian && new.target === SplitQueue) return new SplitQueueBE(cfg, mem);
   }
 
   /** Maps all three rings first, then swaps them in: a failure leaves the previous views untouched. */
@@ -226,6 +252,12 @@ export class SplitQueue extends QueueCore implements Virtqueue {
 
   protected override remapped(): void {
     this.walker.rebind(this.mem, this.desc);
+  }
+
+  /** A ring u16 in host order, atomically (acquire). Off the hot path only (construction, attach). */
+  protected loadRingU16(view: Uint16Array, i: number): number {
+    const v = Atomics.load(view, i);
+    return this.bigEndian ? swap16(v) : v;
   }
 
   /** Next avail index the device will read: the value GET_VRING_BASE returns. */
@@ -367,7 +399,7 @@ export class SplitQueue extends QueueCore implements Virtqueue {
     return notify;
   }
 
-  private logUsed(hook: (gpa: number, byteLen: number) => void, old: number, n: number): void {
+  protected logUsed(hook: (gpa: number, byteLen: number) => void, old: number, n: number): void {
     const mem = this.mem;
     const first = old & this.mask;
     const elems = this.usedLogGpa + 4;
@@ -451,12 +483,12 @@ export class SplitQueue extends QueueCore implements Virtqueue {
       throw new RangeError(`${this.label}: attachInflight with chains popped or pushed`);
     }
     if (!this.ringsMapped) throw new VirtqError('VQ_UNMAPPED', `${this.label}: rings are not mapped`);
-    const ringUsed = Atomics.load(this.usedU16, 1);
+    const ringUsed = this.loadRingU16(this.usedU16, 1);
     let heads = NO_HEADS;
     const fresh = region.isFresh;
     if (fresh) region.init({ usedIdx: ringUsed });
     else {
-      heads = region.recover(ringUsed, Atomics.load(this.avail, 1));
+      heads = region.recover(ringUsed, this.loadRingU16(this.avail, 1));
       this.used = ringUsed;
       this.shadowUsed = ringUsed;
       this.lastAvail = (ringUsed + heads.length) & 0xffff;
@@ -473,7 +505,7 @@ export class SplitQueue extends QueueCore implements Virtqueue {
   }
 
   /** pop() with a region: resubmitted heads first, then the ring (same walker), recording the pop. */
-  private popTracked(chain: Chain): boolean {
+  protected popTracked(chain: Chain): boolean {
     const r = this.inflightRegion!;
     let head: number;
     if (this.resubmitPos < this.resubmit.length) {
@@ -537,4 +569,116 @@ export class SplitQueue extends QueueCore implements Virtqueue {
     return drainQueue(this, fn, budget, chain, this.drainResult, poll);
   }
   private readonly drainResult: DrainResult = { processed: 0, notify: false, more: false, stopped: false };
+}
+
+/**
+ * A split queue whose ring fields are big-endian (legacy device, big-endian guest: vhost-user.rst
+ * SET_VRING_ENDIAN). Made by `new SplitQueue({ bigEndian: true, ... })`. Each method that touches a
+ * ring field is SplitQueue's with the value swapped: same views, same Atomics (acquire loads of
+ * avail.idx, release store of used.idx, the seq-cst store-load pairs of 2.7.10), same checks and
+ * the same order of effects. Descriptors go through SplitChainWalkerBE.
+ */
+export class SplitQueueBE extends SplitQueue {
+  constructor(cfg: SplitQueueConfig, mem: GuestMemory) {
+    super({ ...cfg, bigEndian: true }, mem);
+  }
+
+  override availableCount(): number {
+    if (this.broken !== null) return 0;
+    const idx = swap16(Atomics.load(this.avail, 1));
+    const n = (idx - this.lastAvail) & 0xffff;
+    if (n > this.size) {
+      this.markBroken('VQ_AVAIL_JUMP', `avail.idx ${idx} is ${n} ahead of last_avail_idx ${this.lastAvail} (size ${this.size})`);
+      return 0;
+    }
+    this.seenAvail = idx;
+    return n;
+  }
+
+  override pop(chain: Chain): boolean {
+    if (this.broken !== null) return false;
+    if (this.inflightRegion !== null) return this.popTracked(chain);
+    if (this.lastAvail === this.seenAvail && this.availableCount() === 0) return false;
+    const head = swap16(this.avail[2 + (this.lastAvail & this.mask)]!);
+    let ok: boolean;
+    try {
+      ok = this.walker.walk(chain, head);
+    } catch (e) {
+      return this.walkFault(e);
+    }
+    if (!ok) {
+      this.markBroken(this.walker.errCode!, `avail[${this.lastAvail}]: ${this.walker.errMessage}`);
+      return false;
+    }
+    this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    this.outstanding++;
+    this.stats.popped++;
+    return true;
+  }
+
+  override pushUsed(head: number, byteLen: number): void {
+    if (!this.ringsMapped) return;
+    if (!(head >= 0 && head < this.size && Number.isInteger(head))) {
+      throw new RangeError(`pushUsed: head ${head} outside 0..${this.size - 1}`);
+    }
+    if (this.pending >= this.size) throw new RangeError(`pushUsed: more than ${this.size} unpublished used elements`);
+    if (this.inflightRegion !== null) {
+      this.inflightRegion.beginUsed(head);
+      this.pendHeads[this.pending] = head;
+    }
+    const w = 1 + 2 * (this.shadowUsed & this.mask);
+    this.usedU32[w] = swap32(head);
+    this.usedU32[w + 1] = swap32(byteLen >= 0xffffffff ? 0xffffffff : byteLen >>> 0);
+    this.shadowUsed = (this.shadowUsed + 1) & 0xffff;
+    this.pending++;
+    if (this.outstanding > 0) this.outstanding--;
+    this.stats.pushed++;
+  }
+
+  override flushUsed(): boolean {
+    const n = this.pending;
+    if (n === 0 || !this.ringsMapped) return false;
+    const old = this.used;
+    const next = this.shadowUsed;
+    Atomics.store(this.usedU16, 1, swap16(next));
+    if (this.inflightRegion !== null) this.inflightRegion.commitUsed(next, this.pendHeads, n);
+    this.used = next;
+    this.pending = 0;
+    this.stats.flushes++;
+    const hook = this.mem.onWrite;
+    if (hook !== undefined) this.logUsed(hook, old, n);
+    let notify: boolean;
+    if (this.eventIdx) notify = vringNeedEvent(swap16(Atomics.load(this.avail, this.usedEventAt)), next, old);
+    else notify = (swap16(Atomics.load(this.avail, 0)) & AVAIL_F_NO_INTERRUPT) === 0;
+    if (notify) this.stats.notifies++;
+    else this.stats.suppressed++;
+    return notify;
+  }
+
+  override disableNotification(): void {
+    if (this.broken !== null) return;
+    this.notifyOn = false;
+    if (!this.eventIdx && this.usedFlags !== USED_F_NO_NOTIFY) {
+      this.usedFlags = USED_F_NO_NOTIFY;
+      Atomics.store(this.usedU16, 0, swap16(USED_F_NO_NOTIFY));
+      this.logWrite(this.usedLogGpa, 2);
+    }
+  }
+
+  override enableNotification(): boolean {
+    if (this.broken !== null) return false;
+    this.notifyOn = true;
+    if (this.eventIdx) {
+      if (this.availEvent !== this.seenAvail) {
+        this.availEvent = this.seenAvail;
+        Atomics.store(this.usedU16, this.availEventAt, swap16(this.seenAvail));
+        this.logWrite(this.usedLogGpa + 4 + 8 * this.size, 2);
+      }
+    } else if (this.usedFlags !== 0) {
+      this.usedFlags = 0;
+      Atomics.store(this.usedU16, 0, 0);
+      this.logWrite(this.usedLogGpa, 2);
+    }
+    return swap16(Atomics.load(this.avail, 1)) !== this.seenAvail;
+  }
 }

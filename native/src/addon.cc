@@ -15,6 +15,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vhost::InitTap(env, exports);
   vhost::InitPoller(env, exports);
   vhost::InitUffd(env, exports);
+  vhost::InitVfio(env, exports);
   return exports;
 }
 

@@ -18,6 +18,7 @@ void InitEventfd(Napi::Env env, Napi::Object exports);
 void InitTap(Napi::Env env, Napi::Object exports);
 void InitPoller(Napi::Env env, Napi::Object exports);
 void InitUffd(Napi::Env env, Napi::Object exports);
+void InitVfio(Napi::Env env, Napi::Object exports);
 
 // A live mapping made by mmap() (mmap.cc), as seen through the ArrayBuffer that exposes it.
 struct MappingRef {

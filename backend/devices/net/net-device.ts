@@ -10,7 +10,7 @@
  * the guest has no RX buffers we answer 'busy' and call the waiters on the next RX kick.
  */
 import createDebug from 'debug';
-import { VirtioF, bit, has } from '../../../protocol/index.ts';
+import { VirtioF, bit, chainRecord, has, type TraceRingRecord } from '../../../protocol/index.ts';
 import { Chain, ChainReader, ChainWriter, createSpan } from '../../../virtqueue/index.ts';
 import type { Device, ReadyQueue } from '../../device.ts';
 import type { Delivery, FrameSink, Port } from '../../ports/port.ts';
@@ -100,6 +100,15 @@ export const NET_FEATURES =
   // which the session's per-ring states already handle (spec-notes/decisions.md D18).
   bit(VirtioF.RING_RESET);
 
+/**
+ * Where ring tracing sends one record per chain the device consumed (TX) or filled (RX), with the
+ * first `snaplen` bytes of the frame. Off (null) costs one null check per chain.
+ */
+export interface NetRingTrace {
+  record(rec: TraceRingRecord): void;
+  snaplen: number;
+}
+
 export interface NetStats {
   rxFrames: number;
   rxBytes: number;
@@ -117,6 +126,8 @@ export interface NetStats {
 
 export class NetDevice implements Device, FrameSink, PolledRing {
   readonly kind = 'net';
+  /** The virtio-net header follows the ring's byte order (ReadyQueue.bigEndian): CROSS_ENDIAN. */
+  readonly bigEndianRings = true;
   readonly features: bigint;
   readonly maxRings: number;
   readonly queueNum: number;
@@ -173,6 +184,11 @@ export class NetDevice implements Device, FrameSink, PolledRing {
   private readonly hashBytes = new Uint8Array(HASH_BYTES);
   private readonly span = createSpan();
 
+  /** Ring tracing (chains with frame bytes); null when off. */
+  ringTrace: NetRingTrace | null = null;
+  private traceBuf: Uint8Array | null = null;
+  private traceLen = 0;
+
   /** Null when busy polling is off (busyPollUs 0). */
   private readonly poller: BusyPoller | null;
   /** TX ring i is waiting for the uplink's onSpace (not polled meanwhile). */
@@ -182,7 +198,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
    * `busyPollUs`: how long a TX ring that ran empty is polled before notifications are re-enabled
    * (busy-poll.ts); 0 = never poll. Default: see DEFAULT_BUSY_POLL_US.
    */
-  constructor(opts: { queuePairs: number; label?: string; features?: bigint; busyPollUs?: number }) {
+  constructor(opts: { queuePairs: number; label?: string; features?: bigint; busyPollUs?: number; ringTrace?: NetRingTrace }) {
     this.maxRings = opts.queuePairs * 2;
     this.queueNum = opts.queuePairs;
     this.config = new NetConfig(opts.queuePairs);
@@ -194,6 +210,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     this.txWaiting = new Array<boolean>(this.maxRings).fill(false);
     const us = opts.busyPollUs ?? defaultBusyPollUs();
     this.poller = us > 0 ? sharedPoller(us) : null;
+    if (opts.ringTrace) this.ringTrace = opts.ringTrace;
   }
 
   attachPort(port: Port): void {
@@ -267,16 +284,20 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       return 0;
     }
     // The header is parsed in place when contiguous (it always is with DPDK and Linux drivers).
+    // A legacy big-endian ring has a big-endian header (virtio v1.2 5.1.6.1, SET_VRING_ENDIAN).
     const sp = this.span;
+    const be = ring.bigEndian === true;
     let hdr: NetHdr;
     if (this.reader.current(sp) >= this.hdrLen) {
-      hdr = this.txHdr.read(sp.bytes, sp.offset);
+      hdr = this.txHdr.read(sp.bytes, sp.offset, be);
       this.reader.skip(this.hdrLen);
     } else {
       this.reader.read(this.hdrBytes, 0, this.hdrLen);
-      hdr = this.txHdr.read(this.hdrBytes, 0);
+      hdr = this.txHdr.read(this.hdrBytes, 0, be);
     }
     const byteLen = total - this.hdrLen;
+    // Tracing: snapshot the frame's first bytes before delivery consumes the reader.
+    if (this.ringTrace !== null) this.traceSnap(null, byteLen);
     const uplink = this.uplink;
     let out: Delivery;
     if (uplink === null) out = 'dropped';
@@ -291,6 +312,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       this.txBlocked = true;
       return false; // give the chain back; resume when the uplink has room
     }
+    if (this.ringTrace !== null) this.traceChain(ring.index, 'tx', chain, total, byteLen);
     if (out === 'ok') {
       this.stats.txFrames++;
       this.stats.txBytes += byteLen;
@@ -508,6 +530,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       return 'dropped';
     }
     const need = this.hdrLen + byteLen;
+    if (this.ringTrace !== null) this.traceSnap(frame, byteLen);
     const res = this.mergeable
       ? this.rxMergeable(ring, frame, byteLen, need, hdr)
       : this.rxSingle(ring, frame, byteLen, need, hdr);
@@ -516,6 +539,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       return 'dropped';
     }
     if (res === 'ok') {
+      if (this.ringTrace !== null) this.traceChain(ring.index, 'rx', this.mergeable ? this.mrgChains[0]! : this.chain, need, byteLen);
       this.stats.rxFrames++;
       this.stats.rxBytes += byteLen;
       if (this.burstDepth > 0) this.rxDirty[ring.index] = ring;
@@ -546,16 +570,19 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     else this.writer.write(frame, off, take);
   }
 
-  /** Writes the header for `numBuffers` buffers at the writer's position (in place when contiguous). */
-  private putHdr(hdr: NetHdr, numBuffers: number): void {
+  /**
+   * Writes the header for `numBuffers` buffers at the writer's position (in place when contiguous),
+   * big-endian on a legacy big-endian ring (virtio v1.2 5.1.6.1, SET_VRING_ENDIAN).
+   */
+  private putHdr(hdr: NetHdr, numBuffers: number, be: boolean): void {
     const w = this.writer;
     const sp = this.span;
     const n = this.hdrLen;
     if (w.current(sp) >= n) {
-      hdr.write(sp.bytes, sp.offset, n, numBuffers);
+      hdr.write(sp.bytes, sp.offset, n, numBuffers, be);
       w.commit(n);
     } else {
-      hdr.write(this.hdrBytes, 0, n, numBuffers);
+      hdr.write(this.hdrBytes, 0, n, numBuffers, be);
       w.write(this.hdrBytes, 0, n);
     }
   }
@@ -572,7 +599,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       this.stats.rxDroppedTooBig++;
       return 'dropped';
     }
-    this.putHdr(hdr, 1);
+    this.putHdr(hdr, 1, ring.bigEndian === true);
     this.putFrame(frame, 0, byteLen);
     q.pushUsed(c.head, this.writer.written);
     return 'ok';
@@ -586,7 +613,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     if (!this.popRx(ring, c0)) return 'busy';
     w.reset(c0, ring.memory);
     if (w.remaining >= need) {
-      this.putHdr(hdr, 1);
+      this.putHdr(hdr, 1, ring.bigEndian === true);
       this.putFrame(frame, 0, byteLen);
       q.pushUsed(c0.head, w.written);
       return 'ok';
@@ -613,7 +640,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     for (let i = 0; i < n; i++) {
       const c = this.mrgChains[i]!;
       this.writer.reset(c, ring.memory);
-      if (i === 0) this.putHdr(hdr, n);
+      if (i === 0) this.putHdr(hdr, n, ring.bigEndian === true);
       const take = Math.min(this.writer.remaining, byteLen - off);
       if (take > 0) this.putFrame(frame, off, take);
       off += take;
@@ -622,6 +649,24 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     }
     for (let i = 0; i < n; i++) q.pushUsed(this.rxHeads[i]!, this.rxLens[i]!);
     return 'ok';
+  }
+
+  /** Copies the frame's first snaplen bytes (from `frame`, or peeked from the chain being read). */
+  private traceSnap(frame: Uint8Array | null, byteLen: number): void {
+    const snap = Math.min(this.ringTrace!.snaplen, byteLen);
+    const buf = this.traceBuf !== null && this.traceBuf.length >= snap ? this.traceBuf : (this.traceBuf = new Uint8Array(Math.max(snap, 256)));
+    if (frame !== null) {
+      buf.set(frame.subarray(0, snap));
+      this.traceLen = snap;
+    } else {
+      this.traceLen = (this.src ?? this.reader).peek(buf, 0, snap);
+    }
+  }
+
+  private traceChain(queue: number, dir: 'tx' | 'rx', c: Chain, len: number, frameLen: number): void {
+    this.ringTrace!.record(
+      chainRecord(queue, { dir, head: c.head, descs: c.descCount, len, frameLen, frame: this.traceBuf!.subarray(0, this.traceLen) }),
+    );
   }
 
   /** Pops one RX chain; false when the ring is empty (after re-enabling notifications) or broken. */

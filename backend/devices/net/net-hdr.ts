@@ -3,6 +3,10 @@
  * csum_offset, and num_buffers (present when VERSION_1 or MRG_RXBUF is negotiated: 12 bytes, else 10).
  *
  * One NetHdr object travels with a frame between device and port (reused, valid during the call).
+ * Its fields are values in host order; only the guest's copy has a byte order: little-endian, or
+ * big-endian for a legacy device (no VERSION_1) in a big-endian guest: with the legacy interface
+ * the header's fields are in the guest's native endianness (virtio v1.2 5.1.6.1, "Legacy Interface:
+ * Device Operation"), like the ring (vhost-user.rst SET_VRING_ENDIAN). read()/write() take that order.
  */
 
 export const NET_HDR_LEGACY_BYTES = 10;
@@ -48,10 +52,20 @@ export class NetHdr {
     return (this.flags & NET_HDR_F_NEEDS_CSUM) === 0 && (this.gsoType & ~GSO_ECN) === GSO_NONE;
   }
 
-  /** Reads the first 10 bytes of a header (num_buffers, if any, is the receiver's business). */
-  read(b: Uint8Array, off = 0): this {
+  /**
+   * Reads the first 10 bytes of a header (num_buffers, if any, is the receiver's business);
+   * `bigEndian`: the u16 fields are big-endian (legacy big-endian guest).
+   */
+  read(b: Uint8Array, off = 0, bigEndian = false): this {
     this.flags = b[off]!;
     this.gsoType = b[off + 1]!;
+    if (bigEndian) {
+      this.hdrLen = (b[off + 2]! << 8) | b[off + 3]!;
+      this.gsoSize = (b[off + 4]! << 8) | b[off + 5]!;
+      this.csumStart = (b[off + 6]! << 8) | b[off + 7]!;
+      this.csumOffset = (b[off + 8]! << 8) | b[off + 9]!;
+      return this;
+    }
     this.hdrLen = b[off + 2]! | (b[off + 3]! << 8);
     this.gsoSize = b[off + 4]! | (b[off + 5]! << 8);
     this.csumStart = b[off + 6]! | (b[off + 7]! << 8);
@@ -59,10 +73,28 @@ export class NetHdr {
     return this;
   }
 
-  /** Writes `byteLen` (10 or 12) bytes; num_buffers (le16 at 10) when 12. */
-  write(b: Uint8Array, off: number, byteLen: number, numBuffers = 0): void {
+  /**
+   * Writes `byteLen` (10 or 12) bytes; num_buffers (u16 at 10) when 12. `bigEndian`: the u16 fields,
+   * num_buffers included, big-endian (legacy big-endian guest).
+   */
+  write(b: Uint8Array, off: number, byteLen: number, numBuffers = 0, bigEndian = false): void {
     b[off] = this.flags;
     b[off + 1] = this.gsoType;
+    if (bigEndian) {
+      b[off + 2] = this.hdrLen >> 8;
+      b[off + 3] = this.hdrLen & 0xff;
+      b[off + 4] = this.gsoSize >> 8;
+      b[off + 5] = this.gsoSize & 0xff;
+      b[off + 6] = this.csumStart >> 8;
+      b[off + 7] = this.csumStart & 0xff;
+      b[off + 8] = this.csumOffset >> 8;
+      b[off + 9] = this.csumOffset & 0xff;
+      if (byteLen === NET_HDR_MRG_BYTES) {
+        b[off + 10] = numBuffers >> 8;
+        b[off + 11] = numBuffers & 0xff;
+      }
+      return;
+    }
     b[off + 2] = this.hdrLen & 0xff;
     b[off + 3] = this.hdrLen >> 8;
     b[off + 4] = this.gsoSize & 0xff;
