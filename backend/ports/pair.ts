@@ -31,7 +31,10 @@ class PairPort implements Port {
       this.stats.txDropped++;
       return 'dropped';
     }
-    const res = target.deliver(frame, hdr, byteLen);
+    return this.count(target.deliver(frame, hdr, byteLen), byteLen);
+  }
+  /** Port statistics of one delivery on both ends of the pair. */
+  private count(res: Delivery, byteLen: number): Delivery {
     if (res === 'ok') {
       this.stats.txFrames++;
       this.stats.txBytes += byteLen;
@@ -56,13 +59,7 @@ class PairPort implements Port {
       const buf = this.gatherBuf ?? (this.gatherBuf = new Uint8Array(MAX_GATHER));
       res = target.deliver(buf, hdr, src.read(buf, 0, byteLen));
     }
-    if (res === 'ok') {
-      this.stats.txFrames++;
-      this.stats.txBytes += byteLen;
-      this.peer.stats.rxFrames++;
-      this.peer.stats.rxBytes += byteLen;
-    } else if (res === 'dropped') this.stats.txDropped++;
-    return res;
+    return this.count(res, byteLen);
   }
   beginBurst(): void {
     this.peer.device?.beginBurst?.();
