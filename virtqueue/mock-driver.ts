@@ -143,6 +143,10 @@ export class MockDriver {
   private lastUsed = 0;
   private freeDescs: number[] = [];
   private inflight = new Map<number, InFlight>();
+  /** Heads of chains added by addBuffer() (1) and not yet used. */
+  private readonly single: Uint8Array;
+  /** len of the element popUsed() returned last. */
+  poppedLen = 0;
   /** Buffers and indirect tables come from here. */
   private readonly heap: MockHeap;
 
@@ -168,6 +172,7 @@ export class MockDriver {
     this.eventIdx = opts.eventIdx ?? false;
     this.bigEndian = opts.bigEndian ?? false;
     this.heap = new MockHeap(this.heapAddr, this.heapByteLen);
+    this.single = new Uint8Array(opts.size);
     for (let i = opts.size - 1; i >= 0; i--) this.freeDescs.push(i);
     // Rings start zeroed (2.7.10.1: the driver initializes used.flags to 0).
     writeBytes(mem, this.descAddr, new Uint8Array(descTableBytes(opts.size)), false);
@@ -343,6 +348,59 @@ export class MockDriver {
       for (const [a, n] of fl.allocs) this.release(a, n);
     }
     return out;
+  }
+
+  // ---- real-driver fast path (backend/ports/vfio/virtio-net.ts) ----------------------------------
+  // One caller-owned buffer per chain, no heap, nothing allocated per call: what a poll-mode driver of a
+  // real device needs. Chains added here and by addChain() may be mixed; popUsed() frees both.
+
+  /**
+   * Makes the buffer [addr, addr + byteLen) available as a one-descriptor chain (device-writable when
+   * `write`). Returns its head (the used element's id), or -1 when no descriptor is free. With
+   * publish = false, avail.idx waits for publish() (one store per burst).
+   */
+  addBuffer(addr: number, byteLen: number, write: boolean, publish = true): number {
+    const head = this.freeDescs.pop();
+    if (head === undefined) return -1;
+    const at = this.descAddr + DESC_BYTES * head;
+    this.w32(at, addr >>> 0);
+    this.w32(at + 4, Math.floor(addr / 2 ** 32));
+    this.w32(at + 8, byteLen);
+    this.w16(at + 12, write ? VIRTQ_DESC_F_WRITE : 0);
+    this.w16(at + 14, 0);
+    this.single[head] = 1;
+    this.pushHead(head, publish);
+    return head;
+  }
+
+  /** True when the device has published used elements popUsed() has not taken yet. */
+  get hasUsed(): boolean {
+    return this.usedIdx !== this.lastUsed;
+  }
+
+  /**
+   * Takes the next used element without copying its data: returns its id (and sets `poppedLen` to its
+   * len), or -1 when there is none. The chain's descriptors (and heap allocations, for addChain chains)
+   * are freed.
+   */
+  popUsed(): number {
+    if (this.r16(this.usedAddr + 2) === this.lastUsed) return -1;
+    const e = this.usedAddr + 4 + 8 * (this.lastUsed % this.size);
+    const id = this.r32(e);
+    this.poppedLen = this.r32(e + 4);
+    this.lastUsed = (this.lastUsed + 1) & 0xffff;
+    if (id < this.size && this.single[id] === 1) {
+      this.single[id] = 0;
+      this.freeDescs.push(id);
+      return id;
+    }
+    const fl = this.inflight.get(id);
+    if (fl !== undefined) {
+      this.inflight.delete(id);
+      for (const d of fl.descs) this.freeDescs.push(d);
+      for (const [a, n] of fl.allocs) this.release(a, n);
+    }
+    return id;
   }
 
   // ---- fault injection -------------------------------------------------------------------------

@@ -86,6 +86,10 @@ export class MockPackedDriver {
   private freeCount: number;
   private freeIds: number[] = [];
   private inflight = new Map<number, InFlight>();
+  /** Ids of lists added by addBuffer() (1) and not yet used. */
+  private readonly single: Uint8Array;
+  /** len of the element popUsed() returned last. */
+  poppedLen = 0;
   private readonly heap: MockHeap;
   /** First-descriptor flags not yet written (publish: false): [position, flags]. */
   private unpublished: [number, number][] = [];
@@ -112,6 +116,7 @@ export class MockPackedDriver {
     this.eventIdx = opts.eventIdx ?? false;
     this.heap = new MockHeap(this.heapAddr, this.heapByteLen);
     this.freeCount = opts.size;
+    this.single = new Uint8Array(opts.size);
     for (let i = opts.size - 1; i >= 0; i--) this.freeIds.push(i);
     // 2.8.13: "The descriptor ring is zero-initialized"; both event areas start at ENABLE.
     writeBytes(mem, this.descAddr, new Uint8Array(packedRingBytes(opts.size)), false);
@@ -343,6 +348,67 @@ export class MockPackedDriver {
       for (const [a, n] of fl.allocs) this.release(a, n);
     }
     return out;
+  }
+
+  // ---- real-driver fast path (backend/ports/vfio/virtio-net.ts) ----------------------------------
+  // One caller-owned buffer per list, no heap, nothing allocated per call. Lists added here and by
+  // addChain() may be mixed; popUsed() frees both.
+
+  /**
+   * Makes the buffer [addr, addr + byteLen) available as a one-descriptor list (device-writable when
+   * `write`). Returns its buffer id, or -1 when no descriptor or id is free. The flags word (which makes
+   * it available, 2.8.21.1) is written last, at once: a one-descriptor list is complete by itself.
+   */
+  addBuffer(addr: number, byteLen: number, write: boolean): number {
+    if (this.freeCount === 0 || this.freeIds.length === 0) return -1;
+    const id = this.freeIds.pop()!;
+    const S = this.size;
+    const at = this.descAddr + DESC_BYTES * (this.availL % S);
+    writeU32(this.mem, at, addr >>> 0, false);
+    writeU32(this.mem, at + 4, Math.floor(addr / 2 ** 32), false);
+    writeU32(this.mem, at + 8, byteLen, false);
+    writeU16(this.mem, at + 12, id, false);
+    writeU16(this.mem, at + 14, (write ? VIRTQ_DESC_F_WRITE : 0) | MockPackedDriver.availFlags(this.availL < S), false);
+    this.availL = (this.availL + 1) % (2 * S);
+    this.sinceKick++;
+    this.freeCount--;
+    this.single[id] = 1;
+    return id;
+  }
+
+  /** True when the descriptor at the driver's used position has been marked used by the device. */
+  get hasUsed(): boolean {
+    const flags = readU16(this.mem, this.descAddr + DESC_BYTES * (this.usedL % this.size) + 14);
+    const w = this.usedL < this.size;
+    return ((flags & VIRTQ_DESC_F_USED) !== 0) === w && ((flags & VIRTQ_DESC_F_AVAIL) !== 0) === w;
+  }
+
+  /**
+   * Takes the next used element without copying its data: returns its buffer id (and sets `poppedLen`),
+   * or -1 when there is none. Its descriptors and id (and heap allocations, for addChain lists) are freed.
+   */
+  popUsed(): number {
+    if (!this.hasUsed) return -1;
+    const S = this.size;
+    const at = this.descAddr + DESC_BYTES * (this.usedL % S);
+    this.poppedLen = readU32(this.mem, at + 8);
+    const id = readU16(this.mem, at + 12);
+    let count = 1;
+    if (id < S && this.single[id] === 1) {
+      this.single[id] = 0;
+      this.freeIds.push(id);
+    } else {
+      const fl = this.inflight.get(id);
+      if (fl !== undefined) {
+        count = fl.count;
+        this.inflight.delete(id);
+        this.freeIds.push(id);
+        for (const [a, n] of fl.allocs) this.release(a, n);
+      }
+    }
+    this.usedL = (this.usedL + count) % (2 * S);
+    this.freeCount = Math.min(S, this.freeCount + count);
+    return id;
   }
 
   // ---- fault injection -------------------------------------------------------------------------

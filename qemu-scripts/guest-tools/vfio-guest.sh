@@ -1,6 +1,6 @@
 #!/bin/sh
 # Inside the test guest (vut.run=sh,/host<repo>/qemu-scripts/guest-tools/vfio-guest.sh,KIND,SEND,EXPECT[,PORTOPT]):
-# bind the NIC of KIND (e1000e) to vfio-pci, start vhost-user-ts with --port vfio:<its address>, then run
+# bind the NIC of KIND (e1000e or virtio) to vfio-pci, start vhost-user-ts with --port vfio:<its address>, then run
 # the scripted frontend (vfio-frontend.ts) that sends SEND frames out through the NIC and expects EXPECT
 # frames back from the host. Needs vut.hostbind=1 (chroot /host node ...). PORTOPT: e.g. poll.
 # Markers: VFIO-GUEST-BDF <addr>, VFIO-GUEST-NOTBOUND rc=<rc> <the CLI's error before binding>, the frontend's VFIO-FE-* lines, VFIO-GUEST-RESULT <rc>.
@@ -14,6 +14,7 @@ REPO=${REPO#/host}
 
 case $KIND in
   e1000e) VID=0x8086; DID=0x10d3 ;;
+  virtio) VID=0x1af4; DID=0x1041 ;;   # modern virtio-net-pci (disable-legacy=on), split or packed rings
   *) echo "VFIO-GUEST-RESULT 2 unknown kind $KIND"; exit 2 ;;
 esac
 BDF=
@@ -22,7 +23,7 @@ for d in /sys/bus/pci/devices/*; do
 done
 [ -n "$BDF" ] || { echo "VFIO-GUEST-RESULT 2 no $KIND device"; exit 2; }
 echo "VFIO-GUEST-BDF $BDF"
-# Still on the kernel's e1000e driver: the CLI must refuse with a clear error (and exit 1).
+# Still on the kernel's driver (e1000e / virtio-pci): the CLI must refuse with a clear error (and exit 1).
 OUT=$(chroot /host /bin/sh -c "cd $REPO && exec node bin/vhost-user-ts.js net --socket /tmp/nb.sock --port vfio:$BDF" 2>&1)
 echo "VFIO-GUEST-NOTBOUND rc=$? $(echo "$OUT" | head -n1)"
 sh "$HERE/../vfio-bind.sh" "$BDF" || { echo "VFIO-GUEST-RESULT 3 bind failed"; exit 3; }

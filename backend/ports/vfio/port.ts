@@ -1,5 +1,6 @@
 /**
- * VFIO port: frames go out of and come in from a PCI NIC that we drive from user space (e1000e for now).
+ * VFIO port: frames go out of and come in from a PCI NIC that we drive from user space: an e1000e (82574L,
+ * e1000e.ts) or a modern virtio-net PCI device (virtio-net.ts over virtio-pci.ts), chosen by PCI vendor/device id.
  *
  *   device TX -> deliver() -> copy into a preallocated TX buffer (offloads done in software) -> TDT
  *   NIC RX    -> rxBurst over the RX ring -> device.deliver(buffer view) -> descriptor recycled -> RDT
@@ -19,12 +20,24 @@ import { emptyStats, type Delivery, type FrameSink, type Port, type PortStats } 
 import { BUF_BYTES, BarRegs, E1000e, ICR_LSC, formatMac } from './e1000e.ts';
 import { DmaPool } from './dma.ts';
 import { enableBusMaster } from './pci.ts';
+import { capBars, findVirtioCaps, VirtioPciTransport, windowsFor } from './virtio-pci.ts';
+import { VirtioNet } from './virtio-net.ts';
 import { VfioDevice, VfioError, type VfioSys } from './vfio.ts';
 
 const log = createDebug('vhost:vfio');
 
 /** PCI IDs we have a driver for. */
 export const E1000E_IDS = [{ vendor: 0x8086, device: 0x10d3 }]; // 82574L
+/** Modern (non-transitional) virtio-net: 0x1040 + device id 1 (virtio v1.2 §4.1.2.1). */
+export const VIRTIO_NET_IDS = [{ vendor: 0x1af4, device: 0x1041 }];
+
+export type VfioNicKind = 'e1000e' | 'virtio-net';
+
+/** The driver for a PCI vendor/device id, or null. */
+export function nicKindFor(vendor: number, device: number): VfioNicKind | null {
+  const is = (ids: { vendor: number; device: number }[]) => ids.some((d) => d.vendor === vendor && d.device === device);
+  return is(E1000E_IDS) ? 'e1000e' : is(VIRTIO_NET_IDS) ? 'virtio-net' : null;
+}
 
 export type VfioMode = 'irq' | 'poll';
 
@@ -34,6 +47,8 @@ export interface VfioPortOptions {
   txRing?: number;
   /** hugetlbfs mount for the DMA pool (default: a memfd). */
   hugetlbfs?: string;
+  /** virtio-net only: true requires packed rings, false forces split; default: packed when the device offers it. */
+  packed?: boolean;
   /** For tests: a fake /sys. */
   sysfs?: string;
 }
@@ -50,7 +65,10 @@ const SPIN_POLLS = 64;
 export class VfioPort implements Port {
   readonly name: string;
   readonly stats: PortStats = emptyStats();
-  readonly nic: E1000e;
+  readonly nic: E1000e | VirtioNet;
+  readonly kind: VfioNicKind;
+  /** Largest frame one TX buffer holds (e1000e 2048, virtio-net 2048 - the 12-byte header). */
+  private readonly maxFrame: number;
   readonly mode: VfioMode;
   readonly mac: string;
   private readonly dev: VfioDevice;
@@ -91,23 +109,42 @@ export class VfioPort implements Port {
     let pool: DmaPool | null = null;
     try {
       const { vendor, device } = this.dev.info;
-      if (!E1000E_IDS.some((d) => d.vendor === vendor && d.device === device)) {
+      const kind = nicKindFor(vendor, device);
+      if (kind === null) {
         throw new VfioError(
           'VFIO_UNSUPPORTED',
-          `${this.dev.bdf}: no driver for PCI device ${vendor.toString(16)}:${device.toString(16)} (supported: 8086:10d3 e1000e)`,
+          `${this.dev.bdf}: no driver for PCI device ${vendor.toString(16)}:${device.toString(16)} (supported: 8086:10d3 e1000e, 1af4:1041 virtio-net)`,
         );
       }
+      this.kind = kind;
       const rxRing = opts.rxRing ?? 256;
       const txRing = opts.txRing ?? 256;
-      pool = DmaPool.create(sys, { byteLen: E1000e.dmaBytes(rxRing, txRing), ...(opts.hugetlbfs ? { hugetlbfs: opts.hugetlbfs } : {}) });
+      const dmaBytes = kind === 'e1000e' ? E1000e.dmaBytes(rxRing, txRing) : VirtioNet.dmaBytes(rxRing, txRing);
+      pool = DmaPool.create(sys, { byteLen: dmaBytes, ...(opts.hugetlbfs ? { hugetlbfs: opts.hugetlbfs } : {}) });
       pool.mapInto(this.dev.container);
-      const bar0 = this.dev.mapBar(0);
-      enableBusMaster(this.dev);
-      this.nic = new E1000e(new BarRegs(bar0.ab), pool, { rxRing, txRing });
+      if (kind === 'e1000e') {
+        const bar0 = this.dev.mapBar(0);
+        enableBusMaster(this.dev);
+        this.nic = new E1000e(new BarRegs(bar0.ab), pool, { rxRing, txRing });
+        this.maxFrame = BUF_BYTES;
+      } else {
+        // virtio v1.2 §4.1.4: the vendor capabilities say which BARs hold the structures; map those.
+        const caps = findVirtioCaps(this.dev);
+        const bars = new Map(capBars(caps).map((i) => [i, this.dev.mapBar(i).ab] as const));
+        enableBusMaster(this.dev);
+        this.nic = new VirtioNet(new VirtioPciTransport(windowsFor(caps, bars)), pool, {
+          rxRing,
+          txRing,
+          ...(opts.packed !== undefined ? { packed: opts.packed } : {}),
+        });
+        this.maxFrame = this.nic.maxFrame;
+        // Polling only: virtio-pci interrupts are MSI-X (not wired here) or INTx.
+        if (opts.mode === 'irq') throw new VfioError('VFIO_UNSUPPORTED', `${this.dev.bdf}: virtio-net runs in poll mode only (drop ,irq)`);
+      }
       this.nic.init();
       this.pool = pool;
       this.mac = formatMac(this.nic.mac);
-      this.mode = opts.mode ?? (this.setupIrq() ? 'irq' : 'poll');
+      this.mode = opts.mode ?? (kind === 'e1000e' && this.setupIrq() ? 'irq' : 'poll');
       if (opts.mode === 'irq' && this.irqFd === null && !this.setupIrq()) {
         throw new VfioError('VFIO_UNSUPPORTED', `${this.dev.bdf}: no MSI or INTx interrupt to use (try ,poll)`);
       }
@@ -118,7 +155,15 @@ export class VfioPort implements Port {
       throw e;
     }
     this.lastLink = this.nic.linkUp;
-    log('%s: e1000e mac %s, link %s, %s mode', this.name, this.mac, this.lastLink ? 'up' : 'down', this.mode);
+    log(
+      '%s: %s mac %s, link %s, %s mode%s',
+      this.name,
+      this.kind,
+      this.mac,
+      this.lastLink ? 'up' : 'down',
+      this.mode,
+      this.nic instanceof VirtioNet ? `, ${this.nic.packed ? 'packed' : 'split'} rings` : '',
+    );
   }
 
   /** MSI (one vector) if the device has it, else INTx (auto-masked by VFIO, unmasked after each interrupt). */
@@ -161,7 +206,7 @@ export class VfioPort implements Port {
         this.onIrq();
       });
       this.poller.start(POLL_READABLE);
-      this.nic.enableInterrupts();
+      if (this.nic instanceof E1000e) this.nic.enableInterrupts();
     }
     // Frames may already be waiting (or the link state changed) before the first interrupt.
     this.schedulePoll(true);
@@ -170,6 +215,7 @@ export class VfioPort implements Port {
   private onIrq(): void {
     if (this.closed) return;
     this.sys.eventfdRead(this.irqFd!);
+    if (!(this.nic instanceof E1000e)) return; // virtio-net: poll mode only
     const icr = this.nic.readIcr();
     if (this.irqIndex === VFIO_PCI_IRQ.intx) this.sys.vfioDeviceSetIrqs(this.dev.fd, VFIO_PCI_IRQ.intx, 'unmask', 0, null, 1);
     if (icr & ICR_LSC) this.checkLink();
@@ -249,7 +295,7 @@ export class VfioPort implements Port {
       if (this.nic.txReclaim() < Math.ceil(byteLen / hdr.gsoSize) + 1) res = this.busy();
       else {
         let segs = 0;
-        const n = segmentTcp(frame, byteLen, Math.min(hdr.gsoSize, BUF_BYTES - 128), this.segScratch, (seg, segLen) => {
+        const n = segmentTcp(frame, byteLen, Math.min(hdr.gsoSize, this.maxFrame - 128), this.segScratch, (seg, segLen) => {
           if (!this.nic.txFrame(seg, segLen)) return false;
           segs++;
           this.stats.txBytes += segLen;
@@ -269,7 +315,7 @@ export class VfioPort implements Port {
   }
 
   private sendOne(frame: Uint8Array, hdr: NetHdr, byteLen: number): Delivery {
-    if (byteLen > BUF_BYTES || byteLen < 14) return this.drop();
+    if (byteLen > this.maxFrame || byteLen < 14) return this.drop();
     const buf = this.nic.txBuffer();
     if (buf === null) return this.busy();
     buf.set(byteLen === frame.length ? frame : frame.subarray(0, byteLen));
