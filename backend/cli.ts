@@ -23,7 +23,7 @@ ${TRACE_USAGE}
   --socket PATH     vhost-user socket (we listen; with --client we connect to a frontend listening there)
   --queues N        queue pairs offered (GET_QUEUE_NUM), default 1
   --port SPEC       uplink: tap:NAME (kernel tap device) or vhost:PATH2 (switch to a second vhost-user device)
-                    or vfio:0000:00:03.0 (a NIC bound to vfio-pci, see qemu-scripts/vfio-bind.sh; e1000e;
+                    or vfio:0000:00:03.0 (a NIC bound to vfio-pci, see qemu-scripts/vfio-bind.sh; e1000e or virtio-net;
                     ,poll polls instead of waiting for interrupts)
   --trace FILE      record every vhost-user message, both directions, to FILE (msgpack)
   --trace-rings     with --trace: also record kicks, calls and every chain (head, descriptors, length,
