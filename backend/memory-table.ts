@@ -31,6 +31,8 @@ interface MappedRegion {
   byteLen: number;
   fd: Fd;
   ab: ArrayBuffer;
+  /** ADD_MEM_REG count for this exact region (QEMU adds it once per vhost device: D34). */
+  refs: number;
 }
 
 export type MemoryNative = Pick<NativeBinding, 'mmap' | 'munmap' | 'fstat' | 'close'>;
@@ -91,7 +93,7 @@ export class MemoryTable {
         });
       }
       log('mapped gpa %s size %s uva %s off %s', hex(gpa), hex(byteLen), hex(uva), hex(off));
-      return { gpa, uva, byteLen, fd, ab };
+      return { gpa, uva, byteLen, fd, ab, refs: 1 };
     } catch (e) {
       this.sys.close(fd);
       throw e;
@@ -130,25 +132,42 @@ export class MemoryTable {
     this.rebuild();
   }
 
-  /** ADD_MEM_REG (CONFIGURE_MEM_SLOTS). */
-  add(spec: RegionSpec, fd: Fd, maxSlots: number): void {
+  /**
+   * ADD_MEM_REG (CONFIGURE_MEM_SLOTS). Returns the region's index and whether it is new: a region
+   * identical to a mapped one (same gpa, size, user address) only counts one more reference, because
+   * QEMU's vhost-user-net sends every region once per queue pair over the same connection (D34).
+   */
+  add(spec: RegionSpec, fd: Fd, maxSlots: number): { index: number; added: boolean } {
+    const same = this.regions.findIndex(
+      (r) => BigInt(r.gpa) === spec.gpa && BigInt(r.uva) === spec.uva && BigInt(r.byteLen) === spec.byteLen,
+    );
+    if (same >= 0) {
+      this.sys.close(fd);
+      this.regions[same]!.refs++;
+      log('region at gpa %s added again (%d references)', hex(Number(spec.gpa)), this.regions[same]!.refs);
+      return { index: same, added: false };
+    }
     if (this.regions.length >= maxSlots) {
       this.sys.close(fd);
       throw new BackendError('SESSION_BAD_MEMORY', `no free memory slot (max ${maxSlots})`);
     }
     this.regions.push(this.map(spec, fd));
     this.rebuild();
+    return { index: this.regions.length - 1, added: true };
   }
 
   /** REM_MEM_REG: identified by gpa, user address and size ("the mmap offset is ignored"). */
-  remove(spec: RegionSpec): void {
+  /** Returns whether the region went away (false: other references remain). */
+  remove(spec: RegionSpec): boolean {
     const i = this.regions.findIndex(
       (r) => BigInt(r.gpa) === spec.gpa && BigInt(r.uva) === spec.uva && BigInt(r.byteLen) === spec.byteLen,
     );
     if (i < 0) throw new BackendError('SESSION_BAD_MEMORY', `REM_MEM_REG: no region at gpa ${hex(Number(spec.gpa))}`);
+    if (--this.regions[i]!.refs > 0) return false;
     const [r] = this.regions.splice(i, 1);
     this.rebuild();
     this.release(r!);
+    return true;
   }
 
   close(): void {

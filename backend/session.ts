@@ -643,14 +643,15 @@ export class Session {
     this.memory.replace(specs, fds);
     this.memGeneration++;
   }
-  addMemory(spec: RegionSpec, fd: Fd): void {
-    this.memory.add(spec, fd, MAX_MEM_SLOTS);
-    this.memGeneration++;
+  /** Returns the region's index in the table (an identical region is only referenced again, D34). */
+  addMemory(spec: RegionSpec, fd: Fd): number {
+    const { index, added } = this.memory.add(spec, fd, MAX_MEM_SLOTS);
+    if (added) this.memGeneration++;
+    return index;
   }
   removeMemory(spec: RegionSpec): void {
     // Rings using the region are restarted against the new table (and fail if they lost it).
-    this.memory.remove(spec);
-    this.memGeneration++;
+    if (this.memory.remove(spec)) this.memGeneration++;
   }
 
   resetRings(): void {
@@ -778,13 +779,13 @@ const HANDLERS: Partial<Record<number, Handler>> = {
   },
   [FrontendReq.ADD_MEM_REG](msg, fds) {
     const p = msg.payload as SingleMemoryRegion;
-    this.addMemory(regionOf(p.region), fds.take(0));
+    const index = this.addMemory(regionOf(p.region), fds.take(0));
     if (!this.migration.listening) return;
     // Postcopy (QEMU send_add_regions): each region is answered with our mapping's address; one
     // ack follows the last one.
     const views = this.memory.views();
     this.migration.ackPending = msg.id;
-    return { payload: { ...p, region: { ...p.region, userspaceAddr: this.migration.addressOf(views[views.length - 1]!.ab) } } };
+    return { payload: { ...p, region: { ...p.region, userspaceAddr: this.migration.addressOf(views[index]!.ab) } } };
   },
   [FrontendReq.SET_LOG_BASE](msg, fds) {
     const p = msg.payload as LogDescription;

@@ -251,6 +251,24 @@ test('CONFIGURE_MEM_SLOTS: GET_MAX_MEM_SLOTS, ADD_MEM_REG twice, REM_MEM_REG of 
   t.not(u64(await r.fe.fe.request(R.REM_MEM_REG, a, { needReply: true, fds: [fd] })), 0n, 'removing twice is refused');
 });
 
+test.serial('an ADD_MEM_REG identical to a mapped region counts a reference (QEMU sends it once per queue pair, D34); the region goes with its last REM_MEM_REG', async (t) => {
+  const r = await rig(t, 2);
+  await negotiate(r, bit(ProtoF.REPLY_ACK) | bit(ProtoF.CONFIGURE_MEM_SLOTS));
+  const fd = native.memfdCreate('guest', false);
+  native.ftruncate(fd, 1 << 20);
+  t.teardown(() => native.close(fd));
+  const a = { padding: 0n, region: { guestPhysAddr: 0n, memorySize: 1n << 20n, userspaceAddr: 0x7f0000000000n, mmapOffset: 0n } };
+  const before = countFds('memfd');
+  t.is(u64(await r.fe.fe.request(R.ADD_MEM_REG, a, { needReply: true, fds: [fd] })), 0n);
+  t.is(u64(await r.fe.fe.request(R.ADD_MEM_REG, a, { needReply: true, fds: [fd] })), 0n, 'the second queue pair adds it again');
+  t.is(r.session().memory.regionCount, 1);
+  t.is(countFds('memfd'), before + 1, 'the duplicate fd was closed');
+  t.is(u64(await r.fe.fe.request(R.REM_MEM_REG, a, { needReply: true })), 0n);
+  t.is(r.session().memory.regionCount, 1, 'still referenced by the other queue pair');
+  t.is(u64(await r.fe.fe.request(R.REM_MEM_REG, a, { needReply: true })), 0n);
+  t.is(r.session().memory.regionCount, 0);
+});
+
 test('STATUS and RESET_DEVICE: status byte round trip; reset returns rings and features to their initial state', async (t) => {
   const r = await rig(t);
   await negotiate(r, bit(ProtoF.REPLY_ACK) | bit(ProtoF.STATUS) | bit(ProtoF.RESET_DEVICE));
