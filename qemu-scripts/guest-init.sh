@@ -17,6 +17,8 @@
 #                            silent: no DAD/RS/MLD frames to confuse frame-counting tests)
 #   vut.modules=a,b          extra modules to modprobe (shipped: see /lib/modules/*/modules.dep)
 #   vut.9p=0                 do not mount the host root even if a "hostroot" 9p tag exists
+#   vut.repo=/path           with vut.hostbind: bind the host's /path (our repository) at /host/mnt
+#                            before /host/tmp is covered (the chroot sees it at /mnt)
 #   vut.hostbind=1           bind /proc,/sys,/dev into /host and put a tmpfs on /host/tmp so that
 #                            `chroot /host node ...` works (test-rig-facts §6)
 #   vut.ping=ADDR,COUNT[,MIN[,INTERVAL]]
@@ -96,6 +98,9 @@ ip link set lo up
 if [ "${VUT_9p:-1}" != 0 ] && cat /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag 2>/dev/null | tr '\0' '\n' | grep -qx hostroot; then
   if mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000 hostroot /host; then
     if [ "${VUT_hostbind:-0}" = 1 ]; then
+      # The tmpfs on /host/tmp would hide a repository checked out under /tmp: vut.repo binds it at
+      # /host/mnt first, so `chroot /host` sees it at /mnt wherever it lives.
+      if [ -n "$VUT_repo" ]; then mount --bind "/host$VUT_repo" /host/mnt || err "repo bind"; fi
       mount --bind /proc /host/proc && mount --bind /sys /host/sys && mount --bind /dev /host/dev \
         && mount -t tmpfs tmpfs /host/tmp || err "hostbind"
     fi

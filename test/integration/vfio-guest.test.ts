@@ -73,7 +73,9 @@ async function runNic(t: ExecutionContext, nic: Nic): Promise<void> {
     // With intel-iommu's interrupt remapping the kernel panics ("timer doesn't work through Interrupt-remapped
     // IO-APIC") when TCG is too slow for its boot-time timer check (a loaded host): skip that check.
     append: 'no_timer_check',
-    vut: { hostbind: 1, if: 'none0', run: `sh,/host${REPO}/qemu-scripts/guest-tools/vfio-guest.sh,${nic.kind},${N_OUT},${N_IN},${mode}` },
+    // The repository is bound at /mnt in the guest (guest-init vut.repo): a checkout under /tmp would
+    // otherwise be hidden by the guest's tmpfs on /host/tmp.
+    vut: { hostbind: 1, repo: REPO, if: 'none0', run: `sh,/host/mnt/qemu-scripts/guest-tools/vfio-guest.sh,${nic.kind},${N_OUT},${N_IN},${mode}` },
     extraQemuArgs: [
       '-netdev',
       `dgram,id=ne,local.type=inet,local.host=127.0.0.1,local.port=${qemuPort},` +
