@@ -774,18 +774,13 @@ export class PackedQueue extends QueueCore implements Virtqueue {
    * VQ_INFLIGHT_CORRUPT) and leaves the queue untouched when the region is unusable; RangeError when
    * called at the wrong time (host bug).
    */
+  protected get queueSize(): number {
+    return this.size;
+  }
+
   attachInflight(region: InflightRegion): InflightAttachResult {
-    if (!(region instanceof PackedInflight)) {
-      throw new VirtqError('VQ_INFLIGHT_REGION', `${this.label}: a ${region.layout} inflight region on a packed queue`);
-    }
-    if (region.size !== this.size) {
-      throw new VirtqError('VQ_INFLIGHT_REGION', `${this.label}: inflight region for ${region.size} entries on a queue of ${this.size}`);
-    }
-    if (this.inflightRegion !== null) throw new RangeError(`${this.label}: an inflight region is already attached`);
-    if (this.outstanding !== 0 || this.pending !== 0) {
-      throw new RangeError(`${this.label}: attachInflight with chains popped or pushed`);
-    }
-    if (!this.ringsMapped) throw new VirtqError('VQ_UNMAPPED', `${this.label}: rings are not mapped`);
+    this.checkInflightAttach(region, 'packed', this.inflightRegion !== null, this.outstanding !== 0 || this.pending !== 0);
+    if (!(region instanceof PackedInflight)) throw new VirtqError('VQ_INFLIGHT_REGION', `${this.label}: not a packed region`);
     const S = this.size;
     const fresh = region.isFresh;
     let rec: PackedRecovery | null = null;

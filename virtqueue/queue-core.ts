@@ -69,6 +69,30 @@ export abstract class QueueCore {
   /** Pops that stopped on an IOTLB miss (diagnostics, tests). */
   iotlbMisses = 0;
 
+  /**
+   * What attachInflight checks before touching anything (both ring formats): the region's layout
+   * and size match this queue, none is attached yet, nothing was popped or pushed, the rings are
+   * mapped. Frontend mistakes are VirtqErrors; calling at the wrong time is a host bug (RangeError).
+   */
+  protected checkInflightAttach(
+    region: { layout: string; size: number },
+    layout: 'split' | 'packed',
+    attached: boolean,
+    busy: boolean,
+  ): void {
+    if (region.layout !== layout) {
+      throw new VirtqError('VQ_INFLIGHT_REGION', `${this.label}: a ${region.layout} inflight region on a ${layout} queue`);
+    }
+    if (region.size !== this.queueSize) {
+      throw new VirtqError('VQ_INFLIGHT_REGION', `${this.label}: inflight region for ${region.size} entries on a queue of ${this.queueSize}`);
+    }
+    if (attached) throw new RangeError(`${this.label}: an inflight region is already attached`);
+    if (busy) throw new RangeError(`${this.label}: attachInflight with chains popped or pushed`);
+    if (!this.ringsMapped) throw new VirtqError('VQ_UNMAPPED', `${this.label}: rings are not mapped`);
+  }
+  /** The ring size (for the shared checks above). */
+  protected abstract get queueSize(): number;
+
   /** The first guest error wins; later ones are not recorded. */
   protected markBroken(code: VirtqErrorCode, message: string): void {
     if (this.broken !== null) return;

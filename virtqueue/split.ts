@@ -471,18 +471,13 @@ export class SplitQueue extends QueueCore implements Virtqueue {
    * (VQ_INFLIGHT_REGION / VQ_INFLIGHT_CORRUPT) and leaves the queue untouched when the region is
    * unusable; RangeError when called at the wrong time (host bug).
    */
+  protected get queueSize(): number {
+    return this.size;
+  }
+
   attachInflight(region: InflightRegion): InflightAttachResult {
-    if (!(region instanceof SplitInflight)) {
-      throw new VirtqError('VQ_INFLIGHT_REGION', `${this.label}: a ${region.layout} inflight region on a split queue`);
-    }
-    if (region.size !== this.size) {
-      throw new VirtqError('VQ_INFLIGHT_REGION', `${this.label}: inflight region for ${region.size} entries on a queue of ${this.size}`);
-    }
-    if (this.inflightRegion !== null) throw new RangeError(`${this.label}: an inflight region is already attached`);
-    if (this.outstanding !== 0 || this.pending !== 0) {
-      throw new RangeError(`${this.label}: attachInflight with chains popped or pushed`);
-    }
-    if (!this.ringsMapped) throw new VirtqError('VQ_UNMAPPED', `${this.label}: rings are not mapped`);
+    this.checkInflightAttach(region, 'split', this.inflightRegion !== null, this.outstanding !== 0 || this.pending !== 0);
+    if (!(region instanceof SplitInflight)) throw new VirtqError('VQ_INFLIGHT_REGION', `${this.label}: not a split region`);
     const ringUsed = this.loadRingU16(this.usedU16, 1);
     let heads = NO_HEADS;
     const fresh = region.isFresh;
