@@ -43,7 +43,12 @@ async function until(what: string, ms: number, f: () => boolean): Promise<void> 
  * vhost-user-ts on `<name>.sock` (pinned to cpu 1, tracing to `<name>.vutrace`) inside the test
  * namespace, its TAP port `tap` up there with 10.0.2.1/24.
  */
-async function tapBackend(t: ExecutionContext, name: string, tap: string): Promise<{ sock: string; trace: string; be: Backend }> {
+async function tapBackend(
+  t: ExecutionContext,
+  name: string,
+  tap: string,
+  extra: string[] = [],
+): Promise<{ sock: string; trace: string; be: Backend }> {
   try {
     sh('ip', ['netns', 'add', ns]);
   } catch {
@@ -51,7 +56,7 @@ async function tapBackend(t: ExecutionContext, name: string, tap: string): Promi
   }
   const sock = join(dir, `${name}.sock`);
   const trace = join(dir, `${name}.vutrace`);
-  const be = await startBackend(['net', '--socket', sock, '--port', `tap:${tap}`, '--trace', trace], {
+  const be = await startBackend(['net', '--socket', sock, '--port', `tap:${tap}`, '--trace', trace, ...extra], {
     core: 1,
     netns: ns,
     waitSockets: [sock],
@@ -146,6 +151,51 @@ qemuTest('QEMU guest behind an Intel vIOMMU (iommu_platform=on, ats=on): IOVAs, 
   t.regex(printed, /rx → IOTLB_MSG need_reply .*type=0x3 /, 'the guest unmapped DMA buffers: INVALIDATE');
   t.notRegex(printed, /type=0x4 /, 'no ACCESS_FAIL');
   t.notRegex(printed, /error|ERROR/, 'no request was refused');
+});
+
+const hasTshark = (() => {
+  try {
+    execFileSync('tshark', ['--version'], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
+
+(hasTshark ? qemuTest : test.serial.skip)('QEMU guest through the tracing proxy: both directions recorded with fds, the guest\'s pings exported to pcapng and read by tshark', async (t) => {
+  t.timeout(120_000);
+  const { sock, trace, be } = await tapBackend(t, 'proxied', 'vutq3', ['--trace-rings']);
+  const front = join(dir, 'proxy-front.sock');
+  const ptrace = join(dir, 'proxy.vutrace');
+  const proxy = await startBackend(['proxy', '--listen', front, '--connect', sock, '--trace', ptrace], { waitSockets: [front] });
+  t.teardown(() => proxy.stop().then(() => undefined));
+  const g = startGuest({
+    sock: front,
+    cpus: '0',
+    vut: { ip: '10.0.2.15/24', ping: '10.0.2.1,5', hold: '5' },
+    teardown: t.teardown,
+    maxLifetimeMs: 100_000,
+  });
+  const ok = await g.waitFor(/VUT-PING-(OK|FAIL) (\S+)/, 90_000);
+  t.is(ok[1], 'OK', `guest ping through the proxy: ${ok[0]}\n${g.tail()}`);
+  await g.kill();
+  t.is(await proxy.stop(), 0);
+  t.is(await be.stop(), 0);
+  // The proxy saw QEMU's whole negotiation and our replies, with the fds QEMU passed (memory, kick, call).
+  const printed = execFileSync(process.execPath, [BIN, 'trace', 'print', ptrace], { encoding: 'utf8' });
+  t.regex(printed, /rx → ADD_MEM_REG need_reply .* fds=1/);
+  t.regex(printed, /tx ← GET_FEATURES reply/);
+  t.regex(printed, /rx → SET_VRING_KICK index=1 noFd=false fds=1/);
+  t.regex(printed, /BACKEND_|SET_BACKEND_REQ_FD/);
+  // The backend's ring trace: the ICMP echo requests and replies, as tshark reads them.
+  const pcap = join(dir, 'proxied.pcapng');
+  execFileSync(process.execPath, [BIN, 'trace', 'export', trace, '--pcapng', pcap], { encoding: 'utf8' });
+  const icmp = execFileSync('tshark', ['-r', pcap, '-Y', 'icmp', '-T', 'fields', '-e', 'icmp.type'], { encoding: 'utf8' })
+    .trim()
+    .split('\n')
+    .filter(Boolean);
+  t.true(icmp.filter((x) => x === '8').length >= 5, `echo requests from the guest: ${icmp.join(',')}`);
+  t.true(icmp.filter((x) => x === '0').length >= 5, `echo replies to the guest: ${icmp.join(',')}`);
 });
 
 /** Runs tcp-peer.mjs in the namespace; resolves with its result line. */
