@@ -9,6 +9,7 @@ import type { Fd, NativeBinding, Poller } from '../native/types.ts';
 import { POLL_READABLE, POLL_DISCONNECT } from '../native/types.ts';
 import { FrontendReq, TransferDirection, type DeviceConfig, type VhostMessage } from '../protocol/index.ts';
 import { fail } from './errors.ts';
+import { MAX_DEVICE_STATE_BYTES } from './device.ts';
 import type { Handler, Session } from './session.ts';
 
 const log = createDebug('vhost:device-state');
@@ -19,8 +20,6 @@ const SET_CONFIG_TYPE_MIGRATION = 1;
 const STATE_FD_NO_FD = 0x100n;
 /** Our failure value in those results (bits 0-7 non-zero). */
 const STATE_FAILED = 1n;
-/** A state larger than this is refused while reading (ours is tiny). */
-const MAX_STATE_BYTES = 64 * 1024;
 
 export type StateNative = Pick<NativeBinding, 'read' | 'write' | 'close' | 'Poller'>;
 
@@ -91,7 +90,7 @@ export class DeviceStateTransfer {
       if (n === null) return; // EAGAIN: more later
       if (n === 0) return this.apply();
       this.received += n;
-      if (this.received > MAX_STATE_BYTES) return this.finish(`device state larger than ${MAX_STATE_BYTES} bytes`);
+      if (this.received > MAX_DEVICE_STATE_BYTES) return this.finish(`device state larger than ${MAX_DEVICE_STATE_BYTES} bytes`);
       this.chunks.push(buf.slice(0, n));
       // One read per readable event: the pipe may be blocking, and a second read could wait.
       return;

@@ -22,6 +22,9 @@ export interface ReadyQueue {
   fail(err: Error): void;
 }
 
+/** Largest internal state a device saves or loads (SET_DEVICE_STATE_FD); ours are tiny. */
+export const MAX_DEVICE_STATE_BYTES = 64 * 1024;
+
 /** A virtio device configuration space served through GET_CONFIG / SET_CONFIG (protocol feature CONFIG). */
 export interface DeviceConfigSpace {
   readonly size: number;

@@ -16,6 +16,16 @@ import { BackendError } from './errors.ts';
 const log = createDebug('vhost:mem');
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
+
+/**
+ * How many bytes `fd` can back, or null when fstat cannot tell (not a regular file: the kernel
+ * checks such mappings itself). Mapping past this would SIGBUS us on the first access, so every
+ * mapping of a frontend's fd (memory regions, the dirty log) is checked against it first.
+ */
+export function fdBackedBytes(sys: Pick<NativeBinding, 'fstat'>, fd: Fd): number | null {
+  const st = sys.fstat(fd);
+  return (st.mode & S_IFMT) === S_IFREG ? st.size : null;
+}
 const MAX_SAFE = Number.MAX_SAFE_INTEGER;
 
 export interface RegionSpec {
@@ -72,11 +82,11 @@ export class MemoryTable {
       if (gpa + byteLen > MAX_SAFE || uva + byteLen > MAX_SAFE) {
         throw new BackendError('SESSION_BAD_MEMORY', 'memory region wraps the address space');
       }
-      const st = this.sys.fstat(fd);
-      if ((st.mode & S_IFMT) === S_IFREG && off + byteLen > st.size) {
+      const backed = fdBackedBytes(this.sys, fd);
+      if (backed !== null && off + byteLen > backed) {
         throw new BackendError(
           'SESSION_BAD_MEMORY',
-          `memory region [offset ${hex(off)}, +${hex(byteLen)}) is larger than its fd (${hex(st.size)} bytes)`,
+          `memory region [offset ${hex(off)}, +${hex(byteLen)}) is larger than its fd (${hex(backed)} bytes)`,
         );
       }
       for (const r of this.regions) {

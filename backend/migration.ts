@@ -15,7 +15,7 @@ import type { Fd, NativeBinding } from '../native/types.ts';
 import { DirtyLog } from '../virtqueue/dirty-log.ts';
 import type { GuestMemory } from '../virtqueue/index.ts';
 import { BackendError, fail } from './errors.ts';
-import { hex } from './memory-table.ts';
+import { fdBackedBytes, hex } from './memory-table.ts';
 
 const log = createDebug('vhost:migration');
 
@@ -28,9 +28,6 @@ export interface MappedView {
   byteLen: number;
   ab: ArrayBuffer;
 }
-
-const S_IFMT = 0o170000;
-const S_IFREG = 0o100000;
 
 /** Above this a SET_LOG_BASE size is refused: 1 GiB of bitmap covers 32 TiB of guest memory. */
 const MAX_LOG_BYTES = 1 << 30;
@@ -79,9 +76,9 @@ export class Migration {
       }
       if (offset > BigInt(Number.MAX_SAFE_INTEGER)) fail('SESSION_BAD_LOG', `log offset ${offset} out of range`);
       // A log past the end of its file would SIGBUS on the first mark (same rule as memory-table.ts).
-      const st = this.sys.fstat(fd);
-      if ((st.mode & S_IFMT) === S_IFREG && offset + byteLen > BigInt(st.size)) {
-        fail('SESSION_BAD_LOG', `log [${hex(offset)}, +${hex(byteLen)}) is larger than its fd (${hex(st.size)} bytes)`);
+      const backed = fdBackedBytes(this.sys, fd);
+      if (backed !== null && offset + byteLen > BigInt(backed)) {
+        fail('SESSION_BAD_LOG', `log [${hex(offset)}, +${hex(byteLen)}) is larger than its fd (${hex(backed)} bytes)`);
       }
       let ab: ArrayBuffer;
       try {

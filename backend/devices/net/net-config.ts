@@ -20,7 +20,7 @@
  */
 import { pack, unpack } from 'msgpackr';
 import { BackendError, fail } from '../../errors.ts';
-import type { DeviceConfigSpace } from '../../device.ts';
+import { MAX_DEVICE_STATE_BYTES, type DeviceConfigSpace } from '../../device.ts';
 
 export const NET_CONFIG_BYTES = 24;
 export const VIRTIO_NET_S_LINK_UP = 1;
@@ -30,8 +30,6 @@ export const MAX_MTU = 65535;
 const DEFAULT_MTU = 1500;
 /** Serialized device state version (SET_DEVICE_STATE_FD); bump on any change of the fields. */
 const STATE_VERSION = 1;
-/** A state larger than this is not ours (ours is well under 100 bytes). */
-export const MAX_STATE_BYTES = 64 * 1024;
 
 export class NetConfig implements DeviceConfigSpace {
   readonly size = NET_CONFIG_BYTES;
@@ -109,7 +107,7 @@ export class NetConfig implements DeviceConfigSpace {
 
   /** Loads a state saved by saveState (hostile input: every field checked, nothing applied on error). */
   loadState(bytes: Uint8Array): void {
-    if (bytes.length === 0 || bytes.length > MAX_STATE_BYTES) fail('SESSION_BAD_STATE_DATA', `device state of ${bytes.length} bytes`);
+    if (bytes.length === 0 || bytes.length > MAX_DEVICE_STATE_BYTES) fail('SESSION_BAD_STATE_DATA', `device state of ${bytes.length} bytes`);
     let s: unknown;
     try {
       s = unpack(bytes);
