@@ -84,7 +84,7 @@ import type { VirtqErrorCode } from './errors.ts';
 import { VirtqError, hexAddr } from './errors.ts';
 import type { InflightAttachResult, InflightRegion, PackedRecovery } from './inflight.ts';
 import { PackedInflight } from './inflight.ts';
-import type { ChainHandler, DrainResult, Virtqueue, VirtqueueStats } from './queue.ts';
+import type { ChainHandler, DirectBuffer, DirectHandler, DrainResult, Virtqueue, VirtqueueStats } from './queue.ts';
 import { drainQueue } from './queue.ts';
 import { QueueCore } from './queue-core.ts';
 
@@ -471,6 +471,63 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     this.outstanding++;
     this.stats.popped++;
     return true;
+  }
+
+  /**
+   * pop() for the common case (queue.ts DirectBuffer): the descriptor at the avail position is a
+   * list of one (no NEXT / INDIRECT) of the expected direction, non-zero length, in one region, with
+   * an id not in flight and room in the ring. Anything else, and queues with an inflight journal,
+   * answer DIRECT_CHAIN without consuming, so pop() and its walker judge them. Bookkeeping is pop()'s
+   * (id table, unpop history, capacity), for a list of one descriptor.
+   */
+  popDirect(out: DirectBuffer): number {
+    if (this.broken !== null || !this.ringsMapped) return 0;
+    if (this.inflightRegion !== null) return -1;
+    const S = this.size;
+    const L = this.availL;
+    let pos = L;
+    let w = 1;
+    if (L >= S) {
+      pos = L - S;
+      w = 0;
+    }
+    // Acquire, as in pop(): the descriptor's other fields are read after its flags.
+    const f0 = Atomics.load(this.descU16, (pos << 3) + 7);
+    if (((f0 >>> 7) & 1) !== w || ((f0 >>> 15) & 1) === w) return 0;
+    if ((f0 & (F_NEXT | F_INDIRECT | F_WRITE)) !== (out.write ? F_WRITE : 0)) return -1;
+    const d = this.desc;
+    const wi = pos << 2;
+    const len = d[wi + 2]!;
+    const hi = d[wi + 1]!;
+    if (len === 0 || hi >= HI_LIMIT) return -1;
+    const id = d[wi + 3]! & 0xffff;
+    const U = this.usedL;
+    const inFlight = L >= U ? L - U : L + this.twoSize - U;
+    if (inFlight >= S || id >= this.idCount.length || this.idCount[id] !== 0) return -1;
+    const addr = hi * TWO_32 + d[wi]!;
+    const span = this.span;
+    try {
+      if (!this.mem.translate(addr, len, out.write, span) || span.byteLen !== len) return -1;
+    } catch {
+      return -1; // an IOTLB miss or denial: pop() meets it again and handles it (walkFault)
+    }
+    out.bytes = span.bytes;
+    out.offset = span.offset;
+    out.len = len;
+    out.id = id;
+    out.addr = addr;
+    const slot = this.histTop;
+    this.histId[slot] = id;
+    this.histCount[slot] = 1;
+    this.histTop = slot + 1 === S ? 0 : slot + 1;
+    if (this.histLen < S) this.histLen++;
+    this.idCount[id] = 1;
+    this.idSlot[id] = slot;
+    this.availL = L + 1 === this.twoSize ? 0 : L + 1;
+    if (this.ahead > 0) this.ahead--;
+    this.outstanding++;
+    this.stats.popped++;
+    return 1;
   }
 
   private growIdTables(): void {
@@ -879,8 +936,15 @@ export class PackedQueue extends QueueCore implements Virtqueue {
   }
 
   /** The device loop (queue.ts drainQueue): one result object per queue, nothing allocated per call. */
-  drain(fn: ChainHandler, budget: number, chain: Chain = this.scratchChain, poll = false): DrainResult {
-    return drainQueue(this, fn, budget, chain, this.drainResult, poll);
+  drain(
+    fn: ChainHandler,
+    budget: number,
+    chain: Chain = this.scratchChain,
+    poll = false,
+    direct: DirectHandler | null = null,
+    dbuf: DirectBuffer | null = null,
+  ): DrainResult {
+    return drainQueue(this, fn, budget, chain, this.drainResult, poll, direct, dbuf);
   }
   private readonly drainResult: DrainResult = { processed: 0, notify: false, more: false, stopped: false };
 }

@@ -41,6 +41,39 @@ export interface DrainResult {
 export type ChainHandler = (chain: Chain) => number | false;
 
 /**
+ * One available buffer that is a single direct descriptor lying in one memory region, resolved in
+ * place by `popDirect`: guest memory `bytes[offset, offset + len)`, buffer id `id` (what pushUsed
+ * takes), guest address `addr` (what the dirty log is told). The fast path of a device: no Chain,
+ * no segment arrays, no cursor. `write` is set once by the owner: the direction the device expects
+ * (true: a device-writable buffer, e.g. virtio-net RX; false: device-readable, e.g. TX).
+ */
+export interface DirectBuffer {
+  write: boolean;
+  bytes: Uint8Array;
+  offset: number;
+  len: number;
+  id: number;
+  addr: number;
+}
+
+export function createDirectBuffer(write: boolean): DirectBuffer {
+  return { write, bytes: new Uint8Array(0), offset: 0, len: 0, id: 0, addr: 0 };
+}
+
+/** popDirect answers: nothing available (or broken), one buffer popped, or "pop() this one". */
+export const DIRECT_EMPTY = 0;
+export const DIRECT_OK = 1;
+/**
+ * The next buffer is not a single direct descriptor of the expected direction in one region (a
+ * chain, an indirect table, a descriptor crossing regions, an IOTLB miss, an invalid descriptor),
+ * or the queue tracks inflight I/O: nothing was consumed; `pop()` resolves it (and reports errors).
+ */
+export const DIRECT_CHAIN = -1;
+
+/** What drain() hands a direct buffer to: like ChainHandler. */
+export type DirectHandler = (buf: DirectBuffer) => number | false;
+
+/**
  * One virtqueue, device side. Guest errors never throw: they set `broken` (sticky) and `pop` returns
  * false from then on. RangeError is thrown only for device (host code) bugs: pushing an id that is not
  * in flight, unpopping more than is outstanding.
@@ -68,6 +101,13 @@ export interface Virtqueue {
   setMemory(mem: GuestMemory): boolean;
   /** Resolves the next available chain into `chain`; false when none is available or the queue is broken. */
   pop(chain: Chain): boolean;
+  /**
+   * The fast form of pop() for the common buffer, one direct descriptor (DirectBuffer): DIRECT_OK
+   * with `out` filled and the buffer popped (pushUsed / unpop as for pop), DIRECT_EMPTY, or
+   * DIRECT_CHAIN with nothing consumed (call pop()). Same validation as pop(): whatever it cannot
+   * vouch for is left to pop(), so a hostile descriptor is judged by one walker.
+   */
+  popDirect(out: DirectBuffer): number;
   /** Gives back the last n popped (and not pushed) chains; they will be popped again. */
   unpop(n?: number): void;
   /** Records a completed chain (id `head`, `byteLen` bytes written); visible after flushUsed(). */
@@ -84,7 +124,7 @@ export interface Virtqueue {
    * The device loop: pop, hand to `fn`, push, flush, re-enable with the race re-check. `poll`: when
    * the ring runs empty, notifications stay disabled (the caller polls it and enables them itself).
    */
-  drain(fn: ChainHandler, budget: number, chain?: Chain, poll?: boolean): DrainResult;
+  drain(fn: ChainHandler, budget: number, chain?: Chain, poll?: boolean, direct?: DirectHandler | null, dbuf?: DirectBuffer): DrainResult;
 
   /** The attached inflight region (vhost-user.rst "Inflight I/O tracking"), or null. */
   readonly inflight: InflightRegion | null;
@@ -111,11 +151,23 @@ export interface Virtqueue {
  * disabled and the caller must call drain again. Guest errors end the loop with `broken` set.
  * `out` is filled and returned (one object per queue: the loop allocates nothing).
  *
+ * `direct` (with `dbuf`): buffers that popDirect resolves go to it instead of `fn` (the device's
+ * fast path); everything else still goes through pop() and `fn`, in ring order.
+ *
  * `poll` (busy polling, spec-notes/performance.md): an empty ring returns with notifications still
  * disabled; the caller keeps polling `hasAvailable()` and must call `enableNotification()` (and
  * handle its race answer) before it stops polling, or no kick will ever come.
  */
-export function drainQueue(q: Virtqueue, fn: ChainHandler, budget: number, chain: Chain, out: DrainResult, poll = false): DrainResult {
+export function drainQueue(
+  q: Virtqueue,
+  fn: ChainHandler,
+  budget: number,
+  chain: Chain,
+  out: DrainResult,
+  poll = false,
+  direct: DirectHandler | null = null,
+  dbuf: DirectBuffer | null = null,
+): DrainResult {
   out.processed = 0;
   out.notify = false;
   out.more = false;
@@ -124,14 +176,25 @@ export function drainQueue(q: Virtqueue, fn: ChainHandler, budget: number, chain
   for (;;) {
     q.disableNotification();
     while (out.processed < budget) {
-      if (!q.pop(chain)) break;
-      const r = fn(chain);
+      let r: number | false;
+      let id: number;
+      // `direct` (with its buffer): single-descriptor buffers skip the chain walk; others take pop().
+      const d = direct === null ? DIRECT_CHAIN : q.popDirect(dbuf!);
+      if (d === DIRECT_EMPTY) break;
+      if (d === DIRECT_OK) {
+        r = direct!(dbuf!);
+        id = dbuf!.id;
+      } else {
+        if (!q.pop(chain)) break;
+        r = fn(chain);
+        id = chain.head;
+      }
       if (r === false) {
         q.unpop(1);
         out.stopped = true;
         break;
       }
-      q.pushUsed(chain.head, r);
+      q.pushUsed(id, r);
       out.processed++;
     }
     if (q.flushUsed()) out.notify = true;

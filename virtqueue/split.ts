@@ -49,7 +49,7 @@
  * otherwise.
  */
 import type { GuestMemory } from './memory.ts';
-import { ringU16, ringU32 } from './memory.ts';
+import { createSpan, ringU16, ringU32 } from './memory.ts';
 import { Chain, SplitChainWalker, SplitChainWalkerBE } from './chain.ts';
 import {
   AVAIL_ALIGN,
@@ -69,7 +69,7 @@ import type { VirtqErrorCode } from './errors.ts';
 import { VirtqError, hexAddr } from './errors.ts';
 import type { InflightAttachResult, InflightRegion } from './inflight.ts';
 import { SplitInflight } from './inflight.ts';
-import type { ChainHandler, DrainResult, Virtqueue, VirtqueueStats } from './queue.ts';
+import type { ChainHandler, DirectBuffer, DirectHandler, DrainResult, Virtqueue, VirtqueueStats } from './queue.ts';
 import { drainQueue } from './queue.ts';
 import { QueueCore } from './queue-core.ts';
 
@@ -81,6 +81,11 @@ const USED_F_NO_NOTIFY = VIRTQ_USED_F_NO_NOTIFY;
 const vringNeedEvent = needEvent;
 const swap16 = bswap16;
 const swap32 = bswap32;
+/** Descriptor flags (virtio v1.2 2.7.5). */
+const DESC_F_WRITE = 2;
+const TWO_32 = 2 ** 32;
+/** hi halves >= this make a 64-bit address >= 2^53 (memory.ts joinAddr). */
+const HI_LIMIT = 2 ** 21;
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([0x0102]).buffer)[0] === 0x02;
 
@@ -330,6 +335,45 @@ export class SplitQueue extends QueueCore implements Virtqueue {
   }
 
   /**
+   * pop() for the common case (queue.ts DirectBuffer): the head descriptor has no NEXT / INDIRECT,
+   * the expected direction, a non-zero length, and lies in one region. Anything else, and queues
+   * with an inflight journal, answer DIRECT_CHAIN without consuming, so pop() and its walker judge
+   * them (the same errors as always). The descriptor is read after the acquire load of avail.idx
+   * that covered its ring entry, as in pop().
+   */
+  popDirect(out: DirectBuffer): number {
+    if (this.broken !== null) return 0;
+    if (this.inflightRegion !== null) return -1;
+    if (this.lastAvail === this.seenAvail && this.availableCount() === 0) return 0;
+    const head = this.avail[2 + (this.lastAvail & this.mask)]!;
+    if (head >= this.size) return -1;
+    const d = this.desc;
+    const wi = head << 2;
+    // The last word is flags | next << 16: flags must be exactly WRITE or 0.
+    if ((d[wi + 3]! & 0xffff) !== (out.write ? DESC_F_WRITE : 0)) return -1;
+    const len = d[wi + 2]!;
+    const hi = d[wi + 1]!;
+    if (len === 0 || hi >= HI_LIMIT) return -1;
+    const addr = hi * TWO_32 + d[wi]!;
+    const span = this.directSpan;
+    try {
+      if (!this.mem.translate(addr, len, out.write, span) || span.byteLen !== len) return -1;
+    } catch {
+      return -1; // an IOTLB miss or denial: pop() meets it again and handles it (walkFault)
+    }
+    out.bytes = span.bytes;
+    out.offset = span.offset;
+    out.len = len;
+    out.id = head;
+    out.addr = addr;
+    this.lastAvail = (this.lastAvail + 1) & 0xffff;
+    this.outstanding++;
+    this.stats.popped++;
+    return 1;
+  }
+  private readonly directSpan = createSpan();
+
+  /**
    * Gives back the last n popped chains (they will be popped again), e.g. when mergeable RX cannot
    * gather enough buffers for a packet. The device must not have pushed them. Throws RangeError
    * when n exceeds the chains popped and not pushed (a device bug).
@@ -560,8 +604,15 @@ export class SplitQueue extends QueueCore implements Virtqueue {
   }
 
   /** The device loop (queue.ts drainQueue): one result object per queue, nothing allocated per call. */
-  drain(fn: ChainHandler, budget: number, chain: Chain = this.scratchChain, poll = false): DrainResult {
-    return drainQueue(this, fn, budget, chain, this.drainResult, poll);
+  drain(
+    fn: ChainHandler,
+    budget: number,
+    chain: Chain = this.scratchChain,
+    poll = false,
+    direct: DirectHandler | null = null,
+    dbuf: DirectBuffer | null = null,
+  ): DrainResult {
+    return drainQueue(this, fn, budget, chain, this.drainResult, poll, direct, dbuf);
   }
   private readonly drainResult: DrainResult = { processed: 0, notify: false, more: false, stopped: false };
 }
@@ -588,6 +639,11 @@ export class SplitQueueBE extends SplitQueue {
     }
     this.seenAvail = idx;
     return n;
+  }
+
+  /** Big-endian descriptors always take the walker (pop): no fast path for legacy rings. */
+  override popDirect(_out: DirectBuffer): number {
+    return this.broken !== null ? 0 : -1;
   }
 
   override pop(chain: Chain): boolean {

@@ -61,6 +61,19 @@ class PairPort implements Port {
     }
     return this.count(res, byteLen);
   }
+  /** A contiguous frame (the sender's one-descriptor TX buffer): the peer copies it once. */
+  deliverSpan(bytes: Uint8Array, offset: number, byteLen: number, hdr: NetHdr): Delivery {
+    const target = this.peer.device;
+    if (!target) {
+      this.stats.txDropped++;
+      return 'dropped';
+    }
+    const res =
+      target.deliverSpan !== undefined
+        ? target.deliverSpan(bytes, offset, byteLen, hdr)
+        : target.deliver(offset === 0 ? bytes : bytes.subarray(offset, offset + byteLen), hdr, byteLen);
+    return this.count(res, byteLen);
+  }
   beginBurst(): void {
     this.peer.device?.beginBurst?.();
   }

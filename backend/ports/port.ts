@@ -22,6 +22,12 @@ export interface FrameSink {
    * later, so the cursor position after any answer does not matter. Senders use it when present.
    */
   deliverChain?(src: ChainReader, hdr: NetHdr, byteLen: number): Delivery;
+  /**
+   * Optional form for a frame that is one contiguous piece of memory at an offset (a sender's TX
+   * buffer popped with popDirect: guest memory, no view made per frame): bytes[offset, offset +
+   * byteLen). Same answers as deliver(). Senders use it when present.
+   */
+  deliverSpan?(bytes: Uint8Array, offset: number, byteLen: number, hdr: NetHdr): Delivery;
   /** Register a one-shot callback for when a sink that answered 'busy' has room again. */
   onSpace(cb: () => void): void;
   /**

@@ -8,13 +8,16 @@
  *   node --import tsx test/bench/switch-micro.ts [--size 64] [--burst 32] [--seconds 3] [--ring 1024] [--single]
  *   node --cpu-prof --cpu-prof-dir=/tmp/mprof --import tsx test/bench/switch-micro.ts ...
  *
+ * `--packed`: packed rings (virtio v1.2 2.8) with an in-order driver that re-posts each position with
+ * the lap's AVAIL/USED bits (one descriptor per buffer).
+ *
  * `--single`: one descriptor per TX chain (header + frame, like DPDK virtio-user's can_push) instead
  * of header and frame in two descriptors.
  */
 import { parseArgs } from 'node:util';
 import { performance, PerformanceObserver } from 'node:perf_hooks';
 import { VirtioF, bit } from '../../protocol/index.ts';
-import { FlatMemory, SplitQueue, type Virtqueue } from '../../virtqueue/index.ts';
+import { FlatMemory, PackedQueue, SplitQueue, type Virtqueue } from '../../virtqueue/index.ts';
 import { NetDevice } from '../../backend/devices/net/net-device.ts';
 import { portPair } from '../../backend/ports/pair.ts';
 import type { ReadyQueue } from '../../backend/device.ts';
@@ -26,6 +29,7 @@ const { values } = parseArgs({
     seconds: { type: 'string', default: '3' },
     ring: { type: 'string', default: '1024' },
     single: { type: 'boolean', default: false },
+    packed: { type: 'boolean', default: false },
   },
 });
 const FRAME = Number(values.size);
@@ -74,10 +78,45 @@ function rings(mem: FlatMemory, base: number, bufBase: number, write: boolean, f
   return { q, availU16, capacity: n };
 }
 
+/** A packed ring at `base` (descriptors, then the two event areas); buffer i at bufBase + i * BUF. */
+function packedRing(mem: FlatMemory, base: number, bufBase: number, write: boolean, frameLen: number) {
+  const dv = new DataView(mem.bytes.buffer, mem.bytes.byteOffset);
+  const drvEvt = base + 16 * RING;
+  const devEvt = drvEvt + 4;
+  for (let i = 0; i < RING; i++) {
+    const buf = bufBase + i * BUF;
+    dv.setUint32(base + 16 * i, buf + 128 - HDR, true);
+    for (let k = 0; k < frameLen; k++) mem.bytes[buf + 128 + k] = (k * 7 + i) & 0xff;
+  }
+  const q = new PackedQueue(
+    { size: RING, descAddr: base, driverEventAddr: drvEvt, deviceEventAddr: devEvt, eventIdx: false, indirect: false, inOrder: true },
+    mem,
+  );
+  const u32 = new Uint32Array(mem.bytes.buffer, mem.bytes.byteOffset + base, 4 * RING);
+  const u16 = new Uint16Array(mem.bytes.buffer, mem.bytes.byteOffset + base, 8 * RING);
+  let pos = 0;
+  let wrap = 1;
+  const len = write ? BUF - 128 + HDR : HDR + frameLen;
+  const wbit = write ? 2 : 0;
+  /** Makes the next n positions available (in order; flags last, release). */
+  const post = (n: number): void => {
+    for (let k = 0; k < n; k++) {
+      u32[4 * pos + 2] = len;
+      u16[8 * pos + 6] = pos;
+      Atomics.store(u16, 8 * pos + 7, wbit | (wrap ? 0x80 : 0x8000));
+      if (++pos === RING) {
+        pos = 0;
+        wrap ^= 1;
+      }
+    }
+  };
+  return { q, post, capacity: RING };
+}
+
 function side(label: string, frameLen: number) {
   const mem = new FlatMemory(16 << 20);
-  const rx = rings(mem, 0, 1 << 20, true, 0);
-  const tx = rings(mem, 0x10000, 8 << 20, false, frameLen);
+  const rx = values.packed ? packedRing(mem, 0, 1 << 20, true, 0) : splitPoster(rings(mem, 0, 1 << 20, true, 0));
+  const tx = values.packed ? packedRing(mem, 0x10000, 8 << 20, false, frameLen) : splitPoster(rings(mem, 0x10000, 8 << 20, false, frameLen));
   const dev = new NetDevice({ queuePairs: 1, label });
   dev.setFeatures(FEATURES);
   const ready = (index: number, queue: Virtqueue): ReadyQueue => ({
@@ -90,6 +129,11 @@ function side(label: string, frameLen: number) {
     },
   });
   return { dev, rx, tx, rxReady: ready(0, rx.q), txReady: ready(1, tx.q) };
+}
+
+function splitPoster(r: ReturnType<typeof rings>) {
+  const post = (n: number): void => void Atomics.store(r.availU16, 1, (r.availU16[1]! + n) & 0xffff);
+  return { q: r.q, post, capacity: r.capacity };
 }
 
 const a = side('A', FRAME);
@@ -111,8 +155,8 @@ function step(): void {
     [a, b],
     [b, a],
   ] as const) {
-    Atomics.store(d.rx.availU16, 1, (d.rx.availU16[1]! + BURST) & 0xffff);
-    Atomics.store(s.tx.availU16, 1, (s.tx.availU16[1]! + BURST) & 0xffff);
+    d.rx.post(BURST);
+    s.tx.post(BURST);
     s.dev.kick(1);
   }
 }
@@ -139,7 +183,7 @@ const r = run(SECONDS);
 const moved = a.dev.stats.txFrames - st0;
 if (a.dev.stats.txDropped || b.dev.stats.rxDroppedTooBig) throw new Error('frames dropped: the harness is wrong');
 console.log(
-  `switch-micro: ${FRAME} B frames, burst ${BURST}, ring ${RING}${values.single ? ', one TX descriptor' : ''}: ` +
+  `switch-micro: ${values.packed ? 'packed' : 'split'}, ${FRAME} B frames, burst ${BURST}, ring ${RING}${values.single || values.packed ? ', one TX descriptor' : ''}: ` +
     `${(r.ns / r.frames).toFixed(1)} ns/frame of CPU (${(r.wallNs / r.frames).toFixed(1)} wall), ${((r.frames / r.ns) * 1e3).toFixed(2)} Mpps switched per core ` +
     `(A tx ${moved}), ${gcs - g0} GCs`,
 );

@@ -11,7 +11,16 @@
  */
 import createDebug from 'debug';
 import { VirtioF, bit, chainRecord, has, type TraceRingRecord } from '../../../protocol/index.ts';
-import { Chain, ChainReader, ChainWriter, createSpan } from '../../../virtqueue/index.ts';
+import {
+  Chain,
+  ChainReader,
+  ChainWriter,
+  DIRECT_OK,
+  copyBytes,
+  createDirectBuffer,
+  createSpan,
+  type DirectBuffer,
+} from '../../../virtqueue/index.ts';
 import type { Device, ReadyQueue } from '../../device.ts';
 import type { Delivery, FrameSink, Port } from '../../ports/port.ts';
 import {
@@ -183,6 +192,9 @@ export class NetDevice implements Device, FrameSink, PolledRing {
   private gatherBuf: Uint8Array | null = null;
   private readonly hashBytes = new Uint8Array(HASH_BYTES);
   private readonly span = createSpan();
+  /** One-descriptor buffers popped in place (popDirect): a TX buffer we read, an RX buffer we fill. */
+  private readonly txBuf1 = createDirectBuffer(false);
+  private readonly rxBuf1 = createDirectBuffer(true);
 
   /** Ring tracing (chains with frame bytes); null when off. */
   ringTrace: NetRingTrace | null = null;
@@ -321,6 +333,34 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     return 0; // TX buffers are read-only: used length 0 (virtio v1.2 5.1.6.2)
   };
 
+  /**
+   * The TX fast path (drain's direct handler): a one-descriptor buffer, header and frame contiguous
+   * in guest memory (DPDK virtio-user and Linux put the header in front of the frame). Same rules as
+   * txChain; used only with little-endian rings (popDirect never answers for big-endian ones), no
+   * ring tracing, and an uplink that takes a span (processTx).
+   */
+  private readonly txDirect = (b: DirectBuffer): number | false => {
+    const total = b.len;
+    const hl = this.hdrLen;
+    if (total > MAX_FRAME || total < hl) {
+      this.stats.txDropped++;
+      return 0;
+    }
+    const hdr = this.txHdr.read(b.bytes, b.offset, false);
+    const byteLen = total - hl;
+    const out = this.uplink!.deliverSpan!(b.bytes, b.offset + hl, byteLen, hdr);
+    if (out === 'busy') {
+      this.txBlocked = true;
+      return false;
+    }
+    if (out === 'ok') {
+      this.stats.txFrames++;
+      this.stats.txBytes += byteLen;
+    } else this.stats.txDropped++;
+    this.txDone++;
+    return 0;
+  };
+
   private processTx(index: number): void {
     const ring = this.rings[index];
     if (!ring) return;
@@ -337,13 +377,15 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     const burst = q.inflight !== null ? 1 : TX_BURST;
     // Busy polling: a ring that runs empty keeps notifications disabled and is handed to the poller.
     const poll = this.poller !== null;
+    // One-descriptor buffers skip the chain walk when the uplink takes a span and nothing records chains.
+    const direct = uplink !== null && uplink.deliverSpan !== undefined && this.ringTrace === null ? this.txDirect : null;
     // Bursts of TX_BURST: each ends with our used entries published (drain flushes) and the
     // receiver's burst published (endBurst), up to TX_BUDGET chains per turn of the event loop.
     do {
       uplink?.beginBurst?.();
       let res;
       try {
-        res = q.drain(this.txChain, burst, this.chain, poll);
+        res = q.drain(this.txChain, burst, this.chain, poll, direct, this.txBuf1);
       } finally {
         uplink?.endBurst?.();
       }
@@ -407,7 +449,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
    * Picks the RX ring for a frame: one flow stays on one ring (hash of the MAC/IP header bytes).
    * `frame` null: the frame is in `this.src` (a chain), whose first bytes are peeked for the hash.
    */
-  private pickRx(frame: Uint8Array | null, byteLen: number): ReadyQueue | null {
+  private pickRx(frame: Uint8Array | null, byteLen: number, off = 0): ReadyQueue | null {
     let first: ReadyQueue | null = null;
     let count = 0;
     for (let i = 0; i < this.maxRings; i += 2) {
@@ -423,8 +465,9 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     if (frame === null) {
       frame = this.hashBytes;
       end = this.src!.peek(frame, 0, end);
+      off = 0;
     }
-    for (let i = 0; i < end; i++) h = (h * 31 + frame[i]!) | 0;
+    for (let i = 0; i < end; i++) h = (h * 31 + frame[off + i]!) | 0;
     let k = (h >>> 0) % count;
     for (let i = 0; i < this.maxRings; i += 2) {
       const r = this.rings[i];
@@ -451,6 +494,48 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     } finally {
       this.src = null;
     }
+  }
+
+  /**
+   * A frame that is bytes[off, off + byteLen) (another guest's one-descriptor TX buffer, pair port).
+   * Fast path: a plain frame into one RX buffer popped in place (popDirect) that holds header and
+   * frame: header written, frame copied, used entry pushed; the write reported to the dirty log
+   * after the bytes landed (D19). Anything else (offload work, tracing, an RX chain, a buffer too
+   * small, an empty or broken ring) takes the general path with the frame gathered first.
+   */
+  deliverSpan(bytes: Uint8Array, off: number, byteLen: number, hdr: NetHdr): Delivery {
+    const h = this.rxHdr.copyFrom(hdr);
+    if (!this.guestCsum) h.flags &= ~NET_HDR_F_DATA_VALID;
+    if (h.plain && this.ringTrace === null) {
+      const ring = this.pickRx(bytes, byteLen, off);
+      if (ring === null) {
+        this.stats.rxDroppedNoQueue++;
+        return 'dropped';
+      }
+      const q = ring.queue;
+      const b = this.rxBuf1;
+      const hl = this.hdrLen;
+      const need = hl + byteLen;
+      if (q.popDirect(b) === DIRECT_OK) {
+        if (b.len >= need) {
+          h.write(b.bytes, b.offset, hl, 1, false);
+          copyBytes(b.bytes, b.offset + hl, bytes, off, byteLen);
+          const mem = q.memory;
+          const hook = mem.onWrite;
+          if (hook !== undefined) hook.call(mem, b.addr, need);
+          q.pushUsed(b.id, need);
+          this.stats.rxFrames++;
+          this.stats.rxBytes += byteLen;
+          if (this.burstDepth > 0) this.rxDirty[ring.index] = ring;
+          else if (q.flushUsed()) ring.notify();
+          return 'ok';
+        }
+        q.unpop(1); // too small for the frame alone: the general path gathers buffers or drops
+      }
+    }
+    const buf = this.gatherBuf ?? (this.gatherBuf = new Uint8Array(MAX_FRAME));
+    copyBytes(buf, 0, bytes, off, byteLen);
+    return this.deliver(buf, hdr, byteLen);
   }
 
   /**
