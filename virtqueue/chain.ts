@@ -455,7 +455,7 @@ let wv3: Int32Array = wv0;
 let wNext = 0;
 
 /** The Int32Array over the whole ArrayBuffer of `b` (word i = bytes [4i, 4i + 4) of the buffer). */
-function wordsOf(b: Uint8Array): Int32Array {
+export function wordsOf(b: Uint8Array): Int32Array {
   if (b === wk0) return wv0;
   if (b === wk1) return wv1;
   if (b === wk2) return wv2;
@@ -485,21 +485,51 @@ function wordsOf(b: Uint8Array): Int32Array {
 
 /** dst[o, o + n) = src[so, so + n); the ranges are in bounds (callers check). */
 export function copyBytes(dst: Uint8Array, o: number, src: Uint8Array, so: number, n: number): void {
+  if (n <= WORD_COPY_MAX && n >= 16) copyBytesW(dst, wordsOf(dst), o, src, wordsOf(src), so, n);
+  else copyBytesW(dst, null, o, src, null, so, n);
+}
+
+/**
+ * copyBytes with the word views of both buffers supplied by the caller (`wordsOf`, or kept with a
+ * buffer it copies into often: the device's fast path), or null to take the byte loop / set() path.
+ * Words go eight per loop turn: a plain per-word loop costs twice as much (bounds check and loop
+ * test per element; 64 bytes: ≈ 25 ns per word loop, ≈ 14 ns unrolled by 8, measured on Node 20).
+ */
+export function copyBytesW(
+  dst: Uint8Array,
+  dw: Int32Array | null,
+  o: number,
+  src: Uint8Array,
+  sw: Int32Array | null,
+  so: number,
+  n: number,
+): void {
   if (n <= WORD_COPY_MAX) {
     const da = dst.byteOffset + o;
     const sa = src.byteOffset + so;
-    if (n >= 16 && ((da ^ sa) & 3) === 0) {
+    if (n >= 16 && dw !== null && sw !== null && ((da ^ sa) & 3) === 0) {
       let k = 0;
       while (((da + k) & 3) !== 0) {
         dst[o + k] = src[so + k]!;
         k++;
       }
-      const dw = wordsOf(dst);
-      const sw = wordsOf(src);
       let di = (da + k) >>> 2;
       let si = (sa + k) >>> 2;
       const words = (n - k) >>> 2;
-      const end = di + words;
+      const end8 = di + (words & ~7);
+      while (di < end8) {
+        dw[di] = sw[si]!;
+        dw[di + 1] = sw[si + 1]!;
+        dw[di + 2] = sw[si + 2]!;
+        dw[di + 3] = sw[si + 3]!;
+        dw[di + 4] = sw[si + 4]!;
+        dw[di + 5] = sw[si + 5]!;
+        dw[di + 6] = sw[si + 6]!;
+        dw[di + 7] = sw[si + 7]!;
+        di += 8;
+        si += 8;
+      }
+      const end = di + (words & 7);
       while (di < end) dw[di++] = sw[si++]!;
       k += words << 2;
       while (k < n) {

@@ -53,7 +53,7 @@ export {
   ringDataView,
 } from './memory.ts';
 export type { Segment } from './chain.ts';
-export { Chain, ChainReader, ChainWriter, SplitChainWalker, SplitChainWalkerBE, appendBuffer, copyBytes } from './chain.ts';
+export { Chain, ChainReader, ChainWriter, SplitChainWalker, SplitChainWalkerBE, appendBuffer, copyBytes, copyBytesW, wordsOf } from './chain.ts';
 export type { Virtqueue, VirtqueueStats, DrainResult, ChainHandler, DirectBuffer, DirectHandler } from './queue.ts';
 export { createDirectBuffer, DIRECT_CHAIN, DIRECT_EMPTY, DIRECT_OK } from './queue.ts';
 export type { SplitQueueConfig, SplitQueueStats } from './split.ts';

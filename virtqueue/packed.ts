@@ -70,6 +70,7 @@ import {
   EVENT_SUPPRESS_BYTES,
   MAX_INDIRECT_DESCS,
   MAX_PACKED_QUEUE_SIZE,
+  PLAIN_LOAD_ACQUIRES,
   RING_EVENT_FLAGS_DESC,
   RING_EVENT_FLAGS_DISABLE,
   RING_EVENT_FLAGS_ENABLE,
@@ -103,6 +104,7 @@ const EV_DESC = RING_EVENT_FLAGS_DESC;
 const DESC_SZ = DESC_BYTES;
 const MAX_IND = MAX_INDIRECT_DESCS;
 const appendBuf = appendBuffer;
+const PLAIN_ACQ = PLAIN_LOAD_ACQUIRES;
 const TWO_32 = 2 ** 32;
 /** hi halves >= this make a 64-bit address >= 2^53 (see joinAddr). */
 const HI_LIMIT = 2 ** 21;
@@ -491,8 +493,10 @@ export class PackedQueue extends QueueCore implements Virtqueue {
       pos = L - S;
       w = 0;
     }
-    // Acquire, as in pop(): the descriptor's other fields are read after its flags.
-    const f0 = Atomics.load(this.descU16, (pos << 3) + 7);
+    // Acquire, as in pop(): the descriptor's other fields are read after its flags (defs.ts
+    // PLAIN_LOAD_ACQUIRES: on x86 a plain load is one).
+    const fi = (pos << 3) + 7;
+    const f0 = PLAIN_ACQ ? this.descU16[fi]! : Atomics.load(this.descU16, fi);
     if (((f0 >>> 7) & 1) !== w || ((f0 >>> 15) & 1) === w) return 0;
     if ((f0 & (F_NEXT | F_INDIRECT | F_WRITE)) !== (out.write ? F_WRITE : 0)) return -1;
     const d = this.desc;

@@ -62,7 +62,7 @@ class PairPort implements Port {
     return this.count(res, byteLen);
   }
   /** A contiguous frame (the sender's one-descriptor TX buffer): the peer copies it once. */
-  deliverSpan(bytes: Uint8Array, offset: number, byteLen: number, hdr: NetHdr): Delivery {
+  deliverSpan(bytes: Uint8Array, offset: number, byteLen: number, hdr: NetHdr, rawHdrBytes: number): Delivery {
     const target = this.peer.device;
     if (!target) {
       this.stats.txDropped++;
@@ -70,7 +70,7 @@ class PairPort implements Port {
     }
     const res =
       target.deliverSpan !== undefined
-        ? target.deliverSpan(bytes, offset, byteLen, hdr)
+        ? target.deliverSpan(bytes, offset, byteLen, hdr, rawHdrBytes)
         : target.deliver(offset === 0 ? bytes : bytes.subarray(offset, offset + byteLen), hdr, byteLen);
     return this.count(res, byteLen);
   }

@@ -25,9 +25,11 @@ export interface FrameSink {
   /**
    * Optional form for a frame that is one contiguous piece of memory at an offset (a sender's TX
    * buffer popped with popDirect: guest memory, no view made per frame): bytes[offset, offset +
-   * byteLen). Same answers as deliver(). Senders use it when present.
+   * byteLen). `rawHdrBytes` > 0: bytes[offset - rawHdrBytes, offset) is the sender's virtio header as
+   * its guest wrote it (little-endian, `hdr` is its parsed form), which a receiver with the same
+   * header size may copy along with the frame. Same answers as deliver(). Senders use it when present.
    */
-  deliverSpan?(bytes: Uint8Array, offset: number, byteLen: number, hdr: NetHdr): Delivery;
+  deliverSpan?(bytes: Uint8Array, offset: number, byteLen: number, hdr: NetHdr, rawHdrBytes: number): Delivery;
   /** Register a one-shot callback for when a sink that answered 'busy' has room again. */
   onSpace(cb: () => void): void;
   /**

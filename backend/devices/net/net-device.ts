@@ -17,7 +17,9 @@ import {
   ChainWriter,
   DIRECT_OK,
   copyBytes,
+  copyBytesW,
   createDirectBuffer,
+  wordsOf,
   createSpan,
   type DirectBuffer,
 } from '../../../virtqueue/index.ts';
@@ -195,6 +197,11 @@ export class NetDevice implements Device, FrameSink, PolledRing {
   /** One-descriptor buffers popped in place (popDirect): a TX buffer we read, an RX buffer we fill. */
   private readonly txBuf1 = createDirectBuffer(false);
   private readonly rxBuf1 = createDirectBuffer(true);
+  /** Word views for the fast-path copy, one-entry caches keyed by region view (a switch copies between the same two regions). */
+  private srcKey: Uint8Array | null = null;
+  private srcWords: Int32Array | null = null;
+  private dstKey: Uint8Array | null = null;
+  private dstWords: Int32Array | null = null;
 
   /** Ring tracing (chains with frame bytes); null when off. */
   ringTrace: NetRingTrace | null = null;
@@ -245,6 +252,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
 
   ringReady(ring: ReadyQueue): void {
     this.rings[ring.index] = ring;
+    this.countRx();
     this.txWaiting[ring.index] = false;
     if (ring.index % 2 === 1) this.kick(ring.index); // TX may already hold chains (reconnect, restart)
     else this.wakeSpaceWaiters();
@@ -252,6 +260,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
 
   ringStopped(index: number): void {
     this.rings[index] = null;
+    this.countRx();
   }
 
   kick(index: number): void {
@@ -268,6 +277,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
 
   reset(): void {
     this.rings.fill(null);
+    this.countRx();
     this.txWaiting.fill(false);
     this.spaceWaiters = [];
   }
@@ -348,7 +358,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     }
     const hdr = this.txHdr.read(b.bytes, b.offset, false);
     const byteLen = total - hl;
-    const out = this.uplink!.deliverSpan!(b.bytes, b.offset + hl, byteLen, hdr);
+    const out = this.uplink!.deliverSpan!(b.bytes, b.offset + hl, byteLen, hdr, hl);
     if (out === 'busy') {
       this.txBlocked = true;
       return false;
@@ -445,20 +455,28 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     for (const cb of w) cb();
   }
 
+  /** RX rings ready, and the first of them (pickRx needs no scan per frame). */
+  private rxCount = 0;
+  private firstRx: ReadyQueue | null = null;
+  private countRx(): void {
+    this.rxCount = 0;
+    this.firstRx = null;
+    for (let i = 0; i < this.maxRings; i += 2) {
+      const r = this.rings[i];
+      if (r) {
+        if (this.firstRx === null) this.firstRx = r;
+        this.rxCount++;
+      }
+    }
+  }
+
   /**
    * Picks the RX ring for a frame: one flow stays on one ring (hash of the MAC/IP header bytes).
    * `frame` null: the frame is in `this.src` (a chain), whose first bytes are peeked for the hash.
    */
   private pickRx(frame: Uint8Array | null, byteLen: number, off = 0): ReadyQueue | null {
-    let first: ReadyQueue | null = null;
-    let count = 0;
-    for (let i = 0; i < this.maxRings; i += 2) {
-      const r = this.rings[i];
-      if (r) {
-        if (!first) first = r;
-        count++;
-      }
-    }
+    const count = this.rxCount;
+    const first = this.firstRx;
     if (count <= 1) return first;
     let h = 0;
     let end = Math.min(byteLen, HASH_BYTES);
@@ -503,7 +521,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
    * after the bytes landed (D19). Anything else (offload work, tracing, an RX chain, a buffer too
    * small, an empty or broken ring) takes the general path with the frame gathered first.
    */
-  deliverSpan(bytes: Uint8Array, off: number, byteLen: number, hdr: NetHdr): Delivery {
+  deliverSpan(bytes: Uint8Array, off: number, byteLen: number, hdr: NetHdr, rawHdrBytes = 0): Delivery {
     const h = this.rxHdr.copyFrom(hdr);
     if (!this.guestCsum) h.flags &= ~NET_HDR_F_DATA_VALID;
     if (h.plain && this.ringTrace === null) {
@@ -518,8 +536,29 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       const need = hl + byteLen;
       if (q.popDirect(b) === DIRECT_OK) {
         if (b.len >= need) {
-          h.write(b.bytes, b.offset, hl, 1, false);
-          copyBytes(b.bytes, b.offset + hl, bytes, off, byteLen);
+          const dst = b.bytes;
+          if (bytes !== this.srcKey) {
+            this.srcKey = bytes;
+            this.srcWords = wordsOf(bytes);
+          }
+          if (dst !== this.dstKey) {
+            this.dstKey = dst;
+            this.dstWords = wordsOf(dst);
+          }
+          const o = b.offset;
+          if (rawHdrBytes === hl) {
+            // The sender's header goes along in the same copy; then the fields that differ: flags
+            // (DATA_VALID cleared above for a guest without GUEST_CSUM) and num_buffers (LE, 5.1.6).
+            copyBytesW(dst, this.dstWords, o, bytes, this.srcWords, off - hl, need);
+            dst[o] = h.flags;
+            if (hl === NET_HDR_MRG_BYTES) {
+              dst[o + 10] = 1;
+              dst[o + 11] = 0;
+            }
+          } else {
+            h.write(dst, o, hl, 1, false);
+            copyBytesW(dst, this.dstWords, o + hl, bytes, this.srcWords, off, byteLen);
+          }
           const mem = q.memory;
           const hook = mem.onWrite;
           if (hook !== undefined) hook.call(mem, b.addr, need);
