@@ -42,13 +42,20 @@ interface Entry {
 export class BusyPoller {
   private entries: Entry[] = [];
   private scheduled = false;
+  /** Inside run(): the loop's current time (watch() called from a poll needs no clock read of its own). */
+  private running = false;
+  private loopNow = 0;
 
   constructor(private readonly windowMs: number) {}
 
   /** Polls `dev`'s ring `index` (it just ran empty with notifications disabled) until idle for the window. */
   watch(dev: PolledRing, index: number): void {
-    const now = performance.now();
-    for (const e of this.entries) {
+    // performance.now() returns a boxed number when it is not inlined: read once per loop turn instead.
+    const now = this.running ? this.loopNow : performance.now();
+    const list = this.entries;
+    // An index loop: for-of would allocate an iterator per call (once per burst on a busy ring).
+    for (let i = 0; i < list.length; i++) {
+      const e = list[i]!;
       if (e.dev === dev && e.index === index) {
         e.lastWork = now;
         return this.schedule();
@@ -73,6 +80,16 @@ export class BusyPoller {
     const start = performance.now();
     const window = this.windowMs;
     let now = start;
+    this.loopNow = now;
+    this.running = true;
+    try {
+      this.loop(start, window, now);
+    } finally {
+      this.running = false;
+    }
+  };
+
+  private loop(start: number, window: number, now: number): void {
     while (this.entries.length > 0) {
       const list = this.entries;
       for (let i = 0; i < list.length; i++) {
@@ -94,10 +111,11 @@ export class BusyPoller {
         }
       }
       now = performance.now();
+      this.loopNow = now;
       if (now - start >= SLICE_MS) {
         if (this.entries.length > 0) this.schedule();
         return;
       }
     }
-  };
+  }
 }

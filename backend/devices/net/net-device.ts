@@ -408,21 +408,30 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     if (this.txBlocked && uplink) {
       // drain re-enabled notifications (stopped); the uplink calls back when it has room.
       this.txWaiting[index] = true;
-      uplink.onSpace(() => {
-        this.txWaiting[index] = false;
-        this.processTx(index);
-      });
+      uplink.onSpace(this.resumeWhenSpace(index));
     } else if (more) {
       if (!this.txScheduled[index]) {
         // More is pending: continue after other events had their turn.
         this.txScheduled[index] = true;
-        setImmediate(() => {
-          this.txScheduled[index] = false;
-          this.processTx(index);
-        });
+        setImmediate(this.continueTx(index));
       }
     } else if (poll && this.rings[index] === ring) this.poller!.watch(this, index);
-    if (this.txDone) log('%s: tx ring %d: %d frames', this.label, index, this.txDone);
+    if (this.txDone && log.enabled) log('%s: tx ring %d: %d frames', this.label, index, this.txDone);
+  }
+
+  // The callbacks live in their own methods: a closure in processTx would make V8 allocate a context
+  // for `index` on every call of it (once per burst), closure made or not.
+  private resumeWhenSpace(index: number): () => void {
+    return () => {
+      this.txWaiting[index] = false;
+      this.processTx(index);
+    };
+  }
+  private continueTx(index: number): () => void {
+    return () => {
+      this.txScheduled[index] = false;
+      this.processTx(index);
+    };
   }
 
   // ---- busy polling (PolledRing, called by the shared BusyPoller) ----------------------------
