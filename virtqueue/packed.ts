@@ -203,7 +203,7 @@ export class PackedQueue extends QueueCore implements Virtqueue {
   readonly inOrder: boolean;
   readonly label: string;
   /** Sticky guest error; null while the queue is healthy. */
-  readonly stats: VirtqueueStats = { popped: 0, pushed: 0, flushes: 0, notifies: 0, suppressed: 0 };
+  readonly stats: VirtqueueStats = { popped: 0, poppedDirect: 0, pushed: 0, flushes: 0, notifies: 0, suppressed: 0 };
 
   /** The ring as u32 words: [addr lo, addr hi, len, id | flags << 16] per descriptor. */
   private desc!: Uint32Array;
@@ -531,6 +531,7 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     if (this.ahead > 0) this.ahead--;
     this.outstanding++;
     this.stats.popped++;
+    this.stats.poppedDirect++;
     return 1;
   }
 

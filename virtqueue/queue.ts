@@ -13,6 +13,8 @@ import type { GuestMemory } from './memory.ts';
 export interface VirtqueueStats {
   /** Chains popped (unpops subtract). */
   popped: number;
+  /** Of those, buffers popped by popDirect (the one-descriptor fast path; unpops not subtracted). */
+  poppedDirect: number;
   /** Used elements pushed. */
   pushed: number;
   /** Used publications (split: used.idx stores; packed: batch flag releases). */

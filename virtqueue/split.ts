@@ -150,7 +150,7 @@ export class SplitQueue extends QueueCore implements Virtqueue {
   readonly bigEndian: boolean;
   readonly label: string;
   /** Sticky guest error; null while the queue is healthy. */
-  readonly stats: SplitQueueStats = { popped: 0, pushed: 0, flushes: 0, notifies: 0, suppressed: 0 };
+  readonly stats: SplitQueueStats = { popped: 0, poppedDirect: 0, pushed: 0, flushes: 0, notifies: 0, suppressed: 0 };
 
   private desc!: Uint32Array;
   protected avail!: Uint16Array;
@@ -369,6 +369,7 @@ export class SplitQueue extends QueueCore implements Virtqueue {
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
     this.outstanding++;
     this.stats.popped++;
+    this.stats.poppedDirect++;
     return 1;
   }
   private readonly directSpan = createSpan();

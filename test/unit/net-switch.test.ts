@@ -297,3 +297,108 @@ test('busy polling off (busyPollUs 0): a drained TX ring re-enables notification
   t.is(b.rx.readUsed().length, 1);
   t.true(a.txRing.queue.notificationsEnabled);
 });
+
+// ---- the one-descriptor fast path (popDirect + deliverSpan) ------------------------------------
+
+/** A TX buffer as DPDK virtio-user and Linux make it: header and frame in ONE descriptor. */
+function txOne(frame: Uint8Array, hdr = new Uint8Array(12)): MockBuffer[] {
+  const b = new Uint8Array(hdr.length + frame.length);
+  b.set(hdr);
+  b.set(frame, hdr.length);
+  return [{ byteLen: b.length, write: false, data: b }];
+}
+
+for (const kind of ['split', 'packed'] as const) {
+  test(`${kind}: one-descriptor TX and RX buffers take the direct path: exact bytes, header fields carried, num_buffers 1, dirty span after the copy`, (t) => {
+    const { a, b } = pair(kind, MRG);
+    const frame = frameOf(64, 7);
+    const hdr = new Uint8Array(12);
+    hdr[2] = 54; // hdr_len: carried as is for a plain frame (no offload work)
+    hdr[4] = 0x34; // gso_size low byte (gso_type NONE: a plain frame all the same)
+    hdr[10] = 0x55; // num_buffers as the sender left it: replaced by 1
+    hdr[11] = 0x66;
+    let bad = 0;
+    b.onDirty = (gpa, len) => {
+      const seen = new Uint8Array(len);
+      readBytes(b.mem, gpa, seen);
+      if (len === 76 && seen[10] !== 1) bad++; // the RX buffer span: header already final
+    };
+    b.rx.addChain([{ byteLen: 2048, write: true }]);
+    a.tx.addChain(txOne(frame, hdr));
+    a.dev.kick(1);
+    const [u] = b.rx.readUsed();
+    t.is(u!.len, 76);
+    const want = new Uint8Array(76);
+    want.set(hdr);
+    want[10] = 1;
+    want[11] = 0;
+    want.set(frame, 12);
+    t.deepEqual(u!.data, want);
+    t.is(bad, 0);
+    t.true(b.dirty.some(([, len]) => len === 76), 'the RX buffer reported to the dirty log as one span');
+    t.is(a.txRing.queue.stats.poppedDirect, 1, 'TX buffer popped in place');
+    t.is(b.rxRing.queue.stats.poppedDirect, 1, 'RX buffer popped in place');
+    t.deepEqual(a.tx.readUsed().map((x) => x.len), [0]);
+    t.is(a.dev.stats.txFrames, 1);
+    t.is(b.dev.stats.rxFrames, 1);
+  });
+
+  test(`${kind}: direct path: DATA_VALID reaches only a guest with GUEST_CSUM; a 10-byte legacy receiver gets its own header size`, (t) => {
+    const legacy = bit(VirtioF.RING_EVENT_IDX); // no VERSION_1, no MRG_RXBUF: 10-byte header
+    const csum = MRG | bit(VirtioF.NET_F_GUEST_CSUM);
+    for (const [fb, hdrBytes, keep] of [
+      [MRG, 12, false],
+      [csum, 12, true],
+      ...(kind === 'split' ? ([[legacy, 10, false]] as const) : []),
+    ] as const) {
+      const { a, b } = pair(kind, MRG, fb);
+      const frame = frameOf(90, 4);
+      const hdr = new Uint8Array(12);
+      hdr[0] = 2; // DATA_VALID
+      b.rx.addChain([{ byteLen: 2048, write: true }]);
+      a.tx.addChain(txOne(frame, hdr));
+      a.dev.kick(1);
+      const [u] = b.rx.readUsed();
+      t.is(u!.len, hdrBytes + 90, `header ${hdrBytes}`);
+      t.is(u!.data![0], keep ? 2 : 0, `DATA_VALID ${keep ? 'kept' : 'cleared'}`);
+      t.deepEqual(u!.data!.subarray(hdrBytes), frame);
+    }
+  });
+
+  test(`${kind}: direct TX into RX buffers the fast path cannot take (too small, a chain, none): mergeable gather, chain copy, busy`, (t) => {
+    const { a, b } = pair(kind, MRG);
+    const big = frameOf(1500, 2);
+    // Too small: the first buffer goes back and the general path merges two.
+    b.rx.addChain([{ byteLen: 1000, write: true }]);
+    b.rx.addChain([{ byteLen: 1000, write: true }]);
+    a.tx.addChain(txOne(big));
+    a.dev.kick(1);
+    let used = b.rx.readUsed();
+    t.deepEqual(used.map((u) => u.len), [1000, 512]);
+    const all = new Uint8Array(1512);
+    all.set(used[0]!.data!, 0);
+    all.set(used[1]!.data!, 1000);
+    t.is(all[10], 2, 'num_buffers 2');
+    t.deepEqual(all.subarray(12), big);
+    // An RX chain of two descriptors.
+    b.rx.addChain([{ byteLen: 30, write: true }, { byteLen: 500, write: true }]);
+    const f = frameOf(200, 8);
+    a.tx.addChain(txOne(f));
+    a.dev.kick(1);
+    used = b.rx.readUsed();
+    t.is(used.length, 1);
+    t.deepEqual(used[0]!.data!.subarray(12, 212), f);
+    // No RX buffer: busy, the TX buffer stays; a buffer and a kick resume it with the same bytes.
+    const g = frameOf(64, 9);
+    a.tx.addChain(txOne(g));
+    a.dev.kick(1);
+    t.is(b.rx.readUsed().length, 0);
+    t.is(a.tx.readUsed().length, 2, 'the third TX buffer is held');
+    b.rx.addChain([{ byteLen: 2048, write: true }]);
+    b.dev.kick(0);
+    used = b.rx.readUsed();
+    t.deepEqual(used[0]!.data!.subarray(12), g);
+    t.is(a.tx.readUsed().length, 1);
+    t.is(a.dev.stats.txDropped, 0);
+  });
+}
