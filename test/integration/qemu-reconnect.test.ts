@@ -57,7 +57,7 @@ const idxDiff = (a: number, b: number) => (a - b) & 0xffff;
 for (const variant of [{ status: true }, { status: false }]) {
   qemuTest(`backend SIGKILLed twice under guest TX traffic (VIRTIO_NET_F_STATUS ${variant.status ? 'on' : 'off'}): restarted on the same socket and tap, QEMU reconnects; no frame the backend took is lost or replayed`, async (t) => {
     t.timeout(90_000);
-    const COUNT = 4000;
+    const COUNT = 5000; // 16.7 s at PPS: two kills + 3 s reconnects each leave traffic to resume (4000 was tight: a late second kill flaked)
     const PPS = 300;
     const SIZE = 256;
     const PORT = 7777;
