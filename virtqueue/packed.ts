@@ -86,7 +86,7 @@ import { VirtqError, hexAddr } from './errors.ts';
 import type { InflightAttachResult, InflightRegion, PackedRecovery } from './inflight.ts';
 import { PackedInflight } from './inflight.ts';
 import type { ChainHandler, DirectBuffer, DirectHandler, DrainResult, Virtqueue, VirtqueueStats } from './queue.ts';
-import { drainQueue } from './queue.ts';
+import { drainQueue, resolveDirect } from './queue.ts';
 import { QueueCore } from './queue-core.ts';
 
 
@@ -509,17 +509,7 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     const inFlight = L >= U ? L - U : L + this.twoSize - U;
     if (inFlight >= S || id >= this.idCount.length || this.idCount[id] !== 0) return -1;
     const addr = hi * TWO_32 + d[wi]!;
-    const span = this.span;
-    try {
-      if (!this.mem.translate(addr, len, out.write, span) || span.byteLen !== len) return -1;
-    } catch {
-      return -1; // an IOTLB miss or denial: pop() meets it again and handles it (walkFault)
-    }
-    out.bytes = span.bytes;
-    out.offset = span.offset;
-    out.len = len;
-    out.id = id;
-    out.addr = addr;
+    if (!resolveDirect(this.mem, this.span, out, addr, len, id)) return -1;
     const slot = this.histTop;
     this.histId[slot] = id;
     this.histCount[slot] = 1;

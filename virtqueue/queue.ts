@@ -8,7 +8,7 @@
 import type { Chain } from './chain.ts';
 import type { VirtqError } from './errors.ts';
 import type { InflightAttachResult, InflightRegion } from './inflight.ts';
-import type { GuestMemory } from './memory.ts';
+import type { GuestMemory, Span } from './memory.ts';
 
 export interface VirtqueueStats {
   /** Chains popped (unpops subtract). */
@@ -71,6 +71,25 @@ export const DIRECT_OK = 1;
  * or the queue tracks inflight I/O: nothing was consumed; `pop()` resolves it (and reports errors).
  */
 export const DIRECT_CHAIN = -1;
+
+/**
+ * popDirect's last step, both formats: `out` := guest range [addr, addr + len) when it lies in one
+ * region (through `span`), buffer id `id`. False when it does not, or when translation throws (an
+ * IOTLB miss or denial): pop() meets the same descriptor again and handles it (walkFault).
+ */
+export function resolveDirect(mem: GuestMemory, span: Span, out: DirectBuffer, addr: number, len: number, id: number): boolean {
+  try {
+    if (!mem.translate(addr, len, out.write, span) || span.byteLen !== len) return false;
+  } catch {
+    return false;
+  }
+  out.bytes = span.bytes;
+  out.offset = span.offset;
+  out.len = len;
+  out.id = id;
+  out.addr = addr;
+  return true;
+}
 
 /** What drain() hands a direct buffer to: like ChainHandler. */
 export type DirectHandler = (buf: DirectBuffer) => number | false;

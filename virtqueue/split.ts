@@ -70,7 +70,7 @@ import { VirtqError, hexAddr } from './errors.ts';
 import type { InflightAttachResult, InflightRegion } from './inflight.ts';
 import { SplitInflight } from './inflight.ts';
 import type { ChainHandler, DirectBuffer, DirectHandler, DrainResult, Virtqueue, VirtqueueStats } from './queue.ts';
-import { drainQueue } from './queue.ts';
+import { drainQueue, resolveDirect } from './queue.ts';
 import { QueueCore } from './queue-core.ts';
 
 
@@ -355,17 +355,7 @@ export class SplitQueue extends QueueCore implements Virtqueue {
     const hi = d[wi + 1]!;
     if (len === 0 || hi >= HI_LIMIT) return -1;
     const addr = hi * TWO_32 + d[wi]!;
-    const span = this.directSpan;
-    try {
-      if (!this.mem.translate(addr, len, out.write, span) || span.byteLen !== len) return -1;
-    } catch {
-      return -1; // an IOTLB miss or denial: pop() meets it again and handles it (walkFault)
-    }
-    out.bytes = span.bytes;
-    out.offset = span.offset;
-    out.len = len;
-    out.id = head;
-    out.addr = addr;
+    if (!resolveDirect(this.mem, this.directSpan, out, addr, len, head)) return -1;
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
     this.outstanding++;
     this.stats.popped++;
