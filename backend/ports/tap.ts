@@ -86,11 +86,22 @@ export class TapPort implements Port {
   }
 
   deliver(frame: Uint8Array, hdr: NetHdr, byteLen = frame.length): Delivery {
+    return this.deliverSpan(frame, 0, byteLen, hdr);
+  }
+
+  /**
+   * The frame bytes[offset, offset + byteLen), e.g. a guest's one-descriptor TX buffer in place: one
+   * writev of our vnet header and the frame straight from guest memory, no copy in between. The
+   * header was parsed from the guest first (hdr), so the kernel sees our copy of it; if the guest
+   * rewrites the frame meanwhile it only garbles its own frame.
+   */
+  deliverSpan(bytes: Uint8Array, offset: number, byteLen: number, hdr: NetHdr): Delivery {
     if (this.closed) return 'dropped';
     let n: number | null;
     try {
       hdr.write(this.txHdr, 0, VNET_HDR_BYTES, 0);
-      this.txBufs[1] = frame;
+      this.txBufs[1] = bytes;
+      this.txOffs[1] = offset;
       this.txLens[1] = byteLen;
       n = this.sys.writev(this.fd, this.txBufs, this.txOffs, this.txLens);
     } catch (e) {

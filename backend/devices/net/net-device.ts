@@ -513,7 +513,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     if (!this.guestCsum) h.flags &= ~NET_HDR_F_DATA_VALID;
     if (!h.plain) {
       const buf = this.gatherBuf ?? (this.gatherBuf = new Uint8Array(MAX_FRAME));
-      return this.deliver(buf, hdr, src.read(buf, 0, byteLen));
+      return this.deliverSlow(buf, hdr, src.read(buf, 0, byteLen));
     }
     this.src = src;
     try {
@@ -534,56 +534,69 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     const h = this.rxHdr.copyFrom(hdr);
     if (!this.guestCsum) h.flags &= ~NET_HDR_F_DATA_VALID;
     if (h.plain && this.ringTrace === null) {
-      const ring = this.pickRx(bytes, byteLen, off);
-      if (ring === null) {
-        this.stats.rxDroppedNoQueue++;
-        return 'dropped';
-      }
-      const q = ring.queue;
-      const b = this.rxBuf1;
-      const hl = this.hdrLen;
-      const need = hl + byteLen;
-      if (q.popDirect(b) === DIRECT_OK) {
-        if (b.len >= need) {
-          const dst = b.bytes;
-          if (bytes !== this.srcKey) {
-            this.srcKey = bytes;
-            this.srcWords = wordsOf(bytes);
-          }
-          if (dst !== this.dstKey) {
-            this.dstKey = dst;
-            this.dstWords = wordsOf(dst);
-          }
-          const o = b.offset;
-          if (rawHdrBytes === hl) {
-            // The sender's header goes along in the same copy; then the fields that differ: flags
-            // (DATA_VALID cleared above for a guest without GUEST_CSUM) and num_buffers (LE, 5.1.6).
-            copyBytesW(dst, this.dstWords, o, bytes, this.srcWords, off - hl, need);
-            dst[o] = h.flags;
-            if (hl === NET_HDR_MRG_BYTES) {
-              dst[o + 10] = 1;
-              dst[o + 11] = 0;
-            }
-          } else {
-            h.write(dst, o, hl, 1, false);
-            copyBytesW(dst, this.dstWords, o + hl, bytes, this.srcWords, off, byteLen);
-          }
-          const mem = q.memory;
-          const hook = mem.onWrite;
-          if (hook !== undefined) hook.call(mem, b.addr, need);
-          q.pushUsed(b.id, need);
-          this.stats.rxFrames++;
-          this.stats.rxBytes += byteLen;
-          if (this.burstDepth > 0) this.rxDirty[ring.index] = ring;
-          else if (q.flushUsed()) ring.notify();
-          return 'ok';
-        }
-        q.unpop(1); // too small for the frame alone: the general path gathers buffers or drops
-      }
+      const r = this.rxDirect(bytes, off, byteLen, h, rawHdrBytes);
+      if (r !== null) return r;
     }
     const buf = this.gatherBuf ?? (this.gatherBuf = new Uint8Array(MAX_FRAME));
     copyBytes(buf, 0, bytes, off, byteLen);
-    return this.deliver(buf, hdr, byteLen);
+    return this.deliverSlow(buf, hdr, byteLen);
+  }
+
+  /**
+   * The RX fast path: a plain frame bytes[off, off + byteLen) into one RX buffer popped in place
+   * (popDirect) that holds header and frame: header written (or, when `rawHdrBytes` equals our header
+   * size, the sender's header bytes in front of the frame copied along and patched), frame copied,
+   * the write reported to the dirty log after the bytes landed (D19), used element pushed. Null when
+   * it does not apply (no such buffer: an RX chain, too small, none, a broken or big-endian ring);
+   * the general path then decides. `h` is the header as this guest must see it.
+   */
+  private rxDirect(bytes: Uint8Array, off: number, byteLen: number, h: NetHdr, rawHdrBytes: number): Delivery | null {
+    const ring = this.pickRx(bytes, byteLen, off);
+    if (ring === null) {
+      this.stats.rxDroppedNoQueue++;
+      return 'dropped';
+    }
+    const q = ring.queue;
+    const b = this.rxBuf1;
+    const hl = this.hdrLen;
+    const need = hl + byteLen;
+    if (q.popDirect(b) !== DIRECT_OK) return null;
+    if (b.len < need) {
+      q.unpop(1); // too small for the frame alone: the general path gathers buffers or drops
+      return null;
+    }
+    const dst = b.bytes;
+    if (bytes !== this.srcKey) {
+      this.srcKey = bytes;
+      this.srcWords = wordsOf(bytes);
+    }
+    if (dst !== this.dstKey) {
+      this.dstKey = dst;
+      this.dstWords = wordsOf(dst);
+    }
+    const o = b.offset;
+    if (rawHdrBytes === hl) {
+      // The sender's header goes along in the same copy; then the fields that differ: flags
+      // (DATA_VALID cleared for a guest without GUEST_CSUM) and num_buffers (LE, 5.1.6).
+      copyBytesW(dst, this.dstWords, o, bytes, this.srcWords, off - hl, need);
+      dst[o] = h.flags;
+      if (hl === NET_HDR_MRG_BYTES) {
+        dst[o + 10] = 1;
+        dst[o + 11] = 0;
+      }
+    } else {
+      h.write(dst, o, hl, 1, false);
+      copyBytesW(dst, this.dstWords, o + hl, bytes, this.srcWords, off, byteLen);
+    }
+    const mem = q.memory;
+    const hook = mem.onWrite;
+    if (hook !== undefined) hook.call(mem, b.addr, need);
+    q.pushUsed(b.id, need);
+    this.stats.rxFrames++;
+    this.stats.rxBytes += byteLen;
+    if (this.burstDepth > 0) this.rxDirty[ring.index] = ring;
+    else if (q.flushUsed()) ring.notify();
+    return 'ok';
   }
 
   /**
@@ -591,6 +604,17 @@ export class NetDevice implements Device, FrameSink, PolledRing {
    * (virtio v1.2 5.1.6.4: the device MUST NOT set NEEDS_CSUM / a gso_type the driver did not accept).
    */
   deliver(frame: Uint8Array, hdr: NetHdr, byteLen = frame.length): Delivery {
+    if (this.ringTrace === null && hdr.plain) {
+      const h = this.rxHdr.copyFrom(hdr);
+      if (!this.guestCsum) h.flags &= ~NET_HDR_F_DATA_VALID;
+      const r = this.rxDirect(frame, 0, byteLen, h, 0);
+      if (r !== null) return r;
+    }
+    return this.deliverSlow(frame, hdr, byteLen);
+  }
+
+  /** deliver() without the fast path: one RX chain or several, offload work in software. */
+  private deliverSlow(frame: Uint8Array, hdr: NetHdr, byteLen: number): Delivery {
     const h = this.rxHdr.copyFrom(hdr);
     if (!this.guestCsum) h.flags &= ~NET_HDR_F_DATA_VALID;
     if (h.plain) return this.deliverOne(frame, byteLen, h);
