@@ -509,7 +509,12 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     const inFlight = L >= U ? L - U : L + this.twoSize - U;
     if (inFlight >= S || id >= this.idCount.length || this.idCount[id] !== 0) return -1;
     const addr = hi * TWO_32 + d[wi]!;
-    if (!resolveDirect(this.mem, this.span, out, addr, len, id)) return -1;
+    try {
+      if (!resolveDirect(this.mem, this.span, out, addr, len, id)) return -1;
+    } catch (e) {
+      this.walkFault(e); // an IOTLB miss parks the queue, a denial breaks it: as pop() does
+      return 0;
+    }
     const slot = this.histTop;
     this.histId[slot] = id;
     this.histCount[slot] = 1;

@@ -67,22 +67,19 @@ export const DIRECT_EMPTY = 0;
 export const DIRECT_OK = 1;
 /**
  * The next buffer is not a single direct descriptor of the expected direction in one region (a
- * chain, an indirect table, a descriptor crossing regions, an IOTLB miss, an invalid descriptor),
- * or the queue tracks inflight I/O: nothing was consumed; `pop()` resolves it (and reports errors).
+ * chain, an indirect table, a descriptor crossing regions, an invalid descriptor), or the queue
+ * tracks inflight I/O: nothing was consumed; `pop()` resolves it (and reports errors). An IOTLB
+ * miss is answered as pop() answers it: DIRECT_EMPTY with the queue parked (a denial: broken).
  */
 export const DIRECT_CHAIN = -1;
 
 /**
  * popDirect's last step, both formats: `out` := guest range [addr, addr + len) when it lies in one
- * region (through `span`), buffer id `id`. False when it does not, or when translation throws (an
- * IOTLB miss or denial): pop() meets the same descriptor again and handles it (walkFault).
+ * region (through `span`), buffer id `id`; false when it does not. Translation faults (IOTLB miss or
+ * denial) are thrown to popDirect, which handles them as pop() does (QueueCore.walkFault).
  */
 export function resolveDirect(mem: GuestMemory, span: Span, out: DirectBuffer, addr: number, len: number, id: number): boolean {
-  try {
-    if (!mem.translate(addr, len, out.write, span) || span.byteLen !== len) return false;
-  } catch {
-    return false;
-  }
+  if (!mem.translate(addr, len, out.write, span) || span.byteLen !== len) return false;
   out.bytes = span.bytes;
   out.offset = span.offset;
   out.len = len;

@@ -355,7 +355,12 @@ export class SplitQueue extends QueueCore implements Virtqueue {
     const hi = d[wi + 1]!;
     if (len === 0 || hi >= HI_LIMIT) return -1;
     const addr = hi * TWO_32 + d[wi]!;
-    if (!resolveDirect(this.mem, this.directSpan, out, addr, len, head)) return -1;
+    try {
+      if (!resolveDirect(this.mem, this.directSpan, out, addr, len, head)) return -1;
+    } catch (e) {
+      this.walkFault(e); // an IOTLB miss parks the queue, a denial breaks it: as pop() does
+      return 0;
+    }
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
     this.outstanding++;
     this.stats.popped++;

@@ -48,6 +48,8 @@ export interface PortStats {
   txBytes: number;
   txDropped: number;
   rxDropped: number;
+  /** Why the last dropped transmission failed (e.g. the system error of a write), for diagnostics. */
+  lastTxError?: string;
 }
 
 export function emptyStats(): PortStats {

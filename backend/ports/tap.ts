@@ -107,6 +107,7 @@ export class TapPort implements Port {
     } catch (e) {
       // EIO while the link is down, EINVAL for a runt: the kernel refused this frame only.
       log('%s: write failed: %s', this.name, (e as Error).message);
+      this.stats.lastTxError = (e as Error).message;
       n = null;
     }
     if (n === null) {

@@ -3,8 +3,8 @@
  * exactly what pop() would for a plain single descriptor, and leave everything else to pop() without
  * consuming it, so a hostile descriptor is still judged by the one walker: chains, indirect tables,
  * the wrong direction, zero length, a buffer crossing regions, unmapped or >= 2^53 addresses, a bad
- * head (split) or an id already in flight (packed), an IOTLB miss, an inflight journal, a legacy
- * big-endian ring. Also drain()'s direct handler: ring order kept across direct and chain buffers.
+ * head (split) or an id already in flight (packed), an inflight journal, a legacy big-endian ring.
+ * An IOTLB miss parks the queue exactly as pop() does. Also drain()'s direct handler: ring order kept across direct and chain buffers.
  */
 import test from 'ava';
 import {
@@ -24,7 +24,6 @@ import {
   type GuestMemory,
   type MockBuffer,
   type UsedEntry,
-  type Virtqueue,
 } from '../../virtqueue/index.ts';
 import { IotlbCache, IotlbMemory } from '../../virtqueue/iotlb.ts';
 import { SplitInflight, inflightQueueSize } from '../../virtqueue/inflight.ts';
@@ -36,7 +35,7 @@ const SIZE = 16;
 
 interface Rig {
   mem: GuestMemory;
-  q: Virtqueue;
+  q: SplitQueue | PackedQueue;
   add(bufs: readonly MockBuffer[], opts?: { indirect?: boolean }): number;
   used(): UsedEntry[];
   split?: MockDriver;
@@ -194,7 +193,7 @@ for (const kind of ['split', 'packed'] as const) {
     t.is(r.q.stats.poppedDirect, 3, 'the refused pop counted too (unpops are not subtracted)');
   });
 
-  test(`${kind}: an IOTLB miss is left to pop(), which parks the queue without breaking it`, (t) => {
+  test(`${kind}: an IOTLB miss parks the queue as pop() does (nothing consumed, not broken); the entry resumes it`, (t) => {
     const UVA = 0x7f00_0000_0000;
     const region = { gpa: 0, uva: UVA, byteLen: 1 << 20, bytes: new Uint8Array(1 << 20) };
     const cache = new IotlbCache();
@@ -204,9 +203,11 @@ for (const kind of ['split', 'packed'] as const) {
     const r = rig(kind, mem, IOVA);
     r.add([{ byteLen: 64, write: false, addr: 0x2_0000_0000 }]);
     const b = createDirectBuffer(false);
-    t.is(r.q.popDirect(b), DIRECT_CHAIN);
-    t.false(r.q.pop(new Chain()));
+    t.is(r.q.popDirect(b), DIRECT_EMPTY, 'parked on the miss');
+    t.is(r.q.iotlbMisses, 1);
     t.is(r.q.broken, null, 'a miss is not an error');
+    t.is(r.q.stats.popped, 0);
+    t.false(r.q.pop(new Chain()), 'pop() sees the same miss');
     cache.update(0x2_0000_0000, 0x1000, UVA + 0x30000, 'ro');
     t.is(r.q.popDirect(b), DIRECT_OK, 'resumes once the entry arrived');
     t.is(b.bytes, region.bytes);
