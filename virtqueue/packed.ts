@@ -85,8 +85,8 @@ import type { VirtqErrorCode } from './errors.ts';
 import { VirtqError, hexAddr } from './errors.ts';
 import type { InflightAttachResult, InflightRegion, PackedRecovery } from './inflight.ts';
 import { PackedInflight } from './inflight.ts';
-import type { ChainHandler, DirectBuffer, DirectHandler, DrainResult, Virtqueue, VirtqueueStats } from './queue.ts';
-import { drainQueue, resolveDirect } from './queue.ts';
+import type { DirectBuffer, Virtqueue, VirtqueueStats } from './queue.ts';
+import { resolveDirect } from './queue.ts';
 import { QueueCore } from './queue-core.ts';
 
 
@@ -244,7 +244,6 @@ export class PackedQueue extends QueueCore implements Virtqueue {
   private devFlags = -1;
   private devOffWrap = -1;
   private notifyOn = true;
-  private readonly scratchChain = new Chain();
 
   // Walker scratch (allocation only on error).
   private errCode: VirtqErrorCode | null = null;
@@ -935,18 +934,6 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     return true;
   }
 
-  /** The device loop (queue.ts drainQueue): one result object per queue, nothing allocated per call. */
-  drain(
-    fn: ChainHandler,
-    budget: number,
-    chain: Chain = this.scratchChain,
-    poll = false,
-    direct: DirectHandler | null = null,
-    dbuf: DirectBuffer | null = null,
-  ): DrainResult {
-    return drainQueue(this, fn, budget, chain, this.drainResult, poll, direct, dbuf);
-  }
-  private readonly drainResult: DrainResult = { processed: 0, notify: false, more: false, stopped: false };
 }
 
 function le32(b: Uint8Array, o: number): number {

@@ -1,11 +1,13 @@
 /**
- * What the split and packed engines share besides the drain loop (queue.ts): the sticky `broken`
+ * What the split and packed engines share: the drain loop (queue.ts drainQueue), the sticky `broken`
  * state, the current memory table and its re-mapping on SET_MEM_TABLE, and the dirty-log hook.
  * Each format supplies `mapRings` (its ring views) and may react to a re-map in `remapped`.
  */
 import createDebug from 'debug';
 import { VirtqError, type VirtqErrorCode } from './errors.ts';
 import type { GuestMemory } from './memory.ts';
+import { Chain } from './chain.ts';
+import { drainQueue, type ChainHandler, type DirectBuffer, type DirectHandler, type DrainResult, type Virtqueue } from './queue.ts';
 
 const log = createDebug('vhost:vq');
 
@@ -66,6 +68,24 @@ export abstract class QueueCore {
     }
     throw e;
   }
+  private readonly scratchChain = new Chain();
+  private readonly drainResult: DrainResult = { processed: 0, notify: false, more: false, stopped: false };
+
+  /**
+   * The device loop of both formats (queue.ts drainQueue): one result object per queue, nothing
+   * allocated per call. Both subclasses implement Virtqueue, hence the cast.
+   */
+  drain(
+    fn: ChainHandler,
+    budget: number,
+    chain: Chain = this.scratchChain,
+    poll = false,
+    direct: DirectHandler | null = null,
+    dbuf: DirectBuffer | null = null,
+  ): DrainResult {
+    return drainQueue(this as unknown as Virtqueue, fn, budget, chain, this.drainResult, poll, direct, dbuf);
+  }
+
   /** Pops that stopped on an IOTLB miss (diagnostics, tests). */
   iotlbMisses = 0;
 

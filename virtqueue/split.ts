@@ -69,8 +69,8 @@ import type { VirtqErrorCode } from './errors.ts';
 import { VirtqError, hexAddr } from './errors.ts';
 import type { InflightAttachResult, InflightRegion } from './inflight.ts';
 import { SplitInflight } from './inflight.ts';
-import type { ChainHandler, DirectBuffer, DirectHandler, DrainResult, Virtqueue, VirtqueueStats } from './queue.ts';
-import { drainQueue, resolveDirect } from './queue.ts';
+import type { DirectBuffer, Virtqueue, VirtqueueStats } from './queue.ts';
+import { resolveDirect } from './queue.ts';
 import { QueueCore } from './queue-core.ts';
 
 
@@ -176,7 +176,6 @@ export class SplitQueue extends QueueCore implements Virtqueue {
   protected usedFlags = -1;
   protected availEvent = -1;
   protected notifyOn = true;
-  private readonly scratchChain = new Chain();
 
   // Inflight tracking (null / empty without a region).
   protected inflightRegion: SplitInflight | null = null;
@@ -599,18 +598,6 @@ export class SplitQueue extends QueueCore implements Virtqueue {
     this.stats.popped -= n;
   }
 
-  /** The device loop (queue.ts drainQueue): one result object per queue, nothing allocated per call. */
-  drain(
-    fn: ChainHandler,
-    budget: number,
-    chain: Chain = this.scratchChain,
-    poll = false,
-    direct: DirectHandler | null = null,
-    dbuf: DirectBuffer | null = null,
-  ): DrainResult {
-    return drainQueue(this, fn, budget, chain, this.drainResult, poll, direct, dbuf);
-  }
-  private readonly drainResult: DrainResult = { processed: 0, notify: false, more: false, stopped: false };
 }
 
 /**
