@@ -86,7 +86,6 @@ import { VirtqError, hexAddr } from './errors.ts';
 import type { InflightAttachResult, InflightRegion, PackedRecovery } from './inflight.ts';
 import { PackedInflight } from './inflight.ts';
 import type { DirectBuffer, Virtqueue, VirtqueueStats } from './queue.ts';
-import { resolveDirect } from './queue.ts';
 import { QueueCore } from './queue-core.ts';
 
 
@@ -392,17 +391,17 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     return false;
   }
 
-  /** The descriptor at linear position L is available for the wrap counter that position implies. */
-  private availAt(L: number): boolean {
+  /**
+   * Flags of the descriptor at linear position L when it is available for the wrap counter that
+   * position implies, else -1. The flags load is the acquire that orders the reads of the list's
+   * descriptors after it: `Atomics.load`, or a plain load where that is one (`plain`, D36).
+   */
+  private availFlags(L: number, plain: boolean): number {
     const S = this.size;
-    let pos = L;
-    let w = 1;
-    if (L >= S) {
-      pos = L - S;
-      w = 0;
-    }
-    const f = Atomics.load(this.descU16, (pos << 3) + 7);
-    return ((f >>> 7) & 1) === w && ((f >>> 15) & 1) !== w;
+    const w = L >= S ? 0 : 1;
+    const fi = ((L >= S ? L - S : L) << 3) + 7;
+    const f = plain ? this.descU16[fi]! : Atomics.load(this.descU16, fi);
+    return ((f >>> 7) & 1) === w && ((f >>> 15) & 1) !== w ? f : -1;
   }
 
   /** True when the next descriptor is available (a chain can be popped). False on a broken queue. */
@@ -410,7 +409,7 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     if (this.inflightRegion !== null && this.recovery !== null && this.resubmitPos < this.recovery.entries.length) {
       return this.broken === null && this.ringsMapped;
     }
-    return this.broken === null && this.ringsMapped && this.availAt(this.availL);
+    return this.broken === null && this.ringsMapped && this.availFlags(this.availL, false) >= 0;
   }
 
   /**
@@ -422,15 +421,10 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     if (this.inflightRegion !== null) return this.popTracked(chain);
     const S = this.size;
     const L = this.availL;
-    let pos = L;
-    let w = 1;
-    if (L >= S) {
-      pos = L - S;
-      w = 0;
-    }
-    // Acquire: the flags load orders the reads of this list's descriptors after it.
-    const f0 = Atomics.load(this.descU16, (pos << 3) + 7);
-    if (((f0 >>> 7) & 1) !== w || ((f0 >>> 15) & 1) === w) return false;
+    const f0 = this.availFlags(L, false);
+    if (f0 < 0) return false;
+    const pos = L >= S ? L - S : L;
+    const w = L >= S ? 0 : 1;
     let n: number;
     try {
       n = this.walk(chain, this.desc, S, pos, f0);
@@ -486,17 +480,10 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     if (this.inflightRegion !== null) return -1;
     const S = this.size;
     const L = this.availL;
-    let pos = L;
-    let w = 1;
-    if (L >= S) {
-      pos = L - S;
-      w = 0;
-    }
-    // Acquire, as in pop(): the descriptor's other fields are read after its flags (defs.ts
-    // PLAIN_LOAD_ACQUIRES: on x86 a plain load is one).
-    const fi = (pos << 3) + 7;
-    const f0 = PLAIN_ACQ ? this.descU16[fi]! : Atomics.load(this.descU16, fi);
-    if (((f0 >>> 7) & 1) !== w || ((f0 >>> 15) & 1) === w) return 0;
+    // Acquire, as in pop(); on x86 a plain load is one (defs.ts PLAIN_LOAD_ACQUIRES).
+    const f0 = this.availFlags(L, PLAIN_ACQ);
+    if (f0 < 0) return 0;
+    const pos = L >= S ? L - S : L;
     if ((f0 & (F_NEXT | F_INDIRECT | F_WRITE)) !== (out.write ? F_WRITE : 0)) return -1;
     const d = this.desc;
     const wi = pos << 2;
@@ -508,12 +495,8 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     const inFlight = L >= U ? L - U : L + this.twoSize - U;
     if (inFlight >= S || id >= this.idCount.length || this.idCount[id] !== 0) return -1;
     const addr = hi * TWO_32 + d[wi]!;
-    try {
-      if (!resolveDirect(this.mem, this.span, out, addr, len, id)) return -1;
-    } catch (e) {
-      this.walkFault(e); // an IOTLB miss parks the queue, a denial breaks it: as pop() does
-      return 0;
-    }
+    const r = this.resolveDirect(out, addr, len, id);
+    if (r !== 1) return r;
     const slot = this.histTop;
     this.histId[slot] = id;
     this.histCount[slot] = 1;
@@ -806,7 +789,7 @@ export class PackedQueue extends QueueCore implements Virtqueue {
       this.logWrite(this.usedLogGpa + 2, 2);
     }
     // Store-load fence: the seq-cst store above (or an earlier one) is visible before this load.
-    return this.availAt(seen);
+    return this.availFlags(seen, false) >= 0;
   }
 
 

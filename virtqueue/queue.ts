@@ -8,7 +8,7 @@
 import type { Chain } from './chain.ts';
 import type { VirtqError } from './errors.ts';
 import type { InflightAttachResult, InflightRegion } from './inflight.ts';
-import type { GuestMemory, Span } from './memory.ts';
+import type { GuestMemory } from './memory.ts';
 
 export interface VirtqueueStats {
   /** Chains popped (unpops subtract). */
@@ -72,21 +72,6 @@ export const DIRECT_OK = 1;
  * miss is answered as pop() answers it: DIRECT_EMPTY with the queue parked (a denial: broken).
  */
 export const DIRECT_CHAIN = -1;
-
-/**
- * popDirect's last step, both formats: `out` := guest range [addr, addr + len) when it lies in one
- * region (through `span`), buffer id `id`; false when it does not. Translation faults (IOTLB miss or
- * denial) are thrown to popDirect, which handles them as pop() does (QueueCore.walkFault).
- */
-export function resolveDirect(mem: GuestMemory, span: Span, out: DirectBuffer, addr: number, len: number, id: number): boolean {
-  if (!mem.translate(addr, len, out.write, span) || span.byteLen !== len) return false;
-  out.bytes = span.bytes;
-  out.offset = span.offset;
-  out.len = len;
-  out.id = id;
-  out.addr = addr;
-  return true;
-}
 
 /** What drain() hands a direct buffer to: like ChainHandler. */
 export type DirectHandler = (buf: DirectBuffer) => number | false;

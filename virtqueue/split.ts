@@ -49,7 +49,7 @@
  * otherwise.
  */
 import type { GuestMemory } from './memory.ts';
-import { createSpan, ringU16, ringU32 } from './memory.ts';
+import { ringU16, ringU32 } from './memory.ts';
 import { Chain, SplitChainWalker, SplitChainWalkerBE } from './chain.ts';
 import {
   AVAIL_ALIGN,
@@ -70,7 +70,6 @@ import { VirtqError, hexAddr } from './errors.ts';
 import type { InflightAttachResult, InflightRegion } from './inflight.ts';
 import { SplitInflight } from './inflight.ts';
 import type { DirectBuffer, Virtqueue, VirtqueueStats } from './queue.ts';
-import { resolveDirect } from './queue.ts';
 import { QueueCore } from './queue-core.ts';
 
 
@@ -354,19 +353,14 @@ export class SplitQueue extends QueueCore implements Virtqueue {
     const hi = d[wi + 1]!;
     if (len === 0 || hi >= HI_LIMIT) return -1;
     const addr = hi * TWO_32 + d[wi]!;
-    try {
-      if (!resolveDirect(this.mem, this.directSpan, out, addr, len, head)) return -1;
-    } catch (e) {
-      this.walkFault(e); // an IOTLB miss parks the queue, a denial breaks it: as pop() does
-      return 0;
-    }
+    const r = this.resolveDirect(out, addr, len, head);
+    if (r !== 1) return r;
     this.lastAvail = (this.lastAvail + 1) & 0xffff;
     this.outstanding++;
     this.stats.popped++;
     this.stats.poppedDirect++;
     return 1;
   }
-  private readonly directSpan = createSpan();
 
   /**
    * Gives back the last n popped chains (they will be popped again), e.g. when mergeable RX cannot
