@@ -296,15 +296,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     const ring = this.txRing!;
     this.reader.reset(chain, ring.memory);
     const total = this.reader.remaining;
-    if (total > MAX_FRAME) {
-      // A chain this long is no frame we can carry: complete it unsent rather than stall the ring.
-      this.stats.txDropped++;
-      return 0;
-    }
-    if (total < this.hdrLen) {
-      this.stats.txDropped++;
-      return 0;
-    }
+    if (this.txMalformed(total)) return 0;
     // The header is parsed in place when contiguous (it always is with DPDK and Linux drivers).
     // A legacy big-endian ring has a big-endian header (virtio v1.2 5.1.6.1, SET_VRING_ENDIAN).
     const sp = this.span;
@@ -330,35 +322,17 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       this.reader.read(this.txBuf, 0, byteLen);
       out = uplink.deliver(this.txBuf, hdr, byteLen);
     }
-    if (out === 'busy') {
-      this.txBlocked = true;
-      return false; // give the chain back; resume when the uplink has room
-    }
-    if (this.ringTrace !== null) this.traceChain(ring.index, 'tx', chain, total, byteLen);
-    if (out === 'ok') {
-      this.stats.txFrames++;
-      this.stats.txBytes += byteLen;
-    } else this.stats.txDropped++;
-    this.txDone++;
-    return 0; // TX buffers are read-only: used length 0 (virtio v1.2 5.1.6.2)
+    const used = this.txSent(out, byteLen);
+    if (used !== false && this.ringTrace !== null) this.traceChain(ring.index, 'tx', chain, total, byteLen);
+    return used;
   };
 
   /**
-   * The TX fast path (drain's direct handler): a one-descriptor buffer, header and frame contiguous
-   * in guest memory (DPDK virtio-user and Linux put the header in front of the frame). Same rules as
-   * txChain; used only with little-endian rings (popDirect never answers for big-endian ones), no
-   * ring tracing, and an uplink that takes a span (processTx).
+   * The end of one TX buffer, chain or direct: 'busy' gives it back (false; TX resumes when the
+   * uplink has room), anything else completes it with used length 0 (TX buffers are read-only,
+   * virtio v1.2 5.1.6.2) and is counted.
    */
-  private readonly txDirect = (b: DirectBuffer): number | false => {
-    const total = b.len;
-    const hl = this.hdrLen;
-    if (total > MAX_FRAME || total < hl) {
-      this.stats.txDropped++;
-      return 0;
-    }
-    const hdr = this.txHdr.read(b.bytes, b.offset, false);
-    const byteLen = total - hl;
-    const out = this.uplink!.deliverSpan!(b.bytes, b.offset + hl, byteLen, hdr, hl);
+  private txSent(out: Delivery, byteLen: number): number | false {
     if (out === 'busy') {
       this.txBlocked = true;
       return false;
@@ -369,6 +343,28 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     } else this.stats.txDropped++;
     this.txDone++;
     return 0;
+  }
+
+  /** A TX buffer too long to be a frame, or shorter than the header: completed unsent (never stalls the ring). */
+  private txMalformed(total: number): boolean {
+    if (total <= MAX_FRAME && total >= this.hdrLen) return false;
+    this.stats.txDropped++;
+    return true;
+  }
+
+  /**
+   * The TX fast path (drain's direct handler): a one-descriptor buffer, header and frame contiguous
+   * in guest memory (DPDK virtio-user and Linux put the header in front of the frame). Same rules as
+   * txChain; used only with little-endian rings (popDirect never answers for big-endian ones), no
+   * ring tracing, and an uplink that takes a span (processTx).
+   */
+  private readonly txDirect = (b: DirectBuffer): number | false => {
+    const total = b.len;
+    if (this.txMalformed(total)) return 0;
+    const hl = this.hdrLen;
+    const hdr = this.txHdr.read(b.bytes, b.offset, false);
+    const byteLen = total - hl;
+    return this.txSent(this.uplink!.deliverSpan!(b.bytes, b.offset + hl, byteLen, hdr, hl), byteLen);
   };
 
   private processTx(index: number): void {
@@ -509,11 +505,10 @@ export class NetDevice implements Device, FrameSink, PolledRing {
    * need offload work in software are gathered into a buffer first and take the deliver() path.
    */
   deliverChain(src: ChainReader, hdr: NetHdr, byteLen: number): Delivery {
-    const h = this.rxHdr.copyFrom(hdr);
-    if (!this.guestCsum) h.flags &= ~NET_HDR_F_DATA_VALID;
+    const h = this.rxHeader(hdr);
     if (!h.plain) {
       const buf = this.gatherBuf ?? (this.gatherBuf = new Uint8Array(MAX_FRAME));
-      return this.deliverSlow(buf, hdr, src.read(buf, 0, byteLen));
+      return this.deliverSlow(buf, h, src.read(buf, 0, byteLen));
     }
     this.src = src;
     try {
@@ -531,15 +526,14 @@ export class NetDevice implements Device, FrameSink, PolledRing {
    * small, an empty or broken ring) takes the general path with the frame gathered first.
    */
   deliverSpan(bytes: Uint8Array, off: number, byteLen: number, hdr: NetHdr, rawHdrBytes = 0): Delivery {
-    const h = this.rxHdr.copyFrom(hdr);
-    if (!this.guestCsum) h.flags &= ~NET_HDR_F_DATA_VALID;
+    const h = this.rxHeader(hdr);
     if (h.plain && this.ringTrace === null) {
       const r = this.rxDirect(bytes, off, byteLen, h, rawHdrBytes);
       if (r !== null) return r;
     }
     const buf = this.gatherBuf ?? (this.gatherBuf = new Uint8Array(MAX_FRAME));
     copyBytes(buf, 0, bytes, off, byteLen);
-    return this.deliverSlow(buf, hdr, byteLen);
+    return this.deliverSlow(buf, h, byteLen);
   }
 
   /**
@@ -604,19 +598,29 @@ export class NetDevice implements Device, FrameSink, PolledRing {
    * (virtio v1.2 5.1.6.4: the device MUST NOT set NEEDS_CSUM / a gso_type the driver did not accept).
    */
   deliver(frame: Uint8Array, hdr: NetHdr, byteLen = frame.length): Delivery {
-    if (this.ringTrace === null && hdr.plain) {
-      const h = this.rxHdr.copyFrom(hdr);
-      if (!this.guestCsum) h.flags &= ~NET_HDR_F_DATA_VALID;
+    const h = this.rxHeader(hdr);
+    if (this.ringTrace === null && h.plain) {
       const r = this.rxDirect(frame, 0, byteLen, h, 0);
       if (r !== null) return r;
     }
-    return this.deliverSlow(frame, hdr, byteLen);
+    return this.deliverSlow(frame, h, byteLen);
   }
 
-  /** deliver() without the fast path: one RX chain or several, offload work in software. */
-  private deliverSlow(frame: Uint8Array, hdr: NetHdr, byteLen: number): Delivery {
+  /**
+   * The header as this guest must see it (rxHdr, valid until the next frame): the sender's, with
+   * DATA_VALID cleared for a guest without GUEST_CSUM. Every RX entry point makes it once.
+   */
+  private rxHeader(hdr: NetHdr): NetHdr {
     const h = this.rxHdr.copyFrom(hdr);
     if (!this.guestCsum) h.flags &= ~NET_HDR_F_DATA_VALID;
+    return h;
+  }
+
+  /**
+   * deliver() without the fast path: one RX chain or several, offload work in software. `h` is
+   * the receive header (rxHeader).
+   */
+  private deliverSlow(frame: Uint8Array, h: NetHdr, byteLen: number): Delivery {
     if (h.plain) return this.deliverOne(frame, byteLen, h);
     const gso = h.gsoType & ~GSO_ECN;
     if (gso !== GSO_NONE && !this.guestTakesGso(h.gsoType)) {
