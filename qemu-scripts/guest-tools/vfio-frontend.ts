@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, ProtoF, VirtioF, bit, type VhostMessage } from '../../protocol/index.ts';
 import { FlatMemory, MockDriver } from '../../virtqueue/index.ts';
-import { connectFrontend } from '../../test/helpers/frontend-socket.ts';
+import { connectFrontend, vringAddrAt } from '../../test/helpers/frontend-socket.ts';
 import { checkFrame, makeFrame } from './vfio-frames.ts';
 
 const { values } = parseArgs({
@@ -78,14 +78,7 @@ async function main(): Promise<number> {
     await fe.request(R.SET_VRING_BASE, { index, num: 0 }, opt);
     await fe.request(
       R.SET_VRING_ADDR,
-      {
-        index,
-        flags: 0,
-        descUserAddr: BigInt(UVA_BASE + drv.descAddr),
-        usedUserAddr: BigInt(UVA_BASE + drv.usedAddr),
-        availUserAddr: BigInt(UVA_BASE + drv.availAddr),
-        logGuestAddr: 0n,
-      },
+      vringAddrAt(index, UVA_BASE, drv.descAddr, drv.availAddr, drv.usedAddr),
       opt,
     );
     await fe.request(R.SET_VRING_CALL, { index, noFd: false }, { ...opt, fds: [call] });

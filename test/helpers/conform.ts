@@ -15,7 +15,7 @@ import { FlatMemory, MockDriver } from '../../virtqueue/index.ts';
 import { VhostUserEndpoint } from '../../backend/server.ts';
 import { NetDevice } from '../../backend/devices/net/net-device.ts';
 import { ConformEngine, type Outcome } from '../../backend/conform/engine.ts';
-import { connectFrontend, type SocketFrontend } from './frontend-socket.ts';
+import { connectFrontend, type SocketFrontend, vringAddrAt } from './frontend-socket.ts';
 
 let dir: string | null = null;
 function sockDir(): string {
@@ -125,14 +125,7 @@ export async function splitRing(rig: ConformRig, index: number, o: { enable?: bo
   await fe.request(R.SET_VRING_BASE, { index, num: 0 }, opt);
   await fe.request(
     R.SET_VRING_ADDR,
-    {
-      index,
-      flags: 0,
-      descUserAddr: BigInt(UVA_BASE + drv.descAddr),
-      usedUserAddr: BigInt(UVA_BASE + drv.usedAddr),
-      availUserAddr: BigInt(UVA_BASE + drv.availAddr),
-      logGuestAddr: 0n,
-    },
+    vringAddrAt(index, UVA_BASE, drv.descAddr, drv.availAddr, drv.usedAddr),
     opt,
   );
   await fe.request(R.SET_VRING_CALL, { index, noFd: false }, { ...opt, fds: [call] });

@@ -24,7 +24,7 @@
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, ProtoF, VirtioF, bit, has, type VhostMessage } from '../../protocol/index.ts';
 import { FlatMemory, MockDriver, MockPackedDriver, type MockBuffer, type UsedEntry } from '../../virtqueue/index.ts';
-import { connectFrontend, type SocketFrontend } from './frontend-socket.ts';
+import { connectFrontend, type SocketFrontend, vringAddrAt } from './frontend-socket.ts';
 
 export const NET_HDR_BYTES = 12;
 /** virtio v1.2 2.1 Device Status Field. */
@@ -192,14 +192,7 @@ export class DriverFrontend {
       await this.req(R.SET_VRING_BASE, { index, num: bases[index]! }, 'SET_VRING_BASE');
       await this.req(
         R.SET_VRING_ADDR,
-        {
-          index,
-          flags: 0,
-          descUserAddr: BigInt(UVA_BASE + ring.desc),
-          availUserAddr: BigInt(UVA_BASE + ring.driverArea),
-          usedUserAddr: BigInt(UVA_BASE + ring.deviceArea),
-          logGuestAddr: 0n,
-        },
+        vringAddrAt(index, UVA_BASE, ring.desc, ring.driverArea, ring.deviceArea),
         'SET_VRING_ADDR',
       );
       await this.req(R.SET_VRING_CALL, { index, noFd: false }, 'SET_VRING_CALL', [this.call[index]!]);

@@ -4,7 +4,7 @@
  */
 import type { NativeBinding, Fd, Poller } from '../../native/types.ts';
 import { POLL_READABLE, POLL_DISCONNECT } from '../../native/types.ts';
-import { ScriptedFrontend, type ScriptedFrontendOptions } from '../../protocol/index.ts';
+import { ScriptedFrontend, type ScriptedFrontendOptions, type VringAddr } from '../../protocol/index.ts';
 
 export interface SocketFrontend {
   fe: ScriptedFrontend;
@@ -63,4 +63,21 @@ export function connectFrontend(
   });
   poller.start(POLL_READABLE | POLL_DISCONNECT);
   return { fe, fd, closed, close };
+}
+
+/**
+ * SET_VRING_ADDR for rings at guest addresses desc / avail / used (split: descriptor table,
+ * available and used rings; packed: descriptor ring, driver and device areas) in a guest memory
+ * the frontend maps at user address `uvaBase` (gpa 0 there), as QEMU and DPDK send user addresses;
+ * no used-ring logging.
+ */
+export function vringAddrAt(index: number, uvaBase: number, desc: number, avail: number, used: number): VringAddr {
+  return {
+    index,
+    flags: 0,
+    descUserAddr: BigInt(uvaBase + desc),
+    usedUserAddr: BigInt(uvaBase + used),
+    availUserAddr: BigInt(uvaBase + avail),
+    logGuestAddr: 0n,
+  };
 }

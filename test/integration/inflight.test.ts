@@ -24,7 +24,7 @@ import {
 } from '../../protocol/index.ts';
 import { FlatMemory, MockDriver, inflightQueueOffset, inflightQueueSize } from '../../virtqueue/index.ts';
 import { startBackend } from '../helpers/backend.ts';
-import { connectFrontend, type SocketFrontend } from '../helpers/frontend-socket.ts';
+import { connectFrontend, type SocketFrontend, vringAddrAt } from '../helpers/frontend-socket.ts';
 import { frameOf, setupLoopback, until } from '../helpers/loopback.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vut-infl-'));
@@ -110,14 +110,7 @@ class Guest {
       await fe.request(R.SET_VRING_BASE, { index, num: drv.usedIdx }, o);
       await fe.request(
         R.SET_VRING_ADDR,
-        {
-          index,
-          flags: 0,
-          descUserAddr: BigInt(UVA + drv.descAddr),
-          usedUserAddr: BigInt(UVA + drv.usedAddr),
-          availUserAddr: BigInt(UVA + drv.availAddr),
-          logGuestAddr: 0n,
-        },
+        vringAddrAt(index, UVA, drv.descAddr, drv.availAddr, drv.usedAddr),
         o,
       );
       await fe.request(R.SET_VRING_CALL, { index, noFd: false }, { ...o, fds: [c] });

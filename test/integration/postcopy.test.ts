@@ -22,7 +22,7 @@ import {
 } from '../../protocol/index.ts';
 import { FlatMemory, MockDriver } from '../../virtqueue/index.ts';
 import { startBackend } from '../helpers/backend.ts';
-import { connectFrontend } from '../helpers/frontend-socket.ts';
+import { connectFrontend, vringAddrAt } from '../helpers/frontend-socket.ts';
 import { frameOf, until } from '../helpers/loopback.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vut-pc-'));
@@ -97,14 +97,7 @@ test('postcopy: ADVISE hands out a userfaultfd, SET_MEM_TABLE answers with our m
   await fe.request(R.SET_VRING_BASE, { index: 1, num: 0 }, opt);
   await fe.request(
     R.SET_VRING_ADDR,
-    {
-      index: 1,
-      flags: 0,
-      descUserAddr: BigInt(UVA + drv.descAddr),
-      usedUserAddr: BigInt(UVA + drv.usedAddr),
-      availUserAddr: BigInt(UVA + drv.availAddr),
-      logGuestAddr: 0n,
-    },
+    vringAddrAt(1, UVA, drv.descAddr, drv.availAddr, drv.usedAddr),
     opt,
   );
   await fe.request(R.SET_VRING_CALL, { index: 1, noFd: false }, { ...opt, fds: [call] });
