@@ -29,13 +29,17 @@ async function rig(t: ExecutionContext, opts: { serveMisses?: boolean; heapPerm?
   t.teardown(() => peer.close());
   let frontend: ScriptedFrontend | null = null;
   const served: number[] = [];
+  /** UPDATEs sent for misses, answered while the test goes on; awaited before the connection closes. */
+  const pendingUpdates: Promise<unknown>[] = [];
   // QEMU's vhost_device_iotlb_miss: translate, send the UPDATE on the main channel, then ack the miss.
   peer.answer = (msg) => {
     const m = msg.payload as IotlbMsg;
     if (msg.name === 'IOTLB_MSG' && m.type === IotlbType.MISS && opts.serveMisses !== false) {
       const page = Number(m.iova) & ~(PAGE - 1);
       served.push(page);
-      void update(frontend!, page, PAGE, opts.heapPerm ?? RW);
+      const p = update(frontend!, page, PAGE, opts.heapPerm ?? RW);
+      p.catch(() => undefined); // reported by the teardown below, not as an unhandled rejection
+      pendingUpdates.push(p);
     }
     return 0n;
   };
@@ -48,6 +52,11 @@ async function rig(t: ExecutionContext, opts: { serveMisses?: boolean; heapPerm?
       native.close(peer.remote);
       await update(fe, 0, 0x100000);
     },
+  });
+  // Registered after setupLoopback's, so it runs first (ava runs teardowns in reverse): a miss served
+  // just as the test ended gets its reply before the frontend closes; a failed UPDATE fails the test.
+  t.teardown(async () => {
+    await Promise.all(pendingUpdates);
   });
   return { ...lb, peer, served };
 }
