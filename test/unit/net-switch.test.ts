@@ -310,7 +310,8 @@ function txOne(frame: Uint8Array, hdr = new Uint8Array(12)): MockBuffer[] {
 
 for (const kind of ['split', 'packed'] as const) {
   test(`${kind}: one-descriptor TX and RX buffers take the direct path: exact bytes, header fields carried, num_buffers 1, dirty span after the copy`, (t) => {
-    const { a, b } = pair(kind, MRG);
+    // The sender negotiated CSUM, so its header is read and carried (without host offloads it is not: D40).
+    const { a, b } = pair(kind, MRG | bit(VirtioF.NET_F_CSUM), MRG);
     const frame = frameOf(64, 7);
     const hdr = new Uint8Array(12);
     hdr[2] = 54; // hdr_len: carried as is for a plain frame (no offload work)
@@ -351,7 +352,7 @@ for (const kind of ['split', 'packed'] as const) {
       [csum, 12, true],
       ...(kind === 'split' ? ([[legacy, 10, false]] as const) : []),
     ] as const) {
-      const { a, b } = pair(kind, MRG, fb);
+      const { a, b } = pair(kind, MRG | bit(VirtioF.NET_F_CSUM), fb);
       const frame = frameOf(90, 4);
       const hdr = new Uint8Array(12);
       hdr[0] = 2; // DATA_VALID
@@ -363,6 +364,30 @@ for (const kind of ['split', 'packed'] as const) {
       t.is(u!.data![0], keep ? 2 : 0, `DATA_VALID ${keep ? 'kept' : 'cleared'}`);
       t.deepEqual(u!.data!.subarray(hdrBytes), frame);
     }
+  });
+
+  test(`${kind}: a sender without host offloads: its TX header is not read (virtio v1.2 5.1.6.2.1), on the direct and the chain path`, (t) => {
+    // The driver MUST leave flags zero and gso_type NONE without CSUM / HOST_TSO*; whatever it wrote
+    // instead is ignored: the frame goes out as it is, the receiver gets a plain header (D40).
+    const { a, b } = pair(kind, MRG, MRG | bit(VirtioF.NET_F_GUEST_CSUM));
+    const frame = frameOf(120, 9);
+    const junk = new Uint8Array([NET_HDR_F_NEEDS_CSUM | 2, 1, 54, 0, 0x40, 0x05, 34, 0, 16, 0, 7, 7]);
+    for (let i = 0; i < 2; i++) b.rx.addChain([{ byteLen: 2048, write: true }]);
+    a.tx.addChain(txOne(frame, junk));
+    a.tx.addChain(txChain(frame, [20], junk));
+    a.dev.kick(1);
+    const used = b.rx.readUsed();
+    t.is(used.length, 2);
+    const plain = new Uint8Array(12);
+    plain[10] = 1; // num_buffers
+    for (const u of used) {
+      t.is(u.len, 132);
+      t.deepEqual(u.data!.subarray(0, 12), plain, 'flags 0, gso NONE, no checksum fields, num_buffers 1');
+      t.deepEqual(u.data!.subarray(12), frame, 'frame unchanged (no checksum written into it)');
+    }
+    t.is(a.txRing.queue.stats.poppedDirect, 1, 'the one-descriptor buffer took the direct path');
+    t.is(a.dev.stats.txFrames, 2);
+    t.is(b.dev.stats.rxSwChecksums, 0);
   });
 
   test(`${kind}: direct TX into RX buffers the fast path cannot take (too small, a chain, none): mergeable gather, chain copy, busy`, (t) => {
