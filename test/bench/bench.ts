@@ -54,6 +54,8 @@ const BIN = join(ROOT, 'bin/vhost-user-ts.js');
 const GC_PRELOAD = join(ROOT, 'test/bench/gc-count.mjs');
 const C2C_SRC = join(ROOT, 'test/bench/c2c.c');
 const TESTPMD = '/usr/bin/dpdk-testpmd';
+/** c2c latency above this (ns) = the two vCPUs sit far apart (test-rig-facts.md §3.6: ≈ 55 vs ≈ 320 ns). */
+const C2C_FAR_NS = 200;
 const BACKEND_CPU = 1;
 const FRONTEND_CPU = 0;
 const BURST = 32;
@@ -467,7 +469,7 @@ async function runOnce(impl: Impl, cfg: Config, run: number, o: Opts, baseDir: s
       ours = undefined;
     }
     res.c2cAfter = c2c();
-    if ((res.c2cBefore ?? 0) > 200 || (res.c2cAfter ?? 0) > 200) res.flags!.push('c2c>200ns (far placement)');
+    if ((res.c2cBefore ?? 0) > C2C_FAR_NS || (res.c2cAfter ?? 0) > C2C_FAR_NS) res.flags!.push(`c2c>${C2C_FAR_NS}ns (far placement)`);
     if (res.foreignPct > FOREIGN_LIMIT) res.flags!.push(`foreign load ${res.foreignPct.toFixed(0)}%`);
     if (res.stealPct > 5) res.flags!.push(`steal ${res.stealPct.toFixed(0)}%`);
   } catch (e) {
@@ -524,12 +526,33 @@ interface Summary {
   oursMedian: number;
   ratio: number;
   pairedRatioMedian: number;
+  /** The same medians over runs of one vCPU placement only (placementOf), for both backends. */
+  byPlacement: Record<'near' | 'far', { dpdk: number[]; ours: number[]; ratio: number }>;
+}
+
+/**
+ * Where the host put the two vCPUs during a run, from the c2c probe before and after it: the rig
+ * alternates between ≈ 55 ns (near) and ≈ 320 ns (far), and that moves both backends up to 2x, so a
+ * ratio is only meaningful between runs of the same placement. 'mixed': it changed during the run.
+ */
+function placementOf(r: RunResult): 'near' | 'far' | 'mixed' | 'unknown' {
+  if (r.c2cBefore == null || r.c2cAfter == null) return 'unknown';
+  const far = (ns: number) => ns > C2C_FAR_NS;
+  if (far(r.c2cBefore) !== far(r.c2cAfter)) return 'mixed';
+  return far(r.c2cBefore) ? 'far' : 'near';
 }
 
 function summarize(results: RunResult[], configs: Config[]): Summary[] {
   return configs.map((c) => {
-    const of = (impl: Impl) =>
-      results.filter((r) => r.ring === c.ring && r.size === c.size && r.queueSize === c.queueSize && r.impl === impl && r.status === 'ok' && !r.excluded).map((r) => r.mpps!);
+    const runsOf = (impl: Impl) =>
+      results.filter((r) => r.ring === c.ring && r.size === c.size && r.queueSize === c.queueSize && r.impl === impl && r.status === 'ok' && !r.excluded);
+    const of = (impl: Impl) => runsOf(impl).map((r) => r.mpps!);
+    const placed = (where: 'near' | 'far') => {
+      const pick = (impl: Impl) => runsOf(impl).filter((r) => placementOf(r) === where).map((r) => r.mpps!);
+      const dp = pick('dpdk');
+      const ou = pick('ours');
+      return { dpdk: dp, ours: ou, ratio: median(ou) / median(dp) };
+    };
     const d = of('dpdk');
     const u = of('ours');
     const dm = median(d);
@@ -540,7 +563,18 @@ function summarize(results: RunResult[], configs: Config[]): Summary[] {
       const p = results.find((x) => x.ring === c.ring && x.size === c.size && x.queueSize === c.queueSize && x.impl === 'dpdk' && x.run === r.run && x.status === 'ok' && !x.excluded);
       if (p?.mpps) paired.push(r.mpps! / p.mpps);
     }
-    return { ring: c.ring, size: c.size, queueSize: c.queueSize, dpdk: d, ours: u, dpdkMedian: dm, oursMedian: um, ratio: um / dm, pairedRatioMedian: median(paired) };
+    return {
+      ring: c.ring,
+      size: c.size,
+      queueSize: c.queueSize,
+      dpdk: d,
+      ours: u,
+      dpdkMedian: dm,
+      oursMedian: um,
+      ratio: um / dm,
+      pairedRatioMedian: median(paired),
+      byPlacement: { near: placed('near'), far: placed('far') },
+    };
   });
 }
 
@@ -557,6 +591,21 @@ function printSummary(results: RunResult[], configs: Config[]): Summary[] {
     out.push(
       `${s.ring.padEnd(7)}${String(s.queueSize).padStart(5)} ${String(s.size).padStart(4)} | ${`${f2(s.dpdkMedian)} ${rng(s.dpdk)}`.padEnd(27)} | ` +
         `${oursTxt.padEnd(31)} | ${(s.ring === 'packed' && !OURS_PACKED ? '-' : f2(s.ratio)).padEnd(16)} | ${s.ring === 'packed' && !OURS_PACKED ? '-' : f2(s.pairedRatioMedian)}`,
+    );
+  }
+  // The vCPU placement moves single runs up to 2x for both backends: the same comparison per placement.
+  out.push('');
+  out.push(`By vCPU placement (c2c probe before and after the run: near <= ${C2C_FAR_NS} ns < far; runs that changed placement left out):`);
+  out.push('ring   qsize size | near: DPDK (runs) | ours (runs)  | ratio | far: DPDK (runs)  | ours (runs)  | ratio');
+  for (const s of sums) {
+    if (s.ring === 'packed' && !OURS_PACKED) continue;
+    const cell = (xs: number[]) => (xs.length ? `${f2(median(xs))} (${xs.length})` : '-').padEnd(12);
+    const r = (x: { dpdk: number[]; ours: number[]; ratio: number }) => (x.dpdk.length && x.ours.length ? f2(x.ratio) : '-').padEnd(5);
+    const n = s.byPlacement.near;
+    const fa = s.byPlacement.far;
+    out.push(
+      `${s.ring.padEnd(7)}${String(s.queueSize).padStart(5)} ${String(s.size).padStart(4)} | ${cell(n.dpdk).padEnd(17)} | ${cell(n.ours)} | ${r(n)} | ` +
+        `${cell(fa.dpdk).padEnd(17)} | ${cell(fa.ours)} | ${r(fa)}`,
     );
   }
   // Resource use, medians over the ok runs.

@@ -23,7 +23,7 @@ import {
   type Virtqueue,
 } from '../../virtqueue/index.ts';
 import { NetDevice } from '../../backend/devices/net/net-device.ts';
-import { NET_HDR_F_NEEDS_CSUM } from '../../backend/devices/net/net-hdr.ts';
+import { NET_HDR_F_NEEDS_CSUM, NetHdr } from '../../backend/devices/net/net-hdr.ts';
 import { portPair } from '../../backend/ports/pair.ts';
 import type { ReadyQueue } from '../../backend/device.ts';
 import { fold, sum16 } from '../../backend/devices/net/offload.ts';
@@ -388,6 +388,30 @@ for (const kind of ['split', 'packed'] as const) {
     t.is(a.txRing.queue.stats.poppedDirect, 1, 'the one-descriptor buffer took the direct path');
     t.is(a.dev.stats.txFrames, 2);
     t.is(b.dev.stats.rxSwChecksums, 0);
+  });
+
+  test(`${kind}: a frame from a port (deliver) into a one-descriptor RX buffer: the header written field by field, aligned or not`, (t) => {
+    const { b } = pair(kind, MRG, MRG | bit(VirtioF.NET_F_GUEST_CSUM));
+    const frame = frameOf(80, 3);
+    const hdr = new NetHdr();
+    hdr.flags = 2; // DATA_VALID: kept for a guest with GUEST_CSUM
+    hdr.hdrLen = 54;
+    hdr.gsoSize = 0x0540;
+    hdr.csumStart = 34;
+    hdr.csumOffset = 16;
+    // One buffer at a 4-byte aligned address (word stores) and one at an odd address (byte stores).
+    b.rx.addChain([{ byteLen: 2048, write: true, addr: 0x70000 }]);
+    b.rx.addChain([{ byteLen: 2048, write: true, addr: 0x71003 }]);
+    t.is(b.dev.deliver(frame, hdr), 'ok');
+    t.is(b.dev.deliver(frame, hdr), 'ok');
+    const want = new Uint8Array([2, 0, 54, 0, 0x40, 0x05, 34, 0, 16, 0, 1, 0]);
+    const used = b.rx.readUsed();
+    t.is(used.length, 2);
+    for (const u of used) {
+      t.deepEqual(u.data!.subarray(0, 12), want);
+      t.deepEqual(u.data!.subarray(12, 92), frame);
+    }
+    t.is(b.rxRing.queue.stats.poppedDirect, 2, 'both took the direct path');
   });
 
   test(`${kind}: direct TX into RX buffers the fast path cannot take (too small, a chain, none): mergeable gather, chain copy, busy`, (t) => {
