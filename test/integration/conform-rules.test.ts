@@ -418,9 +418,16 @@ test('VU-PRB-001: IOTLB miss answered with the UPDATE passes; acked without one 
     const peer = await withChannel(rig, 0n, BASE_FEATURES | bit(VirtioF.ACCESS_PLATFORM));
     t.teardown(() => peer.close());
     const upd = (iova: number, size: number): IotlbMsg => ({ iova: BigInt(iova), size: BigInt(size), userAddr: BigInt(UVA_BASE + iova), perm: 3, type: IotlbType.UPDATE });
+    // UPDATEs sent for misses; awaited below so none is still waiting for its reply when the rig closes
+    // (it would surface as an unhandled rejection, as it once did in iommu.test.ts).
+    const updates: Promise<unknown>[] = [];
     peer.answer = (msg) => {
       const m = msg.payload as IotlbMsg;
-      if (serve && m.type === IotlbType.MISS) void rig.fe.request(R.IOTLB_MSG, upd(Number(m.iova) & ~0xfff, 0x1000), { needReply: true });
+      if (serve && m.type === IotlbType.MISS) {
+        const p = rig.fe.request(R.IOTLB_MSG, upd(Number(m.iova) & ~0xfff, 0x1000), { needReply: true });
+        p.catch(() => undefined); // a failure is reported by the await below
+        updates.push(p);
+      }
       return 0n;
     };
     await rig.fe.request(R.IOTLB_MSG, upd(0, 0x100000), { needReply: true });
@@ -431,6 +438,7 @@ test('VU-PRB-001: IOTLB miss answered with the UPDATE passes; acked without one 
     await probeIotlb(rig.engine);
     t.is(rig.outcome('VU-PRB-001'), serve ? 'pass' : 'fail');
     t.is(rig.outcome('VU-DIV-005'), 'divergence');
+    await Promise.all(updates);
   }
 });
 
