@@ -124,6 +124,19 @@ function installExitHook(): void {
 /** CSI / OSC / single-char escapes (SeaBIOS and the kernel clear the screen) and CRs off the console. */
 // eslint-disable-next-line no-control-regex
 const ANSI = /\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07]*\x07|[@-Z\\-_c])/g;
+/** Lines that open a Linux kernel report (the first line says what failed; the trace follows). */
+const KERNEL_REPORT = /^.*(?:BUG: |Oops: |general protection fault|kernel BUG at|Kernel panic - not syncing|WARNING: CPU: ).*$/m;
+
+/**
+ * The first kernel report in a guest console: its offset and up to `maxChars` from the start of its line,
+ * or null. Exported for the helper's own test.
+ */
+export function firstOops(console: string, maxChars = 2500): { at: number; text: string } | null {
+  const m = KERNEL_REPORT.exec(console);
+  if (!m) return null;
+  return { at: m.index, text: console.slice(m.index, m.index + maxChars) };
+}
+
 export function cleanConsole(raw: string): string {
   return raw.replace(ANSI, '').replace(/\r/g, '');
 }
@@ -240,8 +253,14 @@ export class Guest {
     return this.output.length;
   }
 
+  /**
+   * The console's tail (and QEMU's stderr). When the guest kernel reported an oops or a panic whose first
+   * lines the tail would cut (a call trace alone does not say what failed), that report comes first.
+   */
   tail(chars = 3000): string {
-    const t = this.output.slice(-chars);
+    let t = this.output.slice(-chars);
+    const oops = firstOops(this.output);
+    if (oops !== null && oops.at < this.output.length - chars) t = `--- first kernel report ---\n${oops.text}\n--- console tail ---\n${t}`;
     return this.stderr ? `${t}\n--- qemu stderr ---\n${this.stderr.slice(-chars)}` : t;
   }
 

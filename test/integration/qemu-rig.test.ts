@@ -7,13 +7,34 @@ import test from 'ava';
 import { existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { GuestError, guestAvailable, startGuest } from '../helpers/qemu.ts';
+import { GuestError, firstOops, guestAvailable, startGuest } from '../helpers/qemu.ts';
 import { startTestpmd } from '../helpers/testpmd.ts';
 
 const haveGuest = guestAvailable();
 const haveTestpmd = existsSync('/usr/bin/dpdk-testpmd');
 const guestTest = haveGuest ? test.serial : test.serial.skip;
 const dpdkTest = haveGuest && haveTestpmd ? test.serial : test.serial.skip;
+
+// No guest needed: what a failed guest test shows when the kernel oopsed long before the console's end.
+test('firstOops: the first kernel report of a console, from its first line (the tail alone would cut it)', (t) => {
+  const boot = Array.from({ length: 50 }, (_, i) => `[    1.${String(i).padStart(6, '0')}] virtio_net virtio0: boot line ${i}`).join('\n');
+  const report = [
+    '[    8.081002] BUG: kernel NULL pointer dereference, address: 0000000000000000',
+    '[    8.081100] #PF: supervisor instruction fetch in kernel mode',
+    '[    8.086377]  napi_complete_done+0x6d/0x1a0',
+    '[    8.086573]  virtnet_poll+0x371/0x4e4 [virtio_net]',
+    '[    8.094208] Kernel panic - not syncing: Fatal exception in interrupt',
+  ].join('\n');
+  const console = `${boot}\n${report}\n`;
+  const o = firstOops(console);
+  t.not(o, null);
+  t.is(o!.at, boot.length + 1, 'starts at the BUG line, not at the later panic line');
+  t.true(o!.text.startsWith('[    8.081002] BUG: kernel NULL pointer dereference'));
+  t.true(o!.text.includes('Kernel panic - not syncing'));
+  t.is(firstOops(boot), null, 'a clean console has none');
+  t.is(firstOops('[ 3.1] WARNING: CPU: 0 PID: 1 at net/core/dev.c:1 x\n')!.at, 0);
+  t.is(firstOops(`${boot}\n${report}`, 40)!.text.length, 40, 'bounded');
+});
 
 guestTest('guest without NIC runs vut.run and powers off by itself', async (t) => {
   const g = startGuest({ vut: { run: 'echo,rig-says-$((6*7))' }, teardown: t.teardown, maxLifetimeMs: 60_000 });
