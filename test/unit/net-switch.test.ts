@@ -52,6 +52,16 @@ interface Side {
 }
 
 /** Memory made of two regions in separate buffers, split at `MEM / 2` (a buffer may cross it). */
+/** Like twoRegions, but each region's view starts inside its ArrayBuffer (byteOffset 8 and 16: rings
+ *  need host alignment), as a region mapped at an offset of a larger mapping would. */
+function offsetRegions(): RegionMemory {
+  const half = MEM / 2;
+  return new RegionMemory([
+    { gpa: 0, uva: 0x10000000, byteLen: half, bytes: new Uint8Array(new ArrayBuffer(half + 8), 8, half) },
+    { gpa: half, uva: 0x20000000, byteLen: half, bytes: new Uint8Array(new ArrayBuffer(half + 16), 16, half) },
+  ]);
+}
+
 function twoRegions(): RegionMemory {
   const half = MEM / 2;
   return new RegionMemory([
@@ -93,9 +103,9 @@ function side(kind: RingKind, features: bigint, mem: GuestMemory, label: string,
   return s;
 }
 
-function pair(kind: RingKind, features: bigint, featuresB = features, busyPollUs?: number) {
+function pair(kind: RingKind, features: bigint, featuresB = features, busyPollUs?: number, memB: () => GuestMemory = twoRegions) {
   const a = side(kind, features, new FlatMemory(MEM), 'A', busyPollUs);
-  const b = side(kind, featuresB, twoRegions(), 'B', busyPollUs);
+  const b = side(kind, featuresB, memB(), 'B', busyPollUs);
   const [pa, pb] = portPair('a', 'b');
   a.dev.attachPort(pa);
   b.dev.attachPort(pb);
@@ -391,7 +401,7 @@ for (const kind of ['split', 'packed'] as const) {
   });
 
   test(`${kind}: a frame from a port (deliver) into a one-descriptor RX buffer: the header written field by field, aligned or not`, (t) => {
-    const { b } = pair(kind, MRG, MRG | bit(VirtioF.NET_F_GUEST_CSUM));
+    const { b } = pair(kind, MRG, MRG | bit(VirtioF.NET_F_GUEST_CSUM), undefined, offsetRegions);
     const frame = frameOf(80, 3);
     const hdr = new NetHdr();
     hdr.flags = 2; // DATA_VALID: kept for a guest with GUEST_CSUM
@@ -399,19 +409,25 @@ for (const kind of ['split', 'packed'] as const) {
     hdr.gsoSize = 0x0540;
     hdr.csumStart = 34;
     hdr.csumOffset = 16;
-    // One buffer at a 4-byte aligned address (word stores) and one at an odd address (byte stores).
-    b.rx.addChain([{ byteLen: 2048, write: true, addr: 0x70000 }]);
-    b.rx.addChain([{ byteLen: 2048, write: true, addr: 0x71003 }]);
-    t.is(b.dev.deliver(frame, hdr), 'ok');
-    t.is(b.dev.deliver(frame, hdr), 'ok');
+    // Buffers at 4-byte aligned and odd addresses, in the first region (its view starts 8 bytes into its
+    // ArrayBuffer) and in the second (16 bytes in): word stores where the address in the buffer is aligned.
+    const at = [0x70000, 0x71003, 0x72002, MEM / 2 + 0x1000, MEM / 2 + 0x2001];
+    for (const addr of at) b.rx.addChain([{ byteLen: 2048, write: true, addr }]);
+    for (let i = 0; i < at.length; i++) t.is(b.dev.deliver(frame, hdr), 'ok');
     const want = new Uint8Array([2, 0, 54, 0, 0x40, 0x05, 34, 0, 16, 0, 1, 0]);
     const used = b.rx.readUsed();
-    t.is(used.length, 2);
+    t.is(used.length, at.length);
     for (const u of used) {
       t.deepEqual(u.data!.subarray(0, 12), want);
       t.deepEqual(u.data!.subarray(12, 92), frame);
     }
-    t.is(b.rxRing.queue.stats.poppedDirect, 2, 'both took the direct path');
+    t.is(b.rxRing.queue.stats.poppedDirect, at.length, 'all took the direct path');
+    // Nothing written outside the buffers: the bytes in front of each are still zero.
+    for (const addr of at) {
+      const before = new Uint8Array(16);
+      readBytes(b.mem, addr - 16, before);
+      t.deepEqual(before, new Uint8Array(16), `nothing written before ${addr.toString(16)}`);
+    }
   });
 
   test(`${kind}: direct TX into RX buffers the fast path cannot take (too small, a chain, none): mergeable gather, chain copy, busy`, (t) => {

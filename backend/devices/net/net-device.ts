@@ -600,10 +600,12 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       }
     } else {
       const dw = this.dstWords;
-      if (HOST_LE && hl === NET_HDR_MRG_BYTES && (o & 3) === 0 && dw !== null) {
+      // The word view covers the whole ArrayBuffer (wordsOf): index from the buffer's start.
+      const da = dst.byteOffset + o;
+      if (HOST_LE && hl === NET_HDR_MRG_BYTES && (da & 3) === 0 && dw !== null) {
         // Three word stores instead of twelve byte stores: the header line is usually one the
         // driver's CPU wrote last, and each store waits in the store buffer until we own it.
-        const w = o >>> 2;
+        const w = da >>> 2;
         dw[w] = h.flags | (h.gsoType << 8) | (h.hdrLen << 16);
         dw[w + 1] = h.gsoSize | (h.csumStart << 16);
         dw[w + 2] = h.csumOffset | (1 << 16); // num_buffers 1 (LE, 5.1.6)
