@@ -111,7 +111,10 @@ if [[ $IOMMU == 1 ]]; then
   args+=(-device intel-iommu,intremap=on,device-iotlb=on)
   # no_timer_check: with interrupt remapping a guest booting on a loaded host can fail the IO-APIC
   # timer check and panic ("timer doesn't work through Interrupt-remapped IO-APIC").
-  APPEND="intel_iommu=on no_timer_check $APPEND"
+  # iommu.strict=1: every DMA unmap is invalidated page by page, which QEMU 7.2 forwards to a vhost
+  # backend as IOTLB INVALIDATE. In the default lazy mode the guest flushes in batches that never
+  # reach the backend, so it translates re-used IOVAs with stale entries (spec-notes/decisions.md D39).
+  APPEND="intel_iommu=on iommu.strict=1 no_timer_check $APPEND"
 fi
 
 if [[ -n $SOCK ]]; then
