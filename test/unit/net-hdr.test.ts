@@ -42,3 +42,18 @@ test('NetHdr.read: the flag selects the byte order; a round trip in either order
     t.deepEqual(new NetHdr().read(buf, 0, bigEndian), sample());
   }
 });
+
+test('NetHdr.writeWords: the same 12 little-endian bytes as write(), at a buffer offset; refuses an unaligned one', (t) => {
+  const h = sample();
+  h.hdrLen = 0xfe36; // a high bit in the top half-word: the Int32 store must keep it
+  const want = new Uint8Array(NET_HDR_MRG_BYTES);
+  h.write(want, 0, NET_HDR_MRG_BYTES, 0x0102);
+  const ab = new ArrayBuffer(64);
+  const words = new Int32Array(ab);
+  t.true(h.writeWords(words, 20, 0x0102));
+  t.deepEqual(Array.from(new Uint8Array(ab, 20, NET_HDR_MRG_BYTES)), Array.from(want));
+  t.deepEqual(Array.from(new Uint8Array(ab, 0, 20)), new Array<number>(20).fill(0), 'nothing before it');
+  t.deepEqual(Array.from(new Uint8Array(ab, 32)), new Array<number>(32).fill(0), 'nothing after it');
+  t.false(h.writeWords(words, 22, 1), 'unaligned: write() is the way');
+  t.deepEqual(Array.from(new Uint8Array(ab, 22, 2)), Array.from(want.subarray(2, 4)), 'and nothing was written');
+});

@@ -50,8 +50,6 @@ const TX_BUDGET = 256;
  * out of descriptors while we work (spec-notes/performance.md, finding 1).
  */
 const TX_BURST = 32;
-/** Word stores of the header are little-endian only on a little-endian host (x86-64, arm64 Linux). */
-const HOST_LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 /** A frame (GSO frames included) never exceeds 64 KiB plus the virtio header. */
 const MAX_FRAME = 65536 + 64;
 /**
@@ -381,10 +379,11 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     if (this.txMalformed(total)) return 0;
     const hl = this.hdrLen;
     const byteLen = total - hl;
-    // Without host offloads the header is not read (5.1.6.2.1; one cache line less per frame: D40).
-    if (!this.hostOffloads) return this.txSent(this.uplink!.deliverSpan!(b.bytes, b.offset + hl, byteLen, this.plainHdr, 0), byteLen);
-    const hdr = this.txHdr.read(b.bytes, b.offset, false);
-    return this.txSent(this.uplink!.deliverSpan!(b.bytes, b.offset + hl, byteLen, hdr, hl), byteLen);
+    // Without host offloads the header is not read (5.1.6.2.1; one cache line less per frame: D40),
+    // so the receiver gets no raw header bytes to copy along either.
+    const read = this.hostOffloads;
+    const hdr = read ? this.txHdr.read(b.bytes, b.offset, false) : this.plainHdr;
+    return this.txSent(this.uplink!.deliverSpan!(b.bytes, b.offset + hl, byteLen, hdr, read ? hl : 0), byteLen);
   };
 
   private processTx(index: number): void {
@@ -600,16 +599,9 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       }
     } else {
       const dw = this.dstWords;
-      // The word view covers the whole ArrayBuffer (wordsOf): index from the buffer's start.
-      const da = dst.byteOffset + o;
-      if (HOST_LE && hl === NET_HDR_MRG_BYTES && (da & 3) === 0 && dw !== null) {
-        // Three word stores instead of twelve byte stores: the header line is usually one the
-        // driver's CPU wrote last, and each store waits in the store buffer until we own it.
-        const w = da >>> 2;
-        dw[w] = h.flags | (h.gsoType << 8) | (h.hdrLen << 16);
-        dw[w + 1] = h.gsoSize | (h.csumStart << 16);
-        dw[w + 2] = h.csumOffset | (1 << 16); // num_buffers 1 (LE, 5.1.6)
-      } else h.write(dst, o, hl, 1, false);
+      // Word stores where they apply: the header line is usually one the driver's CPU wrote last,
+      // and each store waits in the store buffer until we own it.
+      if (hl !== NET_HDR_MRG_BYTES || dw === null || !h.writeWords(dw, dst.byteOffset + o, 1)) h.write(dst, o, hl, 1, false);
       copyBytesW(dst, dw, o + hl, bytes, this.srcWords, off, byteLen);
     }
     const mem = q.memory;

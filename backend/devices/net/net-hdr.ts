@@ -24,6 +24,9 @@ export const GSO_UDP = 3;
 export const GSO_TCPV6 = 4;
 export const GSO_ECN = 0x80;
 
+/** Int32Array stores are in host order: writeWords lays out a little-endian header only on such a host. */
+const HOST_LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
 export class NetHdr {
   flags = 0;
   gsoType = 0;
@@ -71,6 +74,20 @@ export class NetHdr {
     this.csumStart = b[off + 6]! | (b[off + 7]! << 8);
     this.csumOffset = b[off + 8]! | (b[off + 9]! << 8);
     return this;
+  }
+
+  /**
+   * write() of the 12-byte little-endian header as three 32-bit stores: `words` is an Int32Array over
+   * a whole ArrayBuffer and `byteAt` the header's offset in that buffer. False (nothing written) when
+   * `byteAt` is not 4-byte aligned or the host is big-endian; write() is then the way.
+   */
+  writeWords(words: Int32Array, byteAt: number, numBuffers: number): boolean {
+    if (!HOST_LE || (byteAt & 3) !== 0) return false;
+    const w = byteAt >>> 2;
+    words[w] = this.flags | (this.gsoType << 8) | (this.hdrLen << 16);
+    words[w + 1] = this.gsoSize | (this.csumStart << 16);
+    words[w + 2] = this.csumOffset | (numBuffers << 16);
+    return true;
   }
 
   /**
