@@ -68,3 +68,21 @@ export class BackendPeer {
     native.close(this.local);
   }
 }
+
+/**
+ * Requests a test sends from inside `answer` (QEMU's way with an IOTLB miss: the UPDATE goes out on
+ * the main channel while the miss is acked). Such a reply can still be on its way when the test ends;
+ * left alone, a connection closed meanwhile rejects it as an unhandled rejection that fails the run.
+ * `add` keeps each one (without letting it reject unhandled); `settled` waits for all and throws the
+ * first failure, so the test awaits it before the connection closes.
+ */
+export class PendingRequests {
+  private readonly list: Promise<unknown>[] = [];
+  add(p: Promise<unknown>): void {
+    p.catch(() => undefined);
+    this.list.push(p);
+  }
+  async settled(): Promise<void> {
+    await Promise.all(this.list);
+  }
+}

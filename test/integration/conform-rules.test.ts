@@ -25,7 +25,7 @@ import {
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../virtqueue/index.ts';
 import { RULES } from '../../backend/conform/rules.ts';
 import { probeConfigChange, probeIotlb } from '../../backend/conform/probes.ts';
-import { BackendPeer } from '../helpers/backend-peer.ts';
+import { BackendPeer, PendingRequests } from '../helpers/backend-peer.ts';
 import {
   BASE_FEATURES,
   MEM_BYTES,
@@ -418,16 +418,11 @@ test('VU-PRB-001: IOTLB miss answered with the UPDATE passes; acked without one 
     const peer = await withChannel(rig, 0n, BASE_FEATURES | bit(VirtioF.ACCESS_PLATFORM));
     t.teardown(() => peer.close());
     const upd = (iova: number, size: number): IotlbMsg => ({ iova: BigInt(iova), size: BigInt(size), userAddr: BigInt(UVA_BASE + iova), perm: 3, type: IotlbType.UPDATE });
-    // UPDATEs sent for misses; awaited below so none is still waiting for its reply when the rig closes
-    // (it would surface as an unhandled rejection, as it once did in iommu.test.ts).
-    const updates: Promise<unknown>[] = [];
+    // UPDATEs sent for misses; awaited below so none is still waiting for its reply when the rig closes.
+    const updates = new PendingRequests();
     peer.answer = (msg) => {
       const m = msg.payload as IotlbMsg;
-      if (serve && m.type === IotlbType.MISS) {
-        const p = rig.fe.request(R.IOTLB_MSG, upd(Number(m.iova) & ~0xfff, 0x1000), { needReply: true });
-        p.catch(() => undefined); // a failure is reported by the await below
-        updates.push(p);
-      }
+      if (serve && m.type === IotlbType.MISS) updates.add(rig.fe.request(R.IOTLB_MSG, upd(Number(m.iova) & ~0xfff, 0x1000), { needReply: true }));
       return 0n;
     };
     await rig.fe.request(R.IOTLB_MSG, upd(0, 0x100000), { needReply: true });
@@ -438,7 +433,7 @@ test('VU-PRB-001: IOTLB miss answered with the UPDATE passes; acked without one 
     await probeIotlb(rig.engine);
     t.is(rig.outcome('VU-PRB-001'), serve ? 'pass' : 'fail');
     t.is(rig.outcome('VU-DIV-005'), 'divergence');
-    await Promise.all(updates);
+    await updates.settled();
   }
 });
 

@@ -9,7 +9,7 @@ import test, { type ExecutionContext } from 'ava';
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, IotlbType, ProtoF, VirtioF, bit, type IotlbMsg, type ScriptedFrontend } from '../../protocol/index.ts';
 import { NetHdr } from '../../backend/devices/net/net-hdr.ts';
-import { BackendPeer } from '../helpers/backend-peer.ts';
+import { BackendPeer, PendingRequests } from '../helpers/backend-peer.ts';
 import { UVA_BASE, frameOf, setupLoopback, until } from '../helpers/loopback.ts';
 
 const FEATURES = bit(VirtioF.VERSION_1) | bit(VirtioF.NET_F_MRG_RXBUF) | bit(VirtioF.ACCESS_PLATFORM);
@@ -30,16 +30,14 @@ async function rig(t: ExecutionContext, opts: { serveMisses?: boolean; heapPerm?
   let frontend: ScriptedFrontend | null = null;
   const served: number[] = [];
   /** UPDATEs sent for misses, answered while the test goes on; awaited before the connection closes. */
-  const pendingUpdates: Promise<unknown>[] = [];
+  const pendingUpdates = new PendingRequests();
   // QEMU's vhost_device_iotlb_miss: translate, send the UPDATE on the main channel, then ack the miss.
   peer.answer = (msg) => {
     const m = msg.payload as IotlbMsg;
     if (msg.name === 'IOTLB_MSG' && m.type === IotlbType.MISS && opts.serveMisses !== false) {
       const page = Number(m.iova) & ~(PAGE - 1);
       served.push(page);
-      const p = update(frontend!, page, PAGE, opts.heapPerm ?? RW);
-      p.catch(() => undefined); // reported by the teardown below, not as an unhandled rejection
-      pendingUpdates.push(p);
+      pendingUpdates.add(update(frontend!, page, PAGE, opts.heapPerm ?? RW));
     }
     return 0n;
   };
@@ -55,9 +53,7 @@ async function rig(t: ExecutionContext, opts: { serveMisses?: boolean; heapPerm?
   });
   // Registered after setupLoopback's, so it runs first (ava runs teardowns in reverse): a miss served
   // just as the test ended gets its reply before the frontend closes; a failed UPDATE fails the test.
-  t.teardown(async () => {
-    await Promise.all(pendingUpdates);
-  });
+  t.teardown(() => pendingUpdates.settled());
   return { ...lb, peer, served };
 }
 
