@@ -416,7 +416,9 @@ export class Session {
         : new SplitQueue({ ...common, availAddr: avail, usedAddr: used, lastAvailIdx: r.base & 0xffff, bigEndian }, mem);
       r.memGeneration = this.memGeneration;
       const resubmitted = this.attachInflight(r);
-      log('%s: ring %d ready (size %d, base %d, desc %s)', this.label, r.index, r.num, r.base, hex(desc));
+      // used.idx as found in guest memory: with `base` it shows whether a migrated or restarted ring resumes
+      // where the previous backend stopped (the stop line logs both).
+      log('%s: ring %d ready (size %d, base %d, used %d, desc %s)', this.label, r.index, r.num, r.base, r.queue instanceof SplitQueue ? r.queue.usedIdx : -1, hex(desc));
       this.watchKick(r);
       const ready: ReadyQueue = {
         index: r.index,
@@ -485,12 +487,13 @@ export class Session {
     if (!r.queue) return;
     r.queue.flushUsed();
     r.base = r.queue instanceof PackedQueue ? r.queue.vhostBase : r.queue.lastAvailIdx;
+    const used = r.queue instanceof SplitQueue ? r.queue.usedIdx : -1;
     r.queue = null;
     r.kickPoller?.stop();
     if (r.pollTimer) clearInterval(r.pollTimer);
     r.pollTimer = null;
     this.device.ringStopped(r.index);
-    log('%s: ring %d stopped at avail %d', this.label, r.index, r.base);
+    log('%s: ring %d stopped at avail %d, used %d', this.label, r.index, r.base, used);
   }
 
   private ringAddr(uva: bigint, what: string): number {
