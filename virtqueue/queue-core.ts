@@ -5,7 +5,7 @@
  */
 import createDebug from 'debug';
 import { VirtqError, type VirtqErrorCode } from './errors.ts';
-import { createSpan, type GuestMemory } from './memory.ts';
+import type { GuestMemory } from './memory.ts';
 import { Chain } from './chain.ts';
 import { drainQueue, type ChainHandler, type DirectBuffer, type DirectHandler, type DrainResult, type Virtqueue } from './queue.ts';
 
@@ -86,8 +86,6 @@ export abstract class QueueCore {
     return drainQueue(this as unknown as Virtqueue, fn, budget, chain, this.drainResult, poll, direct, dbuf);
   }
 
-  private readonly directSpan = createSpan();
-
   /**
    * popDirect's last step, both formats: `out` := guest range [addr, addr + len) with buffer id `id`
    * when the range lies in one region: 1. When it does not: -1 (pop() takes the buffer). A
@@ -95,16 +93,13 @@ export abstract class QueueCore {
    * denial breaks it): 0.
    */
   protected resolveDirect(out: DirectBuffer, addr: number, len: number, id: number): number {
-    const span = this.directSpan;
+    // Translated straight into `out` (a Span): its fields are unspecified unless the answer is 1.
     try {
-      if (!this.mem.translate(addr, len, out.write, span) || span.byteLen !== len) return -1;
+      if (!this.mem.translate(addr, len, out.write, out) || out.byteLen !== len) return -1;
     } catch (e) {
       this.walkFault(e);
       return 0;
     }
-    out.bytes = span.bytes;
-    out.offset = span.offset;
-    out.len = len;
     out.id = id;
     out.addr = addr;
     return 1;

@@ -8,7 +8,7 @@
 import type { Chain } from './chain.ts';
 import type { VirtqError } from './errors.ts';
 import type { InflightAttachResult, InflightRegion } from './inflight.ts';
-import type { GuestMemory } from './memory.ts';
+import type { GuestMemory, Span } from './memory.ts';
 
 export interface VirtqueueStats {
   /** Chains popped (unpops subtract). */
@@ -44,22 +44,19 @@ export type ChainHandler = (chain: Chain) => number | false;
 
 /**
  * One available buffer that is a single direct descriptor lying in one memory region, resolved in
- * place by `popDirect`: guest memory `bytes[offset, offset + len)`, buffer id `id` (what pushUsed
+ * place by `popDirect`: guest memory `bytes[offset, offset + byteLen)`, buffer id `id` (what pushUsed
  * takes), guest address `addr` (what the dirty log is told). The fast path of a device: no Chain,
  * no segment arrays, no cursor. `write` is set once by the owner: the direction the device expects
  * (true: a device-writable buffer, e.g. virtio-net RX; false: device-readable, e.g. TX).
  */
-export interface DirectBuffer {
+export interface DirectBuffer extends Span {
   write: boolean;
-  bytes: Uint8Array;
-  offset: number;
-  len: number;
   id: number;
   addr: number;
 }
 
 export function createDirectBuffer(write: boolean): DirectBuffer {
-  return { write, bytes: new Uint8Array(0), offset: 0, len: 0, id: 0, addr: 0 };
+  return { bytes: new Uint8Array(0), offset: 0, byteLen: 0, write, id: 0, addr: 0 };
 }
 
 /** popDirect answers: nothing available (or broken), one buffer popped, or "pop() this one". */

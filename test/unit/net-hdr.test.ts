@@ -3,7 +3,7 @@
  * big-endian guest, big-endian (virtio v1.2 5.1.6.1; vhost-user.rst SET_VRING_ENDIAN).
  */
 import test from 'ava';
-import { GSO_TCPV4, NET_HDR_F_NEEDS_CSUM, NET_HDR_LEGACY_BYTES, NET_HDR_MRG_BYTES, NetHdr } from '../../backend/devices/net/net-hdr.ts';
+import { GSO_TCPV4, NET_HDR_F_NEEDS_CSUM, NET_HDR_LEGACY_BYTES, NET_HDR_MRG_BYTES, NetHdr, PLAIN_HDR } from '../../backend/devices/net/net-hdr.ts';
 
 function sample(): NetHdr {
   const h = new NetHdr();
@@ -56,4 +56,16 @@ test('NetHdr.writeWords: the same 12 little-endian bytes as write(), at a buffer
   t.deepEqual(Array.from(new Uint8Array(ab, 32)), new Array<number>(32).fill(0), 'nothing after it');
   t.false(h.writeWords(words, 22, 1), 'unaligned: write() is the way');
   t.deepEqual(Array.from(new Uint8Array(ab, 22, 2)), Array.from(want.subarray(2, 4)), 'and nothing was written');
+});
+
+test('PLAIN_HDR: the shared plain header is all zero and cannot be changed by a receiver', (t) => {
+  t.true(PLAIN_HDR.plain);
+  const b = new Uint8Array(NET_HDR_MRG_BYTES).fill(0xff);
+  PLAIN_HDR.write(b, 0, NET_HDR_MRG_BYTES, 1, false);
+  t.deepEqual([...b], [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+  t.throws(() => {
+    PLAIN_HDR.flags |= NET_HDR_F_NEEDS_CSUM;
+  }, { instanceOf: TypeError });
+  t.throws(() => PLAIN_HDR.clear(), { instanceOf: TypeError });
+  t.is(PLAIN_HDR.flags, 0);
 });

@@ -61,7 +61,7 @@ for (const kind of ['split', 'packed'] as const) {
     const b = createDirectBuffer(false);
     t.is(r.q.popDirect(b), DIRECT_OK);
     t.is(b.id, id);
-    t.is(b.len, 76);
+    t.is(b.byteLen, 76);
     t.deepEqual(b.bytes.subarray(b.offset, b.offset + 76), data);
     const seen = new Uint8Array(76);
     readBytes(r.mem, b.addr, seen);

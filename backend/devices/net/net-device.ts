@@ -36,6 +36,7 @@ import {
   NET_HDR_LEGACY_BYTES,
   NET_HDR_MRG_BYTES,
   NetHdr,
+  PLAIN_HDR,
 } from './net-hdr.ts';
 import { completeChecksum, segmentTcp } from './offload.ts';
 import { BusyPoller, type PolledRing } from './busy-poll.ts';
@@ -188,7 +189,6 @@ export class NetDevice implements Device, FrameSink, PolledRing {
   private readonly mrgChains: Chain[] = Array.from({ length: MAX_MRG_BUFFERS }, () => new Chain());
   private readonly txHdr = new NetHdr();
   /** The header of every TX frame when the guest negotiated no host offload (all zero, never written). */
-  private readonly plainHdr = new NetHdr();
   private readonly rxHdr = new NetHdr();
   private readonly segHdr = new NetHdr();
   private readonly hdrBytes = new Uint8Array(NET_HDR_MRG_BYTES);
@@ -316,7 +316,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     let hdr: NetHdr;
     if (!this.hostOffloads) {
       // 5.1.6.2.1: flags zero, gso_type NONE; the rest has no meaning without them.
-      hdr = this.plainHdr;
+      hdr = PLAIN_HDR;
       this.reader.skip(this.hdrLen);
     } else if (this.reader.current(sp) >= this.hdrLen) {
       hdr = this.txHdr.read(sp.bytes, sp.offset, be);
@@ -375,14 +375,14 @@ export class NetDevice implements Device, FrameSink, PolledRing {
    * ring tracing, and an uplink that takes a span (processTx).
    */
   private readonly txDirect = (b: DirectBuffer): number | false => {
-    const total = b.len;
+    const total = b.byteLen;
     if (this.txMalformed(total)) return 0;
     const hl = this.hdrLen;
     const byteLen = total - hl;
     // Without host offloads the header is not read (5.1.6.2.1; one cache line less per frame: D40),
     // so the receiver gets no raw header bytes to copy along either.
     const read = this.hostOffloads;
-    const hdr = read ? this.txHdr.read(b.bytes, b.offset, false) : this.plainHdr;
+    const hdr = read ? this.txHdr.read(b.bytes, b.offset, false) : PLAIN_HDR;
     return this.txSent(this.uplink!.deliverSpan!(b.bytes, b.offset + hl, byteLen, hdr, read ? hl : 0), byteLen);
   };
 
@@ -574,7 +574,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     const hl = this.hdrLen;
     const need = hl + byteLen;
     if (q.popDirect(b) !== DIRECT_OK) return null;
-    if (b.len < need) {
+    if (b.byteLen < need) {
       q.unpop(1); // too small for the frame alone: the general path gathers buffers or drops
       return null;
     }
@@ -633,6 +633,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
    * DATA_VALID cleared for a guest without GUEST_CSUM. Every RX entry point makes it once.
    */
   private rxHeader(hdr: NetHdr): NetHdr {
+    if (hdr === PLAIN_HDR) return hdr;
     const h = this.rxHdr.copyFrom(hdr);
     if (!this.guestCsum) h.flags &= ~NET_HDR_F_DATA_VALID;
     return h;

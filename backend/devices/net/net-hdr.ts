@@ -126,3 +126,10 @@ export class NetHdr {
     }
   }
 }
+
+/**
+ * The header of a plain frame (all fields zero: no checksum, no GSO), shared and frozen: a sender
+ * without host offloads passes it (D40), and a receiver takes it as it is (nothing to clear), which
+ * spares a header copy per frame.
+ */
+export const PLAIN_HDR: NetHdr = Object.freeze(new NetHdr());
