@@ -41,5 +41,7 @@ export class RingState {
   /** In-band call (VRING_CALL on the backend channel) awaiting its ack / wanted again meanwhile. */
   inbandCallInFlight = false;
   inbandCallAgain = false;
+  /** A used-buffer notification was due while there was no call fd (nor in-band calls): owed to the next one. */
+  callOwed = false;
   constructor(readonly index: number) {}
 }

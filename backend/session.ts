@@ -525,10 +525,12 @@ export class Session {
     }
   }
 
-  private notify(r: RingState): void {
+  /** A used-buffer notification for ring r (call fd, in-band VRING_CALL, or owed to the next call fd). */
+  notify(r: RingState): void {
     if (this.ringTrace !== null) this.ringTrace(ringRecord(r.index, 'call'));
     if (r.callFd === null) {
       if (this.inband()) this.inbandCall(r);
+      else r.callOwed = true;
       return;
     }
     try {
@@ -882,6 +884,15 @@ const HANDLERS: Partial<Record<number, Handler>> = {
     const ring = this.ring(p.index);
     if (ring.callFd !== null) this.sys.close(ring.callFd);
     ring.callFd = p.noFd ? null : fds.take(0);
+    // A ring that ran without a call fd (started at SET_VRING_KICK, before SET_VRING_CALL: the order
+    // QEMU uses on a migration destination, or NOFD while the frontend polled) may have published
+    // used buffers nobody was told of: the new fd gets that notification now, or the driver could
+    // wait for it forever. libvhost-user signals every new call fd; only an owed one is signalled
+    // here (a notification with nothing new is harmless to a driver, but needless).
+    if (ring.callFd !== null && ring.callOwed) {
+      ring.callOwed = false;
+      this.notify(ring);
+    }
   },
   [FrontendReq.SET_VRING_ERR](msg, fds) {
     const p = msg.payload as VringFd;

@@ -36,6 +36,28 @@ test('guest TX: a chain split over header + two buffers leaves as one frame; use
   t.pass();
 });
 
+test('SET_VRING_CALL after the ring ran without one: the notification owed meanwhile goes to the new call fd, and only then', async (t) => {
+  const { port, tx, fe } = await setup(t, FEATURES);
+  const ack = (m: VhostMessage | null) => (m!.payload as { value: bigint }).value;
+  // The frontend takes the call fd away (NOFD: "polling will be used instead"), the ring keeps running.
+  t.is(ack(await fe.request(R.SET_VRING_CALL, { index: 1, noFd: true }, { needReply: true })), 0n);
+  native.eventfdRead(tx.call); // whatever the first fd got before is not this test's business
+  tx.drv.addChain([{ byteLen: 12 + 60, write: false, data: new Uint8Array(72) }]);
+  native.eventfdWrite(tx.kick, 1n);
+  await until('used entry', () => tx.drv.usedIdx === 1);
+  t.is(port.sent.length, 1);
+  // A new call fd (e.g. QEMU's destination sends SET_VRING_CALL after SET_VRING_KICK started the ring).
+  const call2 = native.eventfd(0);
+  t.teardown(() => native.close(call2));
+  t.is(ack(await fe.request(R.SET_VRING_CALL, { index: 1, noFd: false }, { needReply: true, fds: [call2] })), 0n);
+  t.not(native.eventfdRead(call2), null, 'the owed notification arrives on the new fd');
+  // Nothing owed: another new fd is not signalled.
+  const call3 = native.eventfd(0);
+  t.teardown(() => native.close(call3));
+  t.is(ack(await fe.request(R.SET_VRING_CALL, { index: 1, noFd: false }, { needReply: true, fds: [call3] })), 0n);
+  t.is(native.eventfdRead(call3), null, 'no notification when none was missed');
+});
+
 test('guest TX: indirect chains work and many frames are processed in order', async (t) => {
   const { port, tx } = await setup(t, FEATURES);
   const frames = Array.from({ length: 40 }, (_, i) => frameOf(60 + i, i));
