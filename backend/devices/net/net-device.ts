@@ -188,7 +188,6 @@ export class NetDevice implements Device, FrameSink, PolledRing {
   private readonly rxLens = new Uint32Array(MAX_MRG_BUFFERS);
   private readonly mrgChains: Chain[] = Array.from({ length: MAX_MRG_BUFFERS }, () => new Chain());
   private readonly txHdr = new NetHdr();
-  /** The header of every TX frame when the guest negotiated no host offload (all zero, never written). */
   private readonly rxHdr = new NetHdr();
   private readonly segHdr = new NetHdr();
   private readonly hdrBytes = new Uint8Array(NET_HDR_MRG_BYTES);
