@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../../native/index.ts';
-import { FrontendReq as R, ProtoF, VirtioF, bit, type ScriptedFrontend, type VhostMessage } from '../../protocol/index.ts';
+import { FrontendReq as R, ProtoF, VirtioF, bit, type ScriptedFrontend } from '../../protocol/index.ts';
 import { FlatMemory, MockDriver } from '../../virtqueue/index.ts';
 import { VhostUserEndpoint } from '../../backend/server.ts';
 import { NetDevice } from '../../backend/devices/net/net-device.ts';
@@ -81,7 +81,7 @@ export async function conformRig(t: ExecutionContext, opts: { backendReplyTimeou
   };
 }
 
-export const ack = (m: VhostMessage | null) => (m!.payload as { value: bigint }).value;
+export { ack } from './frontend-socket.ts';
 
 /** GET_FEATURES, GET/SET_PROTOCOL_FEATURES (REPLY_ACK | MQ | extra), SET_OWNER, SET_FEATURES. */
 export async function negotiate(rig: ConformRig, features: bigint = BASE_FEATURES, protocol = 0n): Promise<void> {

@@ -4,7 +4,7 @@
  */
 import type { NativeBinding, Fd, Poller } from '../../native/types.ts';
 import { POLL_READABLE, POLL_DISCONNECT } from '../../native/types.ts';
-import { ScriptedFrontend, type ScriptedFrontendOptions, type VringAddr } from '../../protocol/index.ts';
+import { ScriptedFrontend, type ScriptedFrontendOptions, type VhostMessage, type VringAddr } from '../../protocol/index.ts';
 
 export interface SocketFrontend {
   fe: ScriptedFrontend;
@@ -81,3 +81,6 @@ export function vringAddrAt(index: number, uvaBase: number, desc: number, avail:
     logGuestAddr: 0n,
   };
 }
+
+/** The u64 of a reply: with REPLY_ACK, 0 = success (vhost-user.rst "REPLY_ACK"). */
+export const ack = (m: VhostMessage | null): bigint => (m!.payload as { value: bigint }).value;

@@ -8,13 +8,13 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../../native/index.ts';
-import { FrontendReq as R, ProtoF, VirtioF, bit, type ScriptedFrontend, type VhostMessage } from '../../protocol/index.ts';
+import { FrontendReq as R, ProtoF, VirtioF, bit, type ScriptedFrontend } from '../../protocol/index.ts';
 import { FlatMemory, MockDriver } from '../../virtqueue/index.ts';
 import { VhostUserEndpoint } from '../../backend/server.ts';
 import { NetDevice } from '../../backend/devices/net/net-device.ts';
 import { NetHdr } from '../../backend/devices/net/net-hdr.ts';
 import { emptyStats, type Delivery, type FrameSink, type Port } from '../../backend/ports/port.ts';
-import { connectFrontend } from './frontend-socket.ts';
+import { ack, connectFrontend } from './frontend-socket.ts';
 
 let dir: string | null = null;
 function sockDir(): string {
@@ -107,7 +107,6 @@ export async function setupLoopback(t: ExecutionContext, features: bigint, opts:
   await fe.request(R.GET_FEATURES);
   await fe.request(R.SET_PROTOCOL_FEATURES, bit(ProtoF.REPLY_ACK) | bit(ProtoF.MQ) | (opts.protocolFeatures ?? 0n));
   await fe.request(R.SET_OWNER);
-  const ack = (m: VhostMessage | null) => (m!.payload as { value: bigint }).value;
   t.is(ack(await fe.request(R.SET_FEATURES, features | bit(VirtioF.PROTOCOL_FEATURES), { needReply: true })), 0n);
   await opts.beforeRings?.(fe);
   const region = { guestPhysAddr: 0n, memorySize: BigInt(MEM_BYTES), userspaceAddr: BigInt(UVA_BASE), mmapOffset: 0n };
