@@ -7,7 +7,17 @@ import createDebug from 'debug';
 import { VirtqError, type VirtqErrorCode } from './errors.ts';
 import type { GuestMemory } from './memory.ts';
 import { Chain } from './chain.ts';
-import { drainQueue, type ChainHandler, type DirectBuffer, type DirectHandler, type DrainResult, type Virtqueue } from './queue.ts';
+import {
+  DIRECT_OK,
+  drainQueue,
+  type BurstHandler,
+  type ChainHandler,
+  type DirectBuffer,
+  type DirectBurst,
+  type DirectHandler,
+  type DrainResult,
+  type Virtqueue,
+} from './queue.ts';
 
 const log = createDebug('vhost:vq');
 
@@ -82,8 +92,40 @@ export abstract class QueueCore {
     poll = false,
     direct: DirectHandler | null = null,
     dbuf: DirectBuffer | null = null,
+    burst: BurstHandler | null = null,
+    bbuf: DirectBurst | null = null,
   ): DrainResult {
-    return drainQueue(this as unknown as Virtqueue, fn, budget, chain, this.drainResult, poll, direct, dbuf);
+    return drainQueue(this as unknown as Virtqueue, fn, budget, chain, this.drainResult, poll, direct, dbuf, burst, bbuf);
+  }
+
+  /**
+   * Virtqueue.popBurst, generic form: popDirect one buffer at a time (a format may do better). A
+   * buffer in another region than the first is given back and ends the run.
+   */
+  popBurst(out: DirectBurst, max: number): number {
+    const q = this as unknown as Virtqueue;
+    const one = out.one;
+    let n = 0;
+    while (n < max && q.popDirect(one) === DIRECT_OK) {
+      if (n === 0) out.bytes = one.bytes;
+      else if (one.bytes !== out.bytes) {
+        q.unpop(1);
+        break;
+      }
+      out.offset[n] = one.offset;
+      out.byteLen[n] = one.byteLen;
+      out.id[n] = one.id;
+      out.addr[n] = one.addr;
+      n++;
+    }
+    out.count = n;
+    return n;
+  }
+
+  /** Virtqueue.pushUsedBurst, generic form: pushUsed per entry. */
+  pushUsedBurst(b: DirectBurst, n: number): void {
+    const q = this as unknown as Virtqueue;
+    for (let k = 0; k < n; k++) q.pushUsed(b.id[k]!, b.usedLen[k]!);
   }
 
   /**

@@ -59,6 +59,39 @@ export function createDirectBuffer(write: boolean): DirectBuffer {
   return { bytes: new Uint8Array(0), offset: 0, byteLen: 0, write, id: 0, addr: 0 };
 }
 
+/** The most buffers one popBurst hands out (DPDK's burst size; a burst is one pass of the device). */
+export const BURST_MAX = 32;
+
+const NO_BYTES = new Uint8Array(0);
+
+/**
+ * Up to BURST_MAX buffers popped together by `popBurst`: each would have been a DirectBuffer of
+ * popDirect (one direct descriptor of direction `write`, in one region), and all lie in the SAME
+ * region, `bytes`. Entry k is `bytes[offset[k], offset[k] + byteLen[k])`, buffer id `id[k]`, guest
+ * address `addr[k]`. The device fills `usedLen[k]` for the entries it completes (pushUsedBurst).
+ * Struct-of-arrays so a burst is walked with plain typed-array loads and allocates nothing.
+ */
+export class DirectBurst {
+  count = 0;
+  bytes: Uint8Array = NO_BYTES;
+  readonly offset = new Float64Array(BURST_MAX);
+  readonly byteLen = new Uint32Array(BURST_MAX);
+  readonly id = new Uint16Array(BURST_MAX);
+  readonly addr = new Float64Array(BURST_MAX);
+  readonly usedLen = new Uint32Array(BURST_MAX);
+  /** popBurst's scratch buffer (the generic form pops through popDirect). */
+  readonly one: DirectBuffer;
+  constructor(readonly write: boolean) {
+    this.one = createDirectBuffer(write);
+  }
+}
+
+/**
+ * What drain() hands a burst to: the number of entries completed from the front, in order, with
+ * their used lengths in `usedLen`. The rest are given back (unpop) and the pass stops as for false.
+ */
+export type BurstHandler = (b: DirectBurst) => number;
+
 /** popDirect answers: nothing available (or broken), one buffer popped, or "pop() this one". */
 export const DIRECT_EMPTY = 0;
 export const DIRECT_OK = 1;
@@ -108,6 +141,15 @@ export interface Virtqueue {
    * vouch for is left to pop(), so a hostile descriptor is judged by one walker.
    */
   popDirect(out: DirectBuffer): number;
+  /**
+   * Up to `max` (<= BURST_MAX) buffers that popDirect would hand out one by one, popped together into
+   * `out` (DirectBurst): the run stops before the first buffer popDirect would not take (a chain, an
+   * invalid descriptor: left for pop() to judge) and before one in another memory region. Returns
+   * the count (also `out.count`); 0 pops nothing. Bookkeeping as for popDirect (unpop, pushUsed).
+   */
+  popBurst(out: DirectBurst, max: number): number;
+  /** pushUsed for entries [0, n) of a burst, with used lengths `b.usedLen` (not visible before flushUsed). */
+  pushUsedBurst(b: DirectBurst, n: number): void;
   /** Gives back the last n popped (and not pushed) chains; they will be popped again. */
   unpop(n?: number): void;
   /** Records a completed chain (id `head`, `byteLen` bytes written); visible after flushUsed(). */
@@ -124,7 +166,16 @@ export interface Virtqueue {
    * The device loop: pop, hand to `fn`, push, flush, re-enable with the race re-check. `poll`: when
    * the ring runs empty, notifications stay disabled (the caller polls it and enables them itself).
    */
-  drain(fn: ChainHandler, budget: number, chain?: Chain, poll?: boolean, direct?: DirectHandler | null, dbuf?: DirectBuffer): DrainResult;
+  drain(
+    fn: ChainHandler,
+    budget: number,
+    chain?: Chain,
+    poll?: boolean,
+    direct?: DirectHandler | null,
+    dbuf?: DirectBuffer,
+    burst?: BurstHandler | null,
+    bbuf?: DirectBurst,
+  ): DrainResult;
 
   /** The attached inflight region (vhost-user.rst "Inflight I/O tracking"), or null. */
   readonly inflight: InflightRegion | null;
@@ -154,6 +205,10 @@ export interface Virtqueue {
  * `direct` (with `dbuf`): buffers that popDirect resolves go to it instead of `fn` (the device's
  * fast path); everything else still goes through pop() and `fn`, in ring order.
  *
+ * `burst` (with `bbuf`): runs of such buffers are popped together (popBurst) and handed over as one
+ * burst; what popBurst does not take goes one by one as above. The burst handler says how many it
+ * completed; the rest are given back as for false.
+ *
  * `poll` (busy polling, spec-notes/performance.md): an empty ring returns with notifications still
  * disabled; the caller keeps polling `hasAvailable()` and must call `enableNotification()` (and
  * handle its race answer) before it stops polling, or no kick will ever come.
@@ -167,6 +222,8 @@ export function drainQueue(
   poll = false,
   direct: DirectHandler | null = null,
   dbuf: DirectBuffer | null = null,
+  burst: BurstHandler | null = null,
+  bbuf: DirectBurst | null = null,
 ): DrainResult {
   out.processed = 0;
   out.notify = false;
@@ -176,6 +233,22 @@ export function drainQueue(
   for (;;) {
     q.disableNotification();
     while (out.processed < budget) {
+      if (burst !== null) {
+        const left = budget - out.processed;
+        const n = q.popBurst(bbuf!, left < BURST_MAX ? left : BURST_MAX);
+        if (n !== 0) {
+          const k = burst(bbuf!);
+          // The handler's entries are completed in ring order; what it left is given back first.
+          if (k < n) q.unpop(n - k);
+          q.pushUsedBurst(bbuf!, k);
+          out.processed += k;
+          if (k < n) {
+            out.stopped = true;
+            break;
+          }
+          continue;
+        }
+      }
       let r: number | false;
       let id: number;
       // `direct` (with its buffer): single-descriptor buffers skip the chain walk; others take pop().

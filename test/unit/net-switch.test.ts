@@ -466,4 +466,46 @@ for (const kind of ['split', 'packed'] as const) {
     t.is(a.tx.readUsed().length, 1);
     t.is(a.dev.stats.txDropped, 0);
   });
+
+  test(`${kind}: a burst into mixed RX buffers: the RX reservoir gives back what it did not fill, the general path goes on in ring order, a dry ring holds the rest`, (t) => {
+    const { a, b } = pair(kind, MRG);
+    // B's RX ring, in ring order: two good buffers, one too small (merged with the next by the
+    // general path), a good one, a two-descriptor chain, two good ones.
+    const rxIds = [
+      b.rx.addChain([{ byteLen: 2048, write: true }]),
+      b.rx.addChain([{ byteLen: 2048, write: true }]),
+      b.rx.addChain([{ byteLen: 60, write: true }]),
+      b.rx.addChain([{ byteLen: 2048, write: true }]),
+      b.rx.addChain([{ byteLen: 2048, write: true }]),
+      b.rx.addChain([{ byteLen: 30, write: true }, { byteLen: 500, write: true }]),
+      b.rx.addChain([{ byteLen: 2048, write: true }]),
+      b.rx.addChain([{ byteLen: 2048, write: true }]),
+    ];
+    const frames = Array.from({ length: 9 }, (_, i) => frameOf(100 + i, 20 + i));
+    for (const f of frames) a.tx.addChain(txOne(f));
+    a.dev.kick(1);
+    const used = b.rx.readUsed();
+    t.deepEqual(used.map((u) => u.id), rxIds, 'every RX buffer used once, in ring order');
+    // Frames 0, 1 whole; frame 2 over the 60-byte buffer and the next; frames 3..5 one buffer each.
+    const got: Uint8Array[] = [used[0]!.data!, used[1]!.data!];
+    const merged = new Uint8Array(used[2]!.len + used[3]!.len);
+    merged.set(used[2]!.data!, 0);
+    merged.set(used[3]!.data!, used[2]!.len);
+    t.is(merged[10], 2, 'num_buffers 2 for the merged frame');
+    got.push(merged);
+    for (const u of used.slice(4)) got.push(u.data!);
+    t.is(got.length, 7);
+    got.forEach((g, i) => t.deepEqual(g.subarray(12, 12 + frames[i]!.length), frames[i]!, `frame ${i}`));
+    t.is(a.tx.readUsed().length, 7, 'two TX buffers held: B ran dry');
+    t.is(a.dev.stats.txDropped, 0);
+    t.true(b.rxRing.queue.stats.poppedDirect >= 5, 'the reservoir filled the plain buffers');
+    // More buffers and a kick: the held frames follow, in order.
+    b.rx.addChain([{ byteLen: 2048, write: true }]);
+    b.rx.addChain([{ byteLen: 2048, write: true }]);
+    b.dev.kick(0);
+    const rest = b.rx.readUsed();
+    t.deepEqual(rest.map((u) => u.data!.subarray(12)), [frames[7], frames[8]]);
+    t.is(a.tx.readUsed().length, 2);
+    t.is(b.dev.stats.rxFrames, 9);
+  });
 }

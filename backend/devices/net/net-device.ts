@@ -19,6 +19,8 @@ import {
   copyBytes,
   copyBytesW,
   createDirectBuffer,
+  DirectBurst,
+  BURST_MAX,
   wordsOf,
   createSpan,
   type DirectBuffer,
@@ -203,11 +205,24 @@ export class NetDevice implements Device, FrameSink, PolledRing {
   /** One-descriptor buffers popped in place (popDirect): a TX buffer we read, an RX buffer we fill. */
   private readonly txBuf1 = createDirectBuffer(false);
   private readonly rxBuf1 = createDirectBuffer(true);
+  /** TX buffers popped together (drain's burst handler). */
+  private readonly txBurst = new DirectBurst(false);
+  /**
+   * Inside a sender's burst, RX buffers are popped together (popBurst) into this reservoir and
+   * filled one frame at a time; `settleRx` gives back what was not filled and pushes what was,
+   * before anything else pops that ring (so buffers are still used in ring order, IN_ORDER) and
+   * before endBurst publishes.
+   */
+  private readonly rxRes = new DirectBurst(true);
+  private rxResRing: ReadyQueue | null = null;
+  private rxResNext = 0;
   /** Word views for the fast-path copy, one-entry caches keyed by region view (a switch copies between the same two regions). */
   private srcKey: Uint8Array | null = null;
   private srcWords: Int32Array | null = null;
+  private srcBase = 0;
   private dstKey: Uint8Array | null = null;
   private dstWords: Int32Array | null = null;
+  private dstBase = 0;
 
   /** Ring tracing (chains with frame bytes); null when off. */
   ringTrace: NetRingTrace | null = null;
@@ -373,17 +388,29 @@ export class NetDevice implements Device, FrameSink, PolledRing {
    * txChain; used only with little-endian rings (popDirect never answers for big-endian ones), no
    * ring tracing, and an uplink that takes a span (processTx).
    */
-  private readonly txDirect = (b: DirectBuffer): number | false => {
-    const total = b.byteLen;
+  private readonly txDirect = (b: DirectBuffer): number | false => this.txSpan(b.bytes, b.offset, b.byteLen);
+
+  /** txDirect for a burst of such buffers (drain's burst handler): completed from the front, in order. */
+  private readonly txBurstFn = (b: DirectBurst): number => {
+    const n = b.count;
+    const bytes = b.bytes;
+    for (let k = 0; k < n; k++) {
+      if (this.txSpan(bytes, b.offset[k]!, b.byteLen[k]!) === false) return k;
+      b.usedLen[k] = 0;
+    }
+    return n;
+  };
+
+  private txSpan(bytes: Uint8Array, offset: number, total: number): number | false {
     if (this.txMalformed(total)) return 0;
     const hl = this.hdrLen;
     const byteLen = total - hl;
     // Without host offloads the header is not read (5.1.6.2.1; one cache line less per frame: D40),
     // so the receiver gets no raw header bytes to copy along either.
     const read = this.hostOffloads;
-    const hdr = read ? this.txHdr.read(b.bytes, b.offset, false) : PLAIN_HDR;
-    return this.txSent(this.uplink!.deliverSpan!(b.bytes, b.offset + hl, byteLen, hdr, read ? hl : 0), byteLen);
-  };
+    const hdr = read ? this.txHdr.read(bytes, offset, false) : PLAIN_HDR;
+    return this.txSent(this.uplink!.deliverSpan!(bytes, offset + hl, byteLen, hdr, read ? hl : 0), byteLen);
+  }
 
   private processTx(index: number): void {
     const ring = this.rings[index];
@@ -409,7 +436,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       uplink?.beginBurst?.();
       let res;
       try {
-        res = q.drain(this.txChain, burst, this.chain, poll, direct, this.txBuf1);
+        res = q.drain(this.txChain, burst, this.chain, poll, direct, this.txBuf1, direct !== null ? this.txBurstFn : null, this.txBurst);
       } finally {
         uplink?.endBurst?.();
       }
@@ -524,6 +551,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
    */
   deliverChain(src: ChainReader, hdr: NetHdr, byteLen: number): Delivery {
     const h = this.rxHeader(hdr);
+    this.settleRx();
     if (!h.plain) {
       const buf = this.gatherBuf ?? (this.gatherBuf = new Uint8Array(MAX_FRAME));
       return this.deliverSlow(buf, h, src.read(buf, 0, byteLen));
@@ -569,28 +597,51 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       return 'dropped';
     }
     const q = ring.queue;
-    const b = this.rxBuf1;
     const hl = this.hdrLen;
     const need = hl + byteLen;
-    if (q.popDirect(b) !== DIRECT_OK) return null;
-    if (b.byteLen < need) {
-      q.unpop(1); // too small for the frame alone: the general path gathers buffers or drops
-      return null;
+    let dst: Uint8Array;
+    let o: number;
+    let k = -1;
+    if (this.burstDepth > 0) {
+      const res = this.rxRes;
+      if (this.rxResRing !== ring || this.rxResNext === res.count) {
+        this.settleRx();
+        if (q.popBurst(res, BURST_MAX) === 0) return null;
+        this.rxResRing = ring;
+      }
+      k = this.rxResNext;
+      // Too small for the frame alone: given back with the rest; the general path gathers or drops.
+      if (res.byteLen[k]! < need) {
+        this.settleRx();
+        return null;
+      }
+      dst = res.bytes;
+      o = res.offset[k]!;
+    } else {
+      const b = this.rxBuf1;
+      if (q.popDirect(b) !== DIRECT_OK) return null;
+      if (b.byteLen < need) {
+        q.unpop(1); // too small for the frame alone: the general path gathers buffers or drops
+        return null;
+      }
+      dst = b.bytes;
+      o = b.offset;
     }
-    const dst = b.bytes;
+    // byteOffset is kept with the key: optimized code reads it through a generic load (copyBytesW).
     if (bytes !== this.srcKey) {
       this.srcKey = bytes;
       this.srcWords = wordsOf(bytes);
+      this.srcBase = bytes.byteOffset;
     }
     if (dst !== this.dstKey) {
       this.dstKey = dst;
       this.dstWords = wordsOf(dst);
+      this.dstBase = dst.byteOffset;
     }
-    const o = b.offset;
     if (rawHdrBytes === hl) {
       // The sender's header goes along in the same copy; then the fields that differ: flags
       // (DATA_VALID cleared for a guest without GUEST_CSUM) and num_buffers (LE, 5.1.6).
-      copyBytesW(dst, this.dstWords, o, bytes, this.srcWords, off - hl, need);
+      copyBytesW(dst, this.dstWords, o, bytes, this.srcWords, off - hl, need, this.dstBase, this.srcBase);
       dst[o] = h.flags;
       if (hl === NET_HDR_MRG_BYTES) {
         dst[o + 10] = 1;
@@ -600,18 +651,45 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       const dw = this.dstWords;
       // Word stores where they apply: the header line is usually one the driver's CPU wrote last,
       // and each store waits in the store buffer until we own it.
-      if (hl !== NET_HDR_MRG_BYTES || dw === null || !h.writeWords(dw, dst.byteOffset + o, 1)) h.write(dst, o, hl, 1, false);
-      copyBytesW(dst, dw, o + hl, bytes, this.srcWords, off, byteLen);
+      if (hl !== NET_HDR_MRG_BYTES || dw === null || !h.writeWords(dw, this.dstBase + o, 1)) h.write(dst, o, hl, 1, false);
+      copyBytesW(dst, dw, o + hl, bytes, this.srcWords, off, byteLen, this.dstBase, this.srcBase);
     }
     const mem = q.memory;
     const hook = mem.onWrite;
-    if (hook !== undefined) hook.call(mem, b.addr, need);
-    q.pushUsed(b.id, need);
     this.stats.rxFrames++;
     this.stats.rxBytes += byteLen;
+    if (k >= 0) {
+      const res = this.rxRes;
+      if (hook !== undefined) hook.call(mem, res.addr[k]!, need);
+      res.usedLen[k] = need;
+      this.rxResNext = k + 1;
+      this.rxDirty[ring.index] = ring;
+      return 'ok';
+    }
+    const b = this.rxBuf1;
+    if (hook !== undefined) hook.call(mem, b.addr, need);
+    q.pushUsed(b.id, need);
     if (this.burstDepth > 0) this.rxDirty[ring.index] = ring;
     else if (q.flushUsed()) ring.notify();
     return 'ok';
+  }
+
+  /**
+   * Ends the RX reservoir: the buffers not filled go back to the ring (they are the ring's last
+   * popped), the filled ones are pushed as used, in ring order. A ring that stopped meanwhile is
+   * left alone (its queue is gone).
+   */
+  private settleRx(): void {
+    const ring = this.rxResRing;
+    if (ring === null) return;
+    const res = this.rxRes;
+    const used = this.rxResNext;
+    this.rxResRing = null;
+    this.rxResNext = 0;
+    if (this.rings[ring.index] !== ring) return;
+    const q = ring.queue;
+    if (used < res.count) q.unpop(res.count - used);
+    q.pushUsedBurst(res, used);
   }
 
   /**
@@ -643,6 +721,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
    * the receive header (rxHeader).
    */
   private deliverSlow(frame: Uint8Array, h: NetHdr, byteLen: number): Delivery {
+    this.settleRx();
     if (h.plain) return this.deliverOne(frame, byteLen, h);
     const gso = h.gsoType & ~GSO_ECN;
     if (gso !== GSO_NONE && !this.guestTakesGso(h.gsoType)) {
@@ -738,6 +817,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
   /** Publishes the RX used entries of the burst, one index store and at most one interrupt per ring. */
   endBurst(): void {
     if (--this.burstDepth > 0) return;
+    this.settleRx();
     for (let i = 0; i < this.maxRings; i += 2) {
       const ring = this.rxDirty[i];
       if (!ring) continue;

@@ -1,0 +1,317 @@
+/**
+ * popBurst / pushUsedBurst (queue.ts DirectBurst): popDirect over a run of buffers, both ring formats
+ * (packed has its own loop, split the generic one in queue-core.ts). The run must hand out exactly
+ * what popDirect would, one by one, and stop before anything popDirect leaves to pop() (a chain, an
+ * indirect table, the wrong direction, an id in flight, an IOTLB miss) or that lies in another region;
+ * pushUsedBurst must publish the same used elements as pushUsed. Also drain()'s burst handler.
+ */
+import test from 'ava';
+import {
+  Chain,
+  DIRECT_CHAIN,
+  DIRECT_OK,
+  DirectBurst,
+  FlatMemory,
+  MockDriver,
+  MockPackedDriver,
+  PackedQueue,
+  RegionMemory,
+  SplitQueue,
+  createDirectBuffer,
+  type GuestMemory,
+  type MockBuffer,
+  type UsedEntry,
+} from '../../virtqueue/index.ts';
+import { IotlbCache, IotlbMemory } from '../../virtqueue/iotlb.ts';
+import { SplitInflight, PackedInflight, inflightQueueSize } from '../../virtqueue/inflight.ts';
+import { VIRTQ_DESC_F_AVAIL } from '../../virtqueue/defs.ts';
+import { bytes, prng } from './virtqueue-fixtures.ts';
+
+type Kind = 'split' | 'packed';
+const SIZE = 16;
+
+interface Rig {
+  mem: GuestMemory;
+  q: SplitQueue | PackedQueue;
+  add(bufs: readonly MockBuffer[], opts?: { indirect?: boolean }): number;
+  used(): UsedEntry[];
+  packed?: MockPackedDriver;
+}
+
+function rig(kind: Kind, mem: GuestMemory = new FlatMemory(1 << 20), base = 0): Rig {
+  if (kind === 'split') {
+    const d = new MockDriver(mem, { size: SIZE, base });
+    return { mem, q: new SplitQueue(d.queueConfig(), mem), add: (b, o) => d.addChain(b, o), used: () => d.readUsed() };
+  }
+  const d = new MockPackedDriver(mem, { size: SIZE, base });
+  return { mem, q: new PackedQueue(d.queueConfig(), mem), add: (b, o) => d.addChain(b, o), used: () => d.readUsed(), packed: d };
+}
+
+const one = (byteLen: number, write = false, data?: Uint8Array): MockBuffer[] => [{ byteLen, write, ...(data ? { data } : {}) }];
+
+for (const kind of ['split', 'packed'] as const) {
+  test(`${kind}: a run of one-descriptor buffers pops together, each as popDirect would hand it out`, (t) => {
+    const r = rig(kind);
+    const datas = [0, 1, 2].map((i) => bytes(40 + i, i + 5));
+    const ids = datas.map((d) => r.add(one(d.length, false, d)));
+    const b = new DirectBurst(false);
+    t.is(r.q.popBurst(b, 32), 3);
+    t.is(b.count, 3);
+    for (let k = 0; k < 3; k++) {
+      t.is(b.id[k], ids[k]);
+      t.is(b.byteLen[k], datas[k]!.length);
+      t.deepEqual(b.bytes.subarray(b.offset[k], b.offset[k]! + b.byteLen[k]!), datas[k]);
+    }
+    t.is(r.q.stats.popped, 3);
+    t.is(r.q.stats.poppedDirect, 3);
+    t.is(r.q.popBurst(b, 32), 0, 'nothing left');
+    b.usedLen.fill(0);
+    r.q.pushUsedBurst(b, 3);
+    t.is(r.q.pendingUsed, 3);
+    r.q.flushUsed();
+    t.deepEqual(r.used().map((u) => [u.id, u.len]), ids.map((id) => [id, 0]));
+  });
+
+  test(`${kind}: the run stops before a chain, an indirect table, a zero-length or wrong-direction buffer; pop() takes those in ring order`, (t) => {
+    const r = rig(kind);
+    const ids = [
+      r.add(one(20)),
+      r.add([{ byteLen: 12, write: false }, { byteLen: 64, write: false }]),
+      r.add(one(20)),
+      r.add(one(20)),
+      r.add([{ byteLen: 40, write: false }], { indirect: true }),
+      r.add(one(0)),
+      r.add(one(30, true)),
+      r.add(one(20)),
+    ];
+    const b = new DirectBurst(false);
+    const c = new Chain();
+    const order: string[] = [];
+    for (let guard = 0; guard < 20; guard++) {
+      const n = r.q.popBurst(b, 32);
+      if (n > 0) {
+        order.push(`burst ${Array.from(b.id.subarray(0, n)).join(',')}`);
+        b.usedLen.fill(0);
+        r.q.pushUsedBurst(b, n);
+        continue;
+      }
+      if (!r.q.pop(c)) break;
+      order.push(`chain ${c.head}`);
+      r.q.pushUsed(c.head, 0);
+    }
+    t.deepEqual(order, [
+      `burst ${ids[0]}`,
+      `chain ${ids[1]}`,
+      `burst ${ids[2]},${ids[3]}`,
+      `chain ${ids[4]}`,
+      `chain ${ids[5]}`,
+      `chain ${ids[6]}`,
+      `burst ${ids[7]}`,
+    ]);
+    t.is(r.q.broken, null);
+    r.q.flushUsed();
+    t.deepEqual(r.used().map((u) => u.id), ids, 'used in ring order');
+  });
+
+  test(`${kind}: max bounds the run, and a buffer in another region ends it (the next run starts there)`, (t) => {
+    const half = 1 << 19;
+    const lo = new Uint8Array(half);
+    const hi = new Uint8Array(half);
+    const mem = new RegionMemory([
+      { gpa: 0, uva: 0x1000_0000, byteLen: half, bytes: lo },
+      { gpa: half, uva: 0x2000_0000, byteLen: half, bytes: hi },
+    ]);
+    const r = rig(kind, mem);
+    const ids = [
+      r.add([{ byteLen: 30, write: false, addr: 0x40000 }]),
+      r.add([{ byteLen: 30, write: false, addr: 0x41000 }]),
+      r.add([{ byteLen: 30, write: false, addr: 0x42000 }]),
+      r.add([{ byteLen: 30, write: false, addr: half + 0x1000 }]),
+      r.add([{ byteLen: 30, write: false, addr: half + 0x2000 }]),
+    ];
+    const b = new DirectBurst(false);
+    t.is(r.q.popBurst(b, 2), 2, 'max');
+    t.deepEqual(Array.from(b.id.subarray(0, 2)), ids.slice(0, 2));
+    t.is(r.q.popBurst(b, 32), 1, 'the last buffer of the low region');
+    t.is(b.bytes, lo);
+    t.is(b.offset[0], 0x42000);
+    t.is(r.q.popBurst(b, 32), 2, 'the high region');
+    t.is(b.bytes, hi);
+    t.deepEqual(Array.from(b.offset.subarray(0, 2)), [0x1000, 0x2000]);
+    t.deepEqual(Array.from(b.addr.subarray(0, 2)), [half + 0x1000, half + 0x2000]);
+    t.is(r.q.stats.popped, 5);
+  });
+
+  test(`${kind}: unpop after popBurst gives back the tail; the same buffers come out again in order`, (t) => {
+    const r = rig(kind);
+    const ids = [0, 1, 2, 3, 4].map(() => r.add(one(24)));
+    const b = new DirectBurst(false);
+    t.is(r.q.popBurst(b, 32), 5);
+    r.q.unpop(3);
+    b.usedLen.fill(0);
+    r.q.pushUsedBurst(b, 2);
+    t.is(r.q.popBurst(b, 32), 3);
+    t.deepEqual(Array.from(b.id.subarray(0, 3)), ids.slice(2));
+    r.q.pushUsedBurst(b, 3);
+    r.q.flushUsed();
+    t.deepEqual(r.used().map((u) => u.id), ids);
+    t.is(r.q.stats.popped, 5);
+  });
+
+  test(`${kind}: popBurst/pushUsedBurst and popDirect/pushUsed publish identical rings over many laps (random mixes, wrap-around)`, (t) => {
+    // Two identical rigs, fed the same random buffers: one device pops one by one, the other in bursts.
+    const rand = prng(kind === 'split' ? 11 : 12);
+    const a = rig(kind);
+    const z = rig(kind);
+    const da = createDirectBuffer(true);
+    const bz = new DirectBurst(true);
+    const ca = new Chain();
+    const cz = new Chain();
+    let laps = 0;
+    for (let round = 0; round < 300; round++) {
+      const n = 1 + Math.floor(rand() * 5);
+      for (let i = 0; i < n; i++) {
+        const bufs: MockBuffer[] =
+          rand() < 0.2 ? [{ byteLen: 16, write: true }, { byteLen: 48, write: true }] : [{ byteLen: 16 + Math.floor(rand() * 64), write: true }];
+        const ia = a.add(bufs);
+        const iz = z.add(bufs);
+        if (ia < 0 || iz < 0) break;
+      }
+      const fill = (bytesOut: Uint8Array, off: number, len: number, tag: number): number => {
+        const w = Math.min(len, 8);
+        for (let k = 0; k < w; k++) bytesOut[off + k] = (tag + k) & 0xff;
+        return w;
+      };
+      // one by one
+      for (;;) {
+        const d = a.q.popDirect(da);
+        if (d === DIRECT_OK) a.q.pushUsed(da.id, fill(da.bytes, da.offset, da.byteLen, da.id));
+        else if (d === DIRECT_CHAIN && a.q.pop(ca)) a.q.pushUsed(ca.head, 0);
+        else break;
+      }
+      // bursts
+      for (;;) {
+        const m = z.q.popBurst(bz, 1 + Math.floor(rand() * 4));
+        if (m > 0) {
+          for (let k = 0; k < m; k++) bz.usedLen[k] = fill(bz.bytes, bz.offset[k]!, bz.byteLen[k]!, bz.id[k]!);
+          z.q.pushUsedBurst(bz, m);
+        } else if (z.q.pop(cz)) z.q.pushUsed(cz.head, 0);
+        else break;
+      }
+      t.is(a.q.flushUsed(), z.q.flushUsed());
+      const ua = a.used();
+      const uz = z.used();
+      t.deepEqual(uz, ua);
+      laps += ua.length;
+    }
+    t.true(laps > 20 * SIZE, `${laps} buffers: many laps of the ring`);
+    t.is(a.q.broken, null);
+    t.is(z.q.broken, null);
+    t.is(a.q.lastAvailIdx, z.q.lastAvailIdx);
+    t.is(a.q.usedIdx, z.q.usedIdx);
+  });
+
+  test(`${kind}: drain() with a burst handler keeps ring order with chains; a short answer gives the rest back and stops`, (t) => {
+    const r = rig(kind);
+    const ids = [
+      r.add(one(20)),
+      r.add(one(20)),
+      r.add([{ byteLen: 8, write: false }, { byteLen: 8, write: false }]),
+      r.add(one(20)),
+      r.add(one(20)),
+      r.add(one(20)),
+    ];
+    const seen: string[] = [];
+    let refuse = true;
+    const res = r.q.drain(
+      (c) => (seen.push(`chain ${c.head}`), 0),
+      64,
+      new Chain(),
+      false,
+      (b) => (seen.push(`direct ${b.id}`), 0),
+      createDirectBuffer(false),
+      (b) => {
+        seen.push(`burst ${Array.from(b.id.subarray(0, b.count)).join(',')}`);
+        if (b.count === 3 && refuse) {
+          refuse = false;
+          b.usedLen[0] = 0;
+          return 1; // the last two are given back
+        }
+        b.usedLen.fill(0);
+        return b.count;
+      },
+      new DirectBurst(false),
+    );
+    t.deepEqual(seen, [`burst ${ids[0]},${ids[1]}`, `chain ${ids[2]}`, `burst ${ids[3]},${ids[4]},${ids[5]}`]);
+    t.true(res.stopped);
+    t.is(res.processed, 4);
+    t.true(r.q.hasAvailable(), 'the two refused buffers are available again');
+    const b = new DirectBurst(false);
+    t.is(r.q.popBurst(b, 32), 2);
+    t.deepEqual(Array.from(b.id.subarray(0, 2)), ids.slice(4));
+    r.q.pushUsedBurst(b, 2);
+    r.q.flushUsed();
+    t.deepEqual(r.used().map((u) => u.id), ids);
+  });
+
+  test(`${kind}: an IOTLB miss ends the run before that buffer and parks the queue; the entry resumes it`, (t) => {
+    const UVA = 0x7f00_0000_0000;
+    const region = { gpa: 0, uva: UVA, byteLen: 1 << 20, bytes: new Uint8Array(1 << 20) };
+    const cache = new IotlbCache();
+    const IOVA = 0x1_0000_0000;
+    cache.update(IOVA, 0x20000, UVA, 'rw');
+    const mem = new IotlbMemory(cache, new RegionMemory([region]));
+    const r = rig(kind, mem, IOVA);
+    r.add([{ byteLen: 64, write: false, addr: IOVA + 0x10000 }]);
+    const missing = r.add([{ byteLen: 64, write: false, addr: 0x2_0000_0000 }]);
+    const b = new DirectBurst(false);
+    t.is(r.q.popBurst(b, 32), 1, 'the mapped one');
+    t.is(r.q.iotlbMisses, 1);
+    t.is(r.q.broken, null);
+    t.is(r.q.popBurst(b, 32), 0, 'still parked');
+    cache.update(0x2_0000_0000, 0x1000, UVA + 0x30000, 'ro');
+    t.is(r.q.popBurst(b, 32), 1);
+    t.is(b.id[0], missing);
+    t.is(b.offset[0], 0x30000);
+  });
+
+  test(`${kind}: with an inflight journal popBurst pops nothing (pop() records what is in flight)`, (t) => {
+    const r = rig(kind);
+    const region =
+      kind === 'split'
+        ? new SplitInflight(new Uint8Array(inflightQueueSize('split', SIZE)), SIZE)
+        : new PackedInflight(new Uint8Array(inflightQueueSize('packed', SIZE)), SIZE);
+    r.q.attachInflight(region as never);
+    r.add(one(64));
+    t.is(r.q.popBurst(new DirectBurst(false), 32), 0);
+    t.true(r.q.pop(new Chain()));
+  });
+}
+
+test('packed: an id already in flight ends the run; pop() then breaks the queue with VQ_BAD_ID', (t) => {
+  const r = rig('packed');
+  const id = r.add(one(20));
+  r.add(one(20));
+  const b = new DirectBurst(false);
+  t.is(r.q.popBurst(b, 1), 1);
+  // The next position reuses the id still in flight.
+  r.packed!.writeDesc(1, { addr: 0x9000, len: 20, id, flags: VIRTQ_DESC_F_AVAIL });
+  t.is(r.q.popBurst(b, 32), 0);
+  t.false(r.q.pop(new Chain()));
+  t.is(r.q.broken?.code, 'VQ_BAD_ID');
+  t.is(r.q.popBurst(b, 32), 0, 'a broken queue pops nothing');
+});
+
+test('packed: pushUsedBurst of an id that is not in flight is a device bug (RangeError) and pushes nothing', (t) => {
+  const r = rig('packed');
+  const id = r.add(one(20));
+  const b = new DirectBurst(false);
+  t.is(r.q.popBurst(b, 32), 1);
+  b.id[1] = 9;
+  b.usedLen.fill(0);
+  t.throws(() => r.q.pushUsedBurst(b, 2), { instanceOf: RangeError });
+  t.is(r.q.pendingUsed, 0);
+  r.q.pushUsedBurst(b, 1);
+  r.q.flushUsed();
+  t.deepEqual(r.used().map((u) => u.id), [id], 'the good id is still in flight and can be pushed');
+});
