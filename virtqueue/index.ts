@@ -30,11 +30,12 @@ export {
   MAX_PACKED_QUEUE_SIZE,
   packedRingBytes,
 } from './defs.ts';
-export type { GuestMemory, Span, MemoryRegion } from './memory.ts';
+export type { GuestMemory, Span, MemoryRegion, MemWindow } from './memory.ts';
 export {
   RegionMemory,
   FlatMemory,
   createSpan,
+  createWindow,
   joinAddr,
   readBytes,
   writeBytes,

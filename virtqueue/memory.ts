@@ -34,6 +34,18 @@ export function createSpan(): Span {
   return { bytes: EMPTY, offset: 0, byteLen: 0 };
 }
 
+/** Guest addresses [lo, hi) lying linearly in one view: address g is `bytes[g - base]`. */
+export interface MemWindow {
+  bytes: Uint8Array;
+  lo: number;
+  hi: number;
+  base: number;
+}
+
+export function createWindow(): MemWindow {
+  return { bytes: EMPTY, lo: 0, hi: 0, base: 0 };
+}
+
 export interface GuestMemory {
   /**
    * Resolves `[addr, addr + byteLen)` as far as it is contiguous in one region, into `out`.
@@ -41,6 +53,13 @@ export interface GuestMemory {
    * the region is read-only. `out.byteLen` is `min(byteLen, bytes left in the region)`.
    */
   translate(addr: number, byteLen: number, write: boolean, out: Span): boolean;
+  /**
+   * Optional: the whole linear window around `addr` (its region), so a caller translating many
+   * nearby addresses (a burst of buffers) checks bounds instead of calling translate() for each.
+   * Same answers as translate() for every address inside it, until the table changes. Memories
+   * without a linear view (IOVAs: iotlb.ts) leave it out.
+   */
+  window?(addr: number, write: boolean, out: MemWindow): boolean;
   /** Dirty-write hook: called with every guest range the engine writes. Undefined = no logging. */
   onWrite?: ((gpa: number, byteLen: number) => void) | undefined;
 }
@@ -346,6 +365,22 @@ export class RegionMemory implements GuestMemory {
     return i < 0 ? null : this.slots[i]!.region;
   }
 
+  window(addr: number, write: boolean, out: MemWindow): boolean {
+    let s = this.slots[this.last];
+    if (s === undefined || !(addr >= s.gpa && addr < s.end)) {
+      const i = this.find(addr);
+      if (i < 0) return false;
+      this.last = i;
+      s = this.slots[i]!;
+    }
+    if (write && !s.writable) return false;
+    out.bytes = s.bytes;
+    out.lo = s.gpa;
+    out.hi = s.end;
+    out.base = s.gpa;
+    return true;
+  }
+
   translate(addr: number, byteLen: number, write: boolean, out: Span): boolean {
     let s = this.slots[this.last];
     if (s === undefined || !(addr >= s.gpa && addr < s.end)) {
@@ -450,6 +485,16 @@ export class FlatMemory implements GuestMemory {
     out.bytes = this.bytes;
     out.offset = off;
     out.byteLen = byteLen < room ? byteLen : room;
+    return true;
+  }
+
+  window(addr: number, _write: boolean, out: MemWindow): boolean {
+    const off = addr - this.base;
+    if (!(off >= 0 && off < this.byteLen)) return false;
+    out.bytes = this.bytes;
+    out.lo = this.base;
+    out.hi = this.base + this.byteLen;
+    out.base = this.base;
     return true;
   }
 

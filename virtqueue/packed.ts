@@ -62,7 +62,7 @@
  * given (log_guest_addr with VHOST_VRING_F_LOG), at its own address otherwise.
  */
 import type { GuestMemory } from './memory.ts';
-import { createSpan, ringU16, ringU32 } from './memory.ts';
+import { createSpan, createWindow, ringU16, ringU32, type MemWindow } from './memory.ts';
 import { Chain, IndirectTable, appendBuffer } from './chain.ts';
 import {
   DESC_BYTES,
@@ -248,6 +248,8 @@ export class PackedQueue extends QueueCore implements Virtqueue {
   private errCode: VirtqErrorCode | null = null;
   private errMessage = '';
   private readonly span = createSpan();
+  /** popBurst: the region window of the current run. */
+  private readonly win = createWindow();
   private readonly table = new IndirectTable();
 
   // Inflight tracking (null / empty without a region).
@@ -526,13 +528,27 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     const d = this.desc;
     const u16 = this.descU16;
     const idCount = this.idCount;
+    const idSlot = this.idSlot;
+    const histId = this.histId;
+    const histCount = this.histCount;
     const idLimit = idCount.length;
-    const want = out.write ? F_WRITE : 0;
-    const one = out.one;
+    const write = out.write;
+    const want = write ? F_WRITE : 0;
+    const oOff = out.offset;
+    const oLen = out.byteLen;
+    const oId = out.id;
+    const oAddr = out.addr;
     const mem = this.mem;
+    // The region of the run: buffers inside it are bounds-checked here, not translated one by one.
+    const win = this.win;
+    let wlo = 0;
+    let whi = 0;
+    let wbase = 0;
+    let wbytes: Uint8Array | null = null;
     const U = this.usedL;
     let L = this.availL;
     let inFlight = L >= U ? L - U : L + twoS - U;
+    let top = this.histTop;
     let n = 0;
     while (n < max && inFlight < S) {
       const w = L >= S ? 0 : 1;
@@ -547,31 +563,32 @@ export class PackedQueue extends QueueCore implements Virtqueue {
       const id = d[wi + 3]! & 0xffff;
       if (id >= idLimit || idCount[id] !== 0) break;
       const addr = hi * TWO_32 + d[wi]!;
-      let ok: boolean;
-      try {
-        ok = mem.translate(addr, len, out.write, one) && one.byteLen === len;
-      } catch (e) {
-        this.walkFault(e);
-        break;
+      if (!(addr >= wlo && addr + len <= whi)) {
+        // Outside the run's region (or the first buffer): look the region up; a buffer that does
+        // not lie whole in one region, or lies in another one than the run's, ends the run.
+        if (!this.lookupWindow(mem, addr, len, write, win)) break;
+        if (n === 0) wbytes = win.bytes;
+        else if (win.bytes !== wbytes) break;
+        wlo = win.lo;
+        whi = win.hi;
+        wbase = win.base;
       }
-      if (!ok) break;
-      if (n === 0) out.bytes = one.bytes;
-      else if (one.bytes !== out.bytes) break;
-      out.offset[n] = one.offset;
-      out.byteLen[n] = len;
-      out.id[n] = id;
-      out.addr[n] = addr;
-      const slot = this.histTop;
-      this.histId[slot] = id;
-      this.histCount[slot] = 1;
-      this.histTop = slot + 1 === S ? 0 : slot + 1;
+      oOff[n] = addr - wbase;
+      oLen[n] = len;
+      oId[n] = id;
+      oAddr[n] = addr;
+      histId[top] = id;
+      histCount[top] = 1;
       idCount[id] = 1;
-      this.idSlot[id] = slot;
+      idSlot[id] = top;
+      top = top + 1 === S ? 0 : top + 1;
       L = L + 1 === twoS ? 0 : L + 1;
       inFlight++;
       n++;
     }
     if (n === 0) return 0;
+    out.bytes = wbytes!;
+    this.histTop = top;
     this.histLen = this.histLen + n < S ? this.histLen + n : S;
     this.availL = L;
     this.ahead = this.ahead > n ? this.ahead - n : 0;
@@ -580,6 +597,28 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     this.stats.poppedDirect += n;
     out.count = n;
     return n;
+  }
+
+  /**
+   * popBurst's region lookup for a buffer [addr, addr + len): the memory's window when it has one,
+   * else a translation that must cover the whole buffer (then the window is just the buffer). False
+   * when the buffer is not whole in one region (pop() judges it) or on a translation fault (handled
+   * as pop() does: an IOTLB miss parks the queue).
+   */
+  private lookupWindow(mem: GuestMemory, addr: number, len: number, write: boolean, win: MemWindow): boolean {
+    if (mem.window !== undefined) return mem.window(addr, write, win) && addr + len <= win.hi;
+    const sp = this.span;
+    try {
+      if (!mem.translate(addr, len, write, sp) || sp.byteLen !== len) return false;
+    } catch (e) {
+      this.walkFault(e);
+      return false;
+    }
+    win.bytes = sp.bytes;
+    win.lo = addr;
+    win.hi = addr + len;
+    win.base = addr - sp.offset;
+    return true;
   }
 
   /**
