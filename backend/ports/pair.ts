@@ -7,7 +7,7 @@ guest memory (spec-notes/performance.md, 2026-11-23). 'busy' propagates, so a gu
  * no RX buffers is held back (its TX ring is left as is) instead of losing frames.
  */
 import type { NetHdr } from '../devices/net/net-hdr.ts';
-import type { ChainReader } from '../../virtqueue/index.ts';
+import type { ChainReader, DirectBurst } from '../../virtqueue/index.ts';
 import { emptyStats, type Delivery, type FrameSink, type Port, type PortStats } from './port.ts';
 
 /** A frame (GSO included) never exceeds 64 KiB plus headers. */
@@ -73,6 +73,22 @@ class PairPort implements Port {
         ? target.deliverSpan(bytes, offset, byteLen, hdr, rawHdrBytes)
         : target.deliver(offset === 0 ? bytes : bytes.subarray(offset, offset + byteLen), hdr, byteLen);
     return this.count(res, byteLen);
+  }
+  /** A run of plain frames from our guest's TX burst: the peer places what its fast path can. */
+  deliverBurst(src: DirectBurst, from: number, n: number, hdrLen: number): number {
+    const target = this.peer.device;
+    if (target === null || target.deliverBurst === undefined) return 0;
+    const got = target.deliverBurst(src, from, n, hdrLen);
+    if (got > 0) {
+      let bytes = 0;
+      const lens = src.byteLen;
+      for (let j = from; j < from + got; j++) bytes += lens[j]! - hdrLen;
+      this.stats.txFrames += got;
+      this.stats.txBytes += bytes;
+      this.peer.stats.rxFrames += got;
+      this.peer.stats.rxBytes += bytes;
+    }
+    return got;
   }
   beginBurst(): void {
     this.peer.device?.beginBurst?.();

@@ -8,7 +8,7 @@
  * switch between two guests loses nothing; a sink that cannot take it at all answers 'dropped'.
  */
 import type { NetHdr } from '../devices/net/net-hdr.ts';
-import type { ChainReader } from '../../virtqueue/index.ts';
+import type { ChainReader, DirectBurst } from '../../virtqueue/index.ts';
 
 export type Delivery = 'ok' | 'busy' | 'dropped';
 
@@ -30,6 +30,15 @@ export interface FrameSink {
    * header size may copy along with the frame. Same answers as deliver(). Senders use it when present.
    */
   deliverSpan?(bytes: Uint8Array, offset: number, byteLen: number, hdr: NetHdr, rawHdrBytes: number): Delivery;
+  /**
+   * Optional burst form of deliverSpan for plain frames (the sender negotiated no host offload, so
+   * there is no header to carry: virtio v1.2 5.1.6.2.1): frame j is `src.bytes[src.offset[j] + hdrLen,
+   * src.offset[j] + src.byteLen[j])` for j in [from, from + n), each at most a frame long. Only
+   * between beginBurst and endBurst. Delivers from the front while it can place frames on its fast
+   * path and returns how many it delivered (each one 'ok'); the sender hands the next frame to
+   * deliverSpan, which decides (busy, dropped, merged), and may go on with deliverBurst after it.
+   */
+  deliverBurst?(src: DirectBurst, from: number, n: number, hdrLen: number): number;
   /** Register a one-shot callback for when a sink that answered 'busy' has room again. */
   onSpace(cb: () => void): void;
   /**

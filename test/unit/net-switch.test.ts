@@ -468,7 +468,15 @@ for (const kind of ['split', 'packed'] as const) {
   });
 
   test(`${kind}: a burst into mixed RX buffers: the RX reservoir gives back what it did not fill, the general path goes on in ring order, a dry ring holds the rest`, (t) => {
-    const { a, b } = pair(kind, MRG);
+    const { a, b, pa, pb } = pair(kind, MRG);
+    // Each RX span reported to the dirty log must already hold its frame (byte 12 on: frame bytes).
+    let early = 0;
+    b.onDirty = (gpa, len) => {
+      if (len < 100) return; // ring writes and the 60-byte buffer
+      const seen = new Uint8Array(len);
+      readBytes(b.mem, gpa, seen);
+      if (seen[12] === 0 && seen[13] === 0) early++;
+    };
     // B's RX ring, in ring order: two good buffers, one too small (merged with the next by the
     // general path), a good one, a two-descriptor chain, two good ones.
     const rxIds = [
@@ -507,5 +515,11 @@ for (const kind of ['split', 'packed'] as const) {
     t.deepEqual(rest.map((u) => u.data!.subarray(12)), [frames[7], frames[8]]);
     t.is(a.tx.readUsed().length, 2);
     t.is(b.dev.stats.rxFrames, 9);
+    const bytesSent = frames.reduce((n, f) => n + f.length, 0);
+    t.is(b.dev.stats.rxBytes, bytesSent);
+    t.deepEqual([a.dev.stats.txFrames, a.dev.stats.txBytes, a.dev.stats.txDropped], [9, bytesSent, 0]);
+    t.deepEqual([pa.stats.txFrames, pa.stats.txBytes, pb.stats.rxFrames, pb.stats.rxBytes], [9, bytesSent, 9, bytesSent]);
+    t.is(early, 0, 'no RX buffer reported to the dirty log before its bytes landed');
+    t.true(b.dirty.length >= 9);
   });
 }

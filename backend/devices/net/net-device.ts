@@ -390,13 +390,43 @@ export class NetDevice implements Device, FrameSink, PolledRing {
    */
   private readonly txDirect = (b: DirectBuffer): number | false => this.txSpan(b.bytes, b.offset, b.byteLen);
 
-  /** txDirect for a burst of such buffers (drain's burst handler): completed from the front, in order. */
+  /**
+   * txDirect for a burst of such buffers (drain's burst handler): completed from the front, in
+   * order. Without host offloads (no header to read or carry) runs of well-formed frames go to the
+   * uplink's deliverBurst; whatever it does not place, and malformed frames, go one by one.
+   */
   private readonly txBurstFn = (b: DirectBurst): number => {
     const n = b.count;
     const bytes = b.bytes;
-    for (let k = 0; k < n; k++) {
-      if (this.txSpan(bytes, b.offset[k]!, b.byteLen[k]!) === false) return k;
-      b.usedLen[k] = 0;
+    const up = this.uplink!;
+    const hl = this.hdrLen;
+    const fast = !this.hostOffloads && up.deliverBurst !== undefined;
+    const lens = b.byteLen;
+    const used = b.usedLen;
+    let k = 0;
+    while (k < n) {
+      if (fast) {
+        let e = k;
+        while (e < n && lens[e]! <= MAX_FRAME && lens[e]! >= hl) e++;
+        if (e > k) {
+          const got = up.deliverBurst!(b, k, e - k, hl);
+          if (got > 0) {
+            let sent = 0;
+            for (let j = k; j < k + got; j++) {
+              sent += lens[j]! - hl;
+              used[j] = 0;
+            }
+            this.stats.txFrames += got;
+            this.stats.txBytes += sent;
+            this.txDone += got;
+            k += got;
+            if (k === n) break;
+          }
+        }
+      }
+      if (this.txSpan(bytes, b.offset[k]!, lens[k]!) === false) return k;
+      used[k] = 0;
+      k++;
     }
     return n;
   };
@@ -672,6 +702,65 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     if (this.burstDepth > 0) this.rxDirty[ring.index] = ring;
     else if (q.flushUsed()) ring.notify();
     return 'ok';
+  }
+
+  /**
+   * FrameSink.deliverBurst: plain frames from a sender without offloads, each into the next buffer
+   * of the RX reservoir (one ring: with several, each frame picks its ring by hash and takes
+   * deliverSpan). Stops at the first frame the reservoir cannot take (no buffer, too small): the
+   * sender hands that one to deliverSpan, whose general path decides.
+   */
+  deliverBurst(src: DirectBurst, from: number, n: number, hdrLen: number): number {
+    if (this.burstDepth === 0 || this.ringTrace !== null || this.rxCount !== 1) return 0;
+    const ring = this.firstRx!;
+    const q = ring.queue;
+    const res = this.rxRes;
+    const hl = this.hdrLen;
+    const bytes = src.bytes;
+    if (bytes !== this.srcKey) {
+      this.srcKey = bytes;
+      this.srcWords = wordsOf(bytes);
+      this.srcBase = bytes.byteOffset;
+    }
+    const mem = q.memory;
+    const offs = src.offset;
+    const lens = src.byteLen;
+    const plain = PLAIN_HDR;
+    let done = 0;
+    let sent = 0;
+    for (let j = from; j < from + n; j++) {
+      if (this.rxResRing !== ring || this.rxResNext === res.count) {
+        this.settleRx();
+        if (q.popBurst(res, BURST_MAX) === 0) break;
+        this.rxResRing = ring;
+      }
+      const k = this.rxResNext;
+      const byteLen = lens[j]! - hdrLen;
+      const need = hl + byteLen;
+      if (res.byteLen[k]! < need) break;
+      const dst = res.bytes;
+      if (dst !== this.dstKey) {
+        this.dstKey = dst;
+        this.dstWords = wordsOf(dst);
+        this.dstBase = dst.byteOffset;
+      }
+      const o = res.offset[k]!;
+      const dw = this.dstWords;
+      if (hl !== NET_HDR_MRG_BYTES || dw === null || !plain.writeWords(dw, this.dstBase + o, 1)) plain.write(dst, o, hl, 1, false);
+      copyBytesW(dst, dw, o + hl, bytes, this.srcWords, offs[j]! + hdrLen, byteLen, this.dstBase, this.srcBase);
+      const hook = mem.onWrite;
+      if (hook !== undefined) hook.call(mem, res.addr[k]!, need);
+      res.usedLen[k] = need;
+      this.rxResNext = k + 1;
+      sent += byteLen;
+      done++;
+    }
+    if (done > 0) {
+      this.stats.rxFrames += done;
+      this.stats.rxBytes += sent;
+      this.rxDirty[ring.index] = ring;
+    }
+    return done;
   }
 
   /**
