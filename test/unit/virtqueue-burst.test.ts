@@ -254,7 +254,7 @@ for (const kind of ['split', 'packed'] as const) {
     t.deepEqual(r.used().map((u) => u.id), ids);
   });
 
-  test(`${kind}: an IOTLB miss ends the run before that buffer and parks the queue; the entry resumes it`, (t) => {
+  test(`${kind}: an IOTLB miss is met by the run that reaches that buffer: nothing of it consumed, the queue parked; the entry resumes it`, (t) => {
     const UVA = 0x7f00_0000_0000;
     const region = { gpa: 0, uva: UVA, byteLen: 1 << 20, bytes: new Uint8Array(1 << 20) };
     const cache = new IotlbCache();
@@ -266,7 +266,9 @@ for (const kind of ['split', 'packed'] as const) {
     const missing = r.add([{ byteLen: 64, write: false, addr: 0x2_0000_0000 }]);
     const b = new DirectBurst(false);
     t.is(r.q.popBurst(b, 32), 1, 'the mapped one');
-    t.is(r.q.iotlbMisses, 1);
+    t.is(r.q.popBurst(b, 32), 0, 'parked on the miss');
+    // Split's generic run meets the miss in the first call already, packed's in the run that starts there.
+    t.true(r.q.iotlbMisses >= 1);
     t.is(r.q.broken, null);
     t.is(r.q.popBurst(b, 32), 0, 'still parked');
     cache.update(0x2_0000_0000, 0x1000, UVA + 0x30000, 'ro');

@@ -4,6 +4,7 @@ import {
   RegionMemory,
   VirtqError,
   createSpan,
+  createWindow,
   joinAddr,
   readAddr64,
   readBytes,
@@ -159,4 +160,36 @@ test('FlatMemory translates at its base only', (t) => {
   t.false(m.translate(0x3fff, 1, false, s));
   t.false(m.translate(0x4100, 1, false, s));
   t.is(m.gpaOf(m.bytes, 3), 0x4003);
+});
+
+test('window() agrees with translate() for every address inside it (RegionMemory, FlatMemory), read-only regions refuse writes', (t) => {
+  const a = region(0x0, 0x1000);
+  const b = region(0x100000, 0x2000, 0x5000_0000, false);
+  const gap = region(0x3000, 0x800);
+  const m = new RegionMemory([b, a, gap]);
+  const flat = new FlatMemory(0x100, 0x4000);
+  const w = createWindow();
+  const s = createSpan();
+  for (const [mem, probes] of [
+    [m, [0x0, 0x7ff, 0xfff, 0x3000, 0x37ff, 0x100000, 0x101fff]],
+    [flat, [0x4000, 0x40ff]],
+  ] as const) {
+    for (const addr of probes) {
+      t.true(mem.window!(addr, false, w), `window at ${addr.toString(16)}`);
+      t.true(w.lo <= addr && addr < w.hi);
+      // Every address of the window translates to bytes[addr - base] of the same view.
+      for (const x of [w.lo, addr, w.hi - 1]) {
+        t.true(mem.translate(x, 1, false, s));
+        t.is(s.bytes, w.bytes);
+        t.is(s.offset, x - w.base);
+      }
+      t.false(mem.translate(w.hi, 1, false, s) && s.bytes === w.bytes && s.offset === w.hi - w.base, 'the window ends at its region');
+    }
+  }
+  t.deepEqual([m.window(0x1000, false, w), m.window(0x2fff, false, w), m.window(0x102000, false, w)], [false, false, false], 'gaps');
+  t.false(m.window(0x100010, true, w), 'read-only region: no writable window');
+  t.true(m.window(0x10, true, w));
+  t.deepEqual([w.lo, w.hi, w.base], [0, 0x1000, 0]);
+  t.false(flat.window(0x3fff, false, w));
+  t.false(flat.window(0x4100, false, w));
 });
