@@ -537,7 +537,6 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     const oOff = out.offset;
     const oLen = out.byteLen;
     const oId = out.id;
-    const oAddr = out.addr;
     const mem = this.mem;
     // The region of the run: buffers inside it are bounds-checked here, not translated one by one.
     const win = this.win;
@@ -579,7 +578,6 @@ export class PackedQueue extends QueueCore implements Virtqueue {
       oOff[n] = addr - wbase;
       oLen[n] = len;
       oId[n] = id;
-      oAddr[n] = addr;
       histId[top] = id;
       histCount[top] = 1;
       idCount[id] = 1;
@@ -591,6 +589,7 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     }
     if (n === 0) return 0;
     out.bytes = wbytes;
+    out.addrBase = wbase;
     this.histTop = top;
     this.histLen = this.histLen + n < S ? this.histLen + n : S;
     this.availL = L;
@@ -639,21 +638,18 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     const u16 = this.descU16;
     const ids = b.id;
     const lens = b.usedLen;
-    // All ids are checked (and marked) before anything is written: a device bug pushes nothing.
-    for (let k = 0; k < n; k++) {
-      const head = ids[k]!;
-      if (tbl[head] !== 1) {
-        for (let j = 0; j < k; j++) tbl[ids[j]!] = 1;
-        throw new RangeError(`pushUsedBurst: buffer id ${head} is not in flight as one descriptor`);
-      }
-      tbl[head] = 2;
-    }
+    const histCount = this.histCount;
+    const idSlot = this.idSlot;
+    const pendPos = this.pendPos;
     let L = this.shadowUsedL;
     let p = this.pending;
-    for (let k = 0; k < n; k++) {
+    let k = 0;
+    for (; k < n; k++) {
       const head = ids[k]!;
+      // A device bug: the entries before it are pushed (as pushUsed one by one would), then it throws.
+      if (tbl[head] !== 1) break;
       tbl[head] = 0;
-      this.histCount[this.idSlot[head]!] = 0;
+      histCount[idSlot[head]!] = 0;
       let pos = L;
       let flags = F_AVAIL_USED;
       if (L >= S) {
@@ -669,13 +665,14 @@ export class PackedQueue extends QueueCore implements Virtqueue {
         this.firstFlagsAt = fi;
         this.firstFlags = flags;
       } else u16[fi] = flags;
-      this.pendPos[p++] = pos;
+      pendPos[p++] = pos;
       L = L + 1 === twoS ? 0 : L + 1;
     }
     this.pending = p;
     this.shadowUsedL = L;
-    this.outstanding -= n;
-    this.stats.pushed += n;
+    this.outstanding -= k;
+    this.stats.pushed += k;
+    if (k < n) throw new RangeError(`pushUsedBurst: buffer id ${ids[k]} is not in flight as one descriptor`);
   }
 
   private growIdTables(): void {

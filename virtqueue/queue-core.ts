@@ -100,22 +100,24 @@ export abstract class QueueCore {
 
   /**
    * Virtqueue.popBurst, generic form: popDirect one buffer at a time (a format may do better). A
-   * buffer in another region than the first is given back and ends the run.
+   * buffer in another region than the first, or not at the same address distance from its view
+   * (IOVAs map pages anywhere), is given back and ends the run.
    */
   popBurst(out: DirectBurst, max: number): number {
     const q = this as unknown as Virtqueue;
     const one = out.one;
     let n = 0;
     while (n < max && q.popDirect(one) === DIRECT_OK) {
-      if (n === 0) out.bytes = one.bytes;
-      else if (one.bytes !== out.bytes) {
+      if (n === 0) {
+        out.bytes = one.bytes;
+        out.addrBase = one.addr - one.offset;
+      } else if (one.bytes !== out.bytes || one.addr - one.offset !== out.addrBase) {
         q.unpop(1);
         break;
       }
       out.offset[n] = one.offset;
       out.byteLen[n] = one.byteLen;
       out.id[n] = one.id;
-      out.addr[n] = one.addr;
       n++;
     }
     out.count = n;

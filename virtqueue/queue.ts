@@ -67,17 +67,19 @@ const NO_BYTES = new Uint8Array(0);
 /**
  * Up to BURST_MAX buffers popped together by `popBurst`: each would have been a DirectBuffer of
  * popDirect (one direct descriptor of direction `write`, in one region), and all lie in the SAME
- * region, `bytes`. Entry k is `bytes[offset[k], offset[k] + byteLen[k])`, buffer id `id[k]`, guest
- * address `addr[k]`. The device fills `usedLen[k]` for the entries it completes (pushUsedBurst).
- * Struct-of-arrays so a burst is walked with plain typed-array loads and allocates nothing.
+ * linear window of guest addresses, `bytes`. Entry k is `bytes[offset[k], offset[k] + byteLen[k])`,
+ * buffer id `id[k]`, guest address `addrBase + offset[k]` (what the dirty log is told). The device
+ * fills `usedLen[k]` for the entries it completes (pushUsedBurst). Struct-of-arrays so a burst is
+ * walked with plain typed-array loads and allocates nothing; offsets are u32 (a view is < 4 GiB).
  */
 export class DirectBurst {
   count = 0;
   bytes: Uint8Array = NO_BYTES;
-  readonly offset = new Float64Array(BURST_MAX);
+  /** The guest address of bytes[0] (a descriptor address: an IOVA under a vIOMMU). */
+  addrBase = 0;
+  readonly offset = new Uint32Array(BURST_MAX);
   readonly byteLen = new Uint32Array(BURST_MAX);
   readonly id = new Uint16Array(BURST_MAX);
-  readonly addr = new Float64Array(BURST_MAX);
   readonly usedLen = new Uint32Array(BURST_MAX);
   /** popBurst's scratch buffer (the generic form pops through popDirect). */
   readonly one: DirectBuffer;

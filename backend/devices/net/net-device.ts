@@ -690,7 +690,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     this.stats.rxBytes += byteLen;
     if (k >= 0) {
       const res = this.rxRes;
-      if (hook !== undefined) hook.call(mem, res.addr[k]!, need);
+      if (hook !== undefined) hook.call(mem, res.addrBase + res.offset[k]!, need);
       res.usedLen[k] = need;
       this.rxResNext = k + 1;
       this.rxDirty[ring.index] = ring;
@@ -749,7 +749,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       if (hl !== NET_HDR_MRG_BYTES || dw === null || !plain.writeWords(dw, this.dstBase + o, 1)) plain.write(dst, o, hl, 1, false);
       copyBytesW(dst, dw, o + hl, bytes, this.srcWords, offs[j]! + hdrLen, byteLen, this.dstBase, this.srcBase);
       const hook = mem.onWrite;
-      if (hook !== undefined) hook.call(mem, res.addr[k]!, need);
+      if (hook !== undefined) hook.call(mem, res.addrBase + res.offset[k]!, need);
       res.usedLen[k] = need;
       this.rxResNext = k + 1;
       sent += byteLen;
