@@ -219,8 +219,10 @@ export interface NativeBinding {
   /**
    * mmap(MAP_SHARED) of [offset, offset+byteLen) of fd as an external ArrayBuffer. offset need not be page
    * aligned (the addon aligns down and returns a buffer starting at the requested byte). The mapping is
-   * released by `munmap(ab)` (which also detaches the buffer so stale views throw) or, failing that, when
-   * the buffer is garbage-collected. With `writable` false the pages are PROT_READ: a JS write to them faults.
+   * released by `munmap(ab)` or, failing that, when the buffer is garbage-collected. munmap releases the
+   * file's pages at once but does not detach the buffer (detaching slows every typed-array access of the
+   * process: decisions.md D43): stale views read zeros and their writes reach nothing shared; the address
+   * range goes when the buffer is collected. With `writable` false the pages are PROT_READ: a JS write to them faults.
    * byteLen must be in (0, 2^32] (Node 20's ArrayBuffer limit; window larger regions).
    */
   mmap(fd: Fd, offset: number, byteLen: number, writable: boolean): ArrayBuffer;
@@ -231,7 +233,7 @@ export interface NativeBinding {
    * The virtual address of byte 0 of a buffer returned by `mmap()` (for an unaligned mmap offset: the address of
    * that offset, not of the page below it). Postcopy needs it: vhost-user.rst SET_MEM_TABLE "the back-end replies
    * with the bases of the memory mapped regions". Throws EINVAL (syscall 'mmapAddress') for a buffer that is
-   * not a live mapping of ours (foreign, or detached by `munmap()`).
+   * not a live mapping of ours (foreign, or released by `munmap()`).
    */
   mmapAddress(ab: ArrayBuffer): bigint;
   /**

@@ -4,12 +4,17 @@
 // the memory mapped regions") and madvise.
 //
 // A mapping is exposed as an *external* ArrayBuffer. Two ways to release it:
-//   - munmap(ab): detaches the ArrayBuffer first (so every view over it has byteLength 0 and new views throw
-//     instead of touching unmapped memory; vhost-user.rst "Memory region description" regions are replaced
-//     wholesale by SET_MEM_TABLE), then munmap()s;
+//   - munmap(ab) retires it: the file's pages are replaced at the same address by private zero pages
+//     (mmap MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS), so the guest memory is released at once and a view
+//     that outlives its table (vhost-user.rst regions are replaced by SET_MEM_TABLE / REM_MEM_REG) reads
+//     zeros and writes into memory nobody else sees, instead of touching freed address space. The buffer
+//     is NOT detached: detaching any ArrayBuffer makes V8's optimized code check every typed-array access
+//     for detachment for the rest of the process (measured: +20-30 % per switched frame; decisions.md D43).
+//     The address range itself is released by the finalizer. If the replacement cannot be made, the old
+//     way: detach, then munmap();
 //   - otherwise the GC finalizer munmap()s when the buffer is collected.
 // A registry keyed by the buffer's data pointer lets munmap() find the page-aligned base and length; both
-// paths agree through `Mapping::mapped`, so memory is unmapped exactly once.
+// paths agree through `Mapping::mapped` / `retired`, so memory is unmapped exactly once.
 
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -35,6 +40,8 @@ struct Mapping {
   uint8_t* user;  // base + (offset - aligned offset): what the ArrayBuffer starts at
   bool mapped;
   bool creating;  // finalizer must not free the struct while New() is still using it
+  int prot;
+  bool retired;   // munmap() replaced the file's pages by private zero pages; the range is still ours
 };
 
 std::mutex g_mu;
@@ -85,7 +92,7 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   void* base = mmap(nullptr, mapLen, prot, MAP_SHARED, fd, static_cast<off_t>(aligned));
   if (base == MAP_FAILED) ThrowSysError(env, errno, "mmap");
 
-  Mapping* m = new Mapping{static_cast<uint8_t*>(base), mapLen, static_cast<uint8_t*>(base) + delta, true, true};
+  Mapping* m = new Mapping{static_cast<uint8_t*>(base), mapLen, static_cast<uint8_t*>(base) + delta, true, true, prot, false};
   napi_value ab;
   napi_status s = napi_create_external_arraybuffer(env, m->user, static_cast<size_t>(byteLen), Finalize, m, &ab);
   {
@@ -118,11 +125,20 @@ Napi::Value Munmap(const Napi::CallbackInfo& info) {
     std::lock_guard<std::mutex> lock(g_mu);
     auto it = g_maps.find(ab.Data());
     m = it == g_maps.end() ? nullptr : it->second;
+    if (m != nullptr && m->retired) return env.Undefined();  // already retired: idempotent
   }
   if (m == nullptr || m->mapLen - static_cast<size_t>(m->user - m->base) != ab.ByteLength()) {
     ThrowSysError(env, EINVAL, "munmap", nullptr, "not an ArrayBuffer returned by mmap()");
   }
-  // Detach before unmapping: if detaching failed we must not leave live views over unmapped memory.
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    void* r = mmap(m->base, m->mapLen, m->prot, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (r != MAP_FAILED) {
+      m->retired = true;  // the finalizer munmap()s the zero pages
+      return env.Undefined();
+    }
+  }
+  // No replacement (ENOMEM): detach before unmapping, so no live view is left over unmapped memory.
   ab.Detach();
   std::lock_guard<std::mutex> lock(g_mu);
   Release(m);  // the finalizer later sees mapped == false and only frees the struct
@@ -213,7 +229,7 @@ MappingRef LookupMapping(Napi::Env env, Napi::Value v, const char* name, const c
   {
     std::lock_guard<std::mutex> lock(g_mu);
     auto it = data == nullptr ? g_maps.end() : g_maps.find(data);
-    if (it != g_maps.end() && it->second->mapped) {
+    if (it != g_maps.end() && it->second->mapped && !it->second->retired) {
       const Mapping* m = it->second;
       r = MappingRef{m->base, m->mapLen, m->user, m->mapLen - static_cast<size_t>(m->user - m->base)};
     }
