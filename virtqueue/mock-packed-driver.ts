@@ -48,6 +48,11 @@ export interface PackedUsedEntry extends UsedEntry {
   flags: number;
   /** Ring position the element was read at. */
   pos: number;
+  /**
+   * IN_ORDER (inOrder option): the list had no element of its own; the device wrote one for a later
+   * list and skipped this one (virtio v1.2 2.8.23). len is 0.
+   */
+  skipped?: boolean;
 }
 
 export interface MockPackedDriverOptions {
@@ -60,6 +65,11 @@ export interface MockPackedDriverOptions {
   heapAddr?: number;
   heapByteLen?: number;
   eventIdx?: boolean;
+  /**
+   * IN_ORDER was negotiated: readUsed() accepts an element whose id is a later list's, meaning every
+   * list made available before it is used too (2.8.23: one used descriptor for a batch).
+   */
+  inOrder?: boolean;
 }
 
 interface InFlight {
@@ -86,6 +96,9 @@ export class MockPackedDriver {
   private freeCount: number;
   private freeIds: number[] = [];
   private inflight = new Map<number, InFlight>();
+  /** inOrder: ids of addChain() lists in the order they were made available, not yet used. */
+  private readonly order: number[] = [];
+  private readonly inOrder: boolean;
   /** Ids of lists added by addBuffer() (1) and not yet used. */
   private readonly single: Uint8Array;
   /** len of the element popUsed() returned last. */
@@ -114,6 +127,7 @@ export class MockPackedDriver {
     this.heapAddr = opts.heapAddr ?? align(end, 4096);
     this.heapByteLen = opts.heapByteLen ?? 65536;
     this.eventIdx = opts.eventIdx ?? false;
+    this.inOrder = opts.inOrder ?? false;
     this.heap = new MockHeap(this.heapAddr, this.heapByteLen);
     this.freeCount = opts.size;
     this.single = new Uint8Array(opts.size);
@@ -132,6 +146,7 @@ export class MockPackedDriver {
       deviceEventAddr: this.deviceEventAddr,
       eventIdx: this.eventIdx,
       indirect: true,
+      inOrder: this.inOrder,
       ...extra,
     };
   }
@@ -220,6 +235,7 @@ export class MockPackedDriver {
     this.makeAvailable(placed, opts.publish ?? true);
     this.freeCount -= need;
     if (!this.inflight.has(id)) this.inflight.set(id, fl);
+    if (this.inOrder) this.order.push(id);
     return id;
   }
 
@@ -324,6 +340,20 @@ export class MockPackedDriver {
       if (used !== w || avail !== w) break;
       const len = readU32(this.mem, at + 8);
       const id = readU16(this.mem, at + 12);
+      if (this.inOrder) {
+        // The lists before this id in ring order were used with it and have no element (2.8.23).
+        const k = this.order.indexOf(id);
+        for (const sid of this.order.splice(0, k < 0 ? 0 : k + 1)) {
+          if (sid === id) break;
+          const sf = this.inflight.get(sid)!;
+          out.push({ id: sid, len: 0, data: new Uint8Array(0), flags, pos: this.usedL % S, skipped: true });
+          this.usedL = (this.usedL + sf.count) % (2 * S);
+          this.freeCount = Math.min(S, this.freeCount + sf.count);
+          this.inflight.delete(sid);
+          this.freeIds.push(sid);
+          for (const [a, n] of sf.allocs) this.release(a, n);
+        }
+      }
       const fl = this.inflight.get(id);
       // An unknown id (corruption tests) is skipped as one descriptor.
       const count = fl?.count ?? 1;

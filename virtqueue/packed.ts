@@ -168,8 +168,9 @@ export interface PackedQueueConfig {
   /** VIRTIO_F_INDIRECT_DESC negotiated. */
   indirect: boolean;
   /**
-   * VIRTIO_F_IN_ORDER negotiated. Informational: the queue writes one used element per chain, which
-   * is valid with IN_ORDER too (2.8.8 lets the device batch, it does not oblige it).
+   * VIRTIO_F_IN_ORDER negotiated. The queue writes one used element per chain, except that
+   * pushUsedBurst writes a burst of zero-length completions (TX) as one element with the last id
+   * when nothing else is in flight (virtio v1.2 2.8.23; D38).
    */
   inOrder?: boolean;
   /** Next position to read (default 0) and its wrap counter (default true, 2.8.1). */
@@ -643,6 +644,8 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     const pendPos = this.pendPos;
     let L = this.shadowUsedL;
     let p = this.pending;
+    // IN_ORDER: a burst of zero-length completions (TX) is one used element (D38).
+    if (this.inOrder && n > 1 && this.outstanding === n && this.pushBatch(b, n)) return;
     let k = 0;
     for (; k < n; k++) {
       const head = ids[k]!;
@@ -673,6 +676,47 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     this.outstanding -= k;
     this.stats.pushed += k;
     if (k < n) throw new RangeError(`pushUsedBurst: buffer id ${ids[k]} is not in flight as one descriptor`);
+  }
+
+  /**
+   * IN_ORDER (virtio v1.2 2.8.23): n zero-length completions of one-descriptor lists, the only ones in
+   * flight, as ONE used element carrying the last id; the used position skips all n. False (nothing
+   * done) unless every length is 0 and every id is in flight as one descriptor.
+   */
+  private pushBatch(b: DirectBurst, n: number): boolean {
+    const tbl = this.idCount;
+    const ids = b.id;
+    const lens = b.usedLen;
+    for (let k = 0; k < n; k++) if (lens[k] !== 0 || tbl[ids[k]!] !== 1) return false;
+    const histCount = this.histCount;
+    const idSlot = this.idSlot;
+    for (let k = 0; k < n; k++) {
+      const head = ids[k]!;
+      tbl[head] = 0;
+      histCount[idSlot[head]!] = 0;
+    }
+    const S = this.size;
+    const L = this.shadowUsedL;
+    let pos = L;
+    let flags = F_AVAIL_USED;
+    if (L >= S) {
+      pos = L - S;
+      flags = 0;
+    }
+    this.desc[(pos << 2) + 2] = 0;
+    const fi = (pos << 3) + 7;
+    this.descU16[fi - 1] = ids[n - 1]!;
+    if (this.pending === 0) {
+      this.firstFlagsAt = fi;
+      this.firstFlags = flags;
+    } else this.descU16[fi] = flags;
+    this.pendPos[this.pending++] = pos;
+    let next = L + n;
+    if (next >= this.twoSize) next -= this.twoSize;
+    this.shadowUsedL = next;
+    this.outstanding -= n;
+    this.stats.pushed += n;
+    return true;
   }
 
   private growIdTables(): void {

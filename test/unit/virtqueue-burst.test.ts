@@ -323,3 +323,66 @@ test('packed: pushUsedBurst of an id that is not in flight is a device bug (Rang
   r.q.flushUsed();
   t.deepEqual(r.used().map((u) => u.id), ids, 'the good id was still in flight and could be pushed');
 });
+
+test('packed IN_ORDER: a burst of zero-length completions is one used element with the last id (2.8.23); the driver sees every buffer used, over many laps', (t) => {
+  const mem = new FlatMemory(1 << 20);
+  const d = new MockPackedDriver(mem, { size: SIZE, inOrder: true });
+  const q = new PackedQueue(d.queueConfig(), mem);
+  t.true(q.inOrder);
+  const rand = prng(21);
+  const b = new DirectBurst(false);
+  let batched = 0;
+  for (let round = 0; round < 200; round++) {
+    const n = 1 + Math.floor(rand() * 6);
+    const ids: number[] = [];
+    for (let i = 0; i < n; i++) ids.push(d.addChain(one(20 + i)));
+    t.is(q.popBurst(b, 32), n);
+    b.usedLen.fill(0);
+    const written = q.stats.pushed;
+    q.pushUsedBurst(b, n);
+    t.is(q.stats.pushed - written, n, 'every buffer counts as pushed');
+    q.flushUsed();
+    const used = d.readUsed();
+    t.deepEqual(used.map((u) => u.id), ids, 'all used, in order');
+    const own = used.filter((u) => u.skipped !== true);
+    t.is(own.length, 1, 'one element of its own');
+    t.is(own[0]!.id, ids[n - 1]!, 'the last id');
+    if (n > 1) batched++;
+  }
+  t.true(batched > 100);
+  t.is(q.broken, null);
+  t.is(d.inFlightCount, 0);
+});
+
+test('packed IN_ORDER: written lengths (RX) and earlier buffers still in flight keep one element per buffer', (t) => {
+  const mem = new FlatMemory(1 << 20);
+  const d = new MockPackedDriver(mem, { size: SIZE, inOrder: true });
+  const q = new PackedQueue(d.queueConfig(), mem);
+  const rx = [0, 1, 2].map(() => d.addChain(one(64, true)));
+  const wb = new DirectBurst(true);
+  t.is(q.popBurst(wb, 32), 3);
+  wb.usedLen.set([10, 20, 30]);
+  q.pushUsedBurst(wb, 3);
+  q.flushUsed();
+  t.deepEqual(d.readUsed().map((u) => [u.id, u.len, u.skipped === true]), rx.map((id, i) => [id, 10 * (i + 1), false]));
+
+  const tx = [0, 1, 2, 3].map(() => d.addChain(one(20)));
+  const single = createDirectBuffer(false);
+  t.is(q.popDirect(single), DIRECT_OK);
+  t.is(single.id, tx[0]);
+  const b = new DirectBurst(false);
+  t.is(q.popBurst(b, 32), 3);
+  b.usedLen.fill(0);
+  // The burst completes while an earlier buffer is still in flight: an element of the last id would
+  // tell the driver that one is used too, so each buffer gets its own element.
+  q.pushUsedBurst(b, 3);
+  t.is(q.pendingUsed, 3, 'three elements, no batch');
+  // Once the earlier one is complete, a later burst is alone in flight and batches again.
+  q.pushUsed(single.id, 0);
+  const more = [0, 1].map(() => d.addChain(one(20)));
+  t.is(q.popBurst(b, 32), 2);
+  b.usedLen.fill(0);
+  q.pushUsedBurst(b, 2);
+  t.is(q.pendingUsed, 5, 'one more element for two buffers');
+  t.deepEqual(Array.from(b.id.subarray(0, 2)), more);
+});
