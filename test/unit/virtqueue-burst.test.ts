@@ -369,7 +369,7 @@ test('packed IN_ORDER: written lengths (RX) and earlier buffers still in flight 
   const tx = [0, 1, 2, 3].map(() => d.addChain(one(20)));
   const single = createDirectBuffer(false);
   t.is(q.popDirect(single), DIRECT_OK);
-  t.is(single.id, tx[0]);
+  t.is(single.id, tx[0]!);
   const b = new DirectBurst(false);
   t.is(q.popBurst(b, 32), 3);
   b.usedLen.fill(0);
