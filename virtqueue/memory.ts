@@ -365,15 +365,19 @@ export class RegionMemory implements GuestMemory {
     return i < 0 ? null : this.slots[i]!.region;
   }
 
+  /** The region slot holding `addr` (the last one found first), or undefined. */
+  private slotOf(addr: number): Slot | undefined {
+    const s = this.slots[this.last];
+    if (s !== undefined && addr >= s.gpa && addr < s.end) return s;
+    const i = this.find(addr);
+    if (i < 0) return undefined;
+    this.last = i;
+    return this.slots[i];
+  }
+
   window(addr: number, write: boolean, out: MemWindow): boolean {
-    let s = this.slots[this.last];
-    if (s === undefined || !(addr >= s.gpa && addr < s.end)) {
-      const i = this.find(addr);
-      if (i < 0) return false;
-      this.last = i;
-      s = this.slots[i]!;
-    }
-    if (write && !s.writable) return false;
+    const s = this.slotOf(addr);
+    if (s === undefined || (write && !s.writable)) return false;
     out.bytes = s.bytes;
     out.lo = s.gpa;
     out.hi = s.end;
@@ -382,14 +386,8 @@ export class RegionMemory implements GuestMemory {
   }
 
   translate(addr: number, byteLen: number, write: boolean, out: Span): boolean {
-    let s = this.slots[this.last];
-    if (s === undefined || !(addr >= s.gpa && addr < s.end)) {
-      const i = this.find(addr);
-      if (i < 0) return false;
-      this.last = i;
-      s = this.slots[i]!;
-    }
-    if (write && !s.writable) return false;
+    const s = this.slotOf(addr);
+    if (s === undefined || (write && !s.writable)) return false;
     const off = addr - s.gpa;
     const room = s.byteLen - off;
     out.bytes = s.bytes;

@@ -695,6 +695,17 @@ export class PackedQueue extends QueueCore implements Virtqueue {
       tbl[head] = 0;
       histCount[idSlot[head]!] = 0;
     }
+    this.putUsed(ids[n - 1]!, 0, n);
+    this.outstanding -= n;
+    this.stats.pushed += n;
+    return true;
+  }
+
+  /**
+   * Writes the used element {id, len} at the used position (the first pending element's flags wait
+   * for flushUsed: it exposes the whole batch) and moves the position on by `skip` descriptors.
+   */
+  private putUsed(id: number, len: number, skip: number): void {
     const S = this.size;
     const L = this.shadowUsedL;
     let pos = L;
@@ -703,20 +714,18 @@ export class PackedQueue extends QueueCore implements Virtqueue {
       pos = L - S;
       flags = 0;
     }
-    this.desc[(pos << 2) + 2] = 0;
+    if (len !== 0) flags |= F_WRITE;
+    this.desc[(pos << 2) + 2] = len;
     const fi = (pos << 3) + 7;
-    this.descU16[fi - 1] = ids[n - 1]!;
+    this.descU16[fi - 1] = id;
     if (this.pending === 0) {
       this.firstFlagsAt = fi;
       this.firstFlags = flags;
     } else this.descU16[fi] = flags;
     this.pendPos[this.pending++] = pos;
-    let next = L + n;
+    let next = L + skip;
     if (next >= this.twoSize) next -= this.twoSize;
     this.shadowUsedL = next;
-    this.outstanding -= n;
-    this.stats.pushed += n;
-    return true;
   }
 
   private growIdTables(): void {
@@ -889,28 +898,7 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     }
     tbl[head] = 0;
     this.histCount[this.idSlot[head]!] = 0;
-    const S = this.size;
-    const L = this.shadowUsedL;
-    let pos = L;
-    let flags = F_AVAIL_USED;
-    if (L >= S) {
-      pos = L - S;
-      flags = 0;
-    }
-    const len = byteLen >= 0xffffffff ? 0xffffffff : byteLen >>> 0;
-    if (len !== 0) flags |= F_WRITE;
-    this.desc[(pos << 2) + 2] = len;
-    const fi = (pos << 3) + 7;
-    this.descU16[fi - 1] = head;
-    if (this.pending === 0) {
-      // Published last, by flushUsed (release): it exposes the whole batch.
-      this.firstFlagsAt = fi;
-      this.firstFlags = flags;
-    } else this.descU16[fi] = flags;
-    this.pendPos[this.pending++] = pos;
-    let next = L + cnt;
-    if (next >= this.twoSize) next -= this.twoSize;
-    this.shadowUsedL = next;
+    this.putUsed(head, byteLen >= 0xffffffff ? 0xffffffff : byteLen >>> 0, cnt);
     this.outstanding--;
     this.stats.pushed++;
   }

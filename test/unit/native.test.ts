@@ -297,6 +297,17 @@ test('mmap refuses byteLen 0; munmap refuses foreign buffers; mmap of a bad fd i
   t.is((t.throws(() => native.mmap(1 << 30, 0, 4096, true)) as SysError).code, 'EBADF');
 });
 
+/** Runs `script` in a fresh node with --expose-gc; resolves with what it printed. */
+function exposeGcOutput(script: string): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const child = spawn(process.execPath, ['--expose-gc', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let s = '';
+    child.stdout.on('data', (d: Buffer) => (s += d.toString()));
+    child.on('error', reject);
+    child.on('exit', () => resolve(s));
+  });
+}
+
 test('mmap: an unreferenced mapping is unmapped by the GC finalizer', async (t) => {
   const script = `const n = require(${JSON.stringify(DEFAULT_NATIVE_PATH)});
 const fs = require('fs');
@@ -305,13 +316,7 @@ const fd = n.memfdCreate('vhostgc', false); n.ftruncate(fd, 1 << 20);
 (() => { new Uint8Array(n.mmap(fd, 0, 1 << 20, true))[0] = 1; })();
 const before = count();
 gc(); setImmediate(() => { gc(); setTimeout(() => { console.log(before + ' ' + count()); n.close(fd); }, 50); });`;
-  const out = await new Promise<string>((resolve, reject) => {
-    const child = spawn(process.execPath, ['--expose-gc', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let s = '';
-    child.stdout.on('data', (d: Buffer) => (s += d.toString()));
-    child.on('error', reject);
-    child.on('exit', () => resolve(s));
-  });
+  const out = await exposeGcOutput(script);
   t.is(out.trim(), '1 0');
 });
 
@@ -328,13 +333,7 @@ const has = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\\n').some((
 });
 const before = has();
 gc(); setImmediate(() => { gc(); setTimeout(() => { console.log(before + ' ' + has()); n.close(fd); }, 50); });`;
-  const out = await new Promise<string>((resolve, reject) => {
-    const child = spawn(process.execPath, ['--expose-gc', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let s = '';
-    child.stdout.on('data', (d: Buffer) => (s += d.toString()));
-    child.on('error', reject);
-    child.on('exit', () => resolve(s));
-  });
+  const out = await exposeGcOutput(script);
   t.is(out.trim(), 'true false', 'the range was still reserved after munmap, gone after the collection');
 });
 

@@ -12,41 +12,20 @@ import {
   DIRECT_OK,
   DirectBurst,
   FlatMemory,
-  MockDriver,
   MockPackedDriver,
   PackedQueue,
   RegionMemory,
-  SplitQueue,
   createDirectBuffer,
   readBytes,
-  type GuestMemory,
   type MockBuffer,
-  type UsedEntry,
 } from '../../virtqueue/index.ts';
 import { IotlbCache, IotlbMemory } from '../../virtqueue/iotlb.ts';
 import { SplitInflight, PackedInflight, inflightQueueSize } from '../../virtqueue/inflight.ts';
 import { VIRTQ_DESC_F_AVAIL } from '../../virtqueue/defs.ts';
-import { bytes, prng } from './virtqueue-fixtures.ts';
+import { bytes, formatRig, prng } from './virtqueue-fixtures.ts';
 
-type Kind = 'split' | 'packed';
 const SIZE = 16;
-
-interface Rig {
-  mem: GuestMemory;
-  q: SplitQueue | PackedQueue;
-  add(bufs: readonly MockBuffer[], opts?: { indirect?: boolean }): number;
-  used(): UsedEntry[];
-  packed?: MockPackedDriver;
-}
-
-function rig(kind: Kind, mem: GuestMemory = new FlatMemory(1 << 20), base = 0): Rig {
-  if (kind === 'split') {
-    const d = new MockDriver(mem, { size: SIZE, base });
-    return { mem, q: new SplitQueue(d.queueConfig(), mem), add: (b, o) => d.addChain(b, o), used: () => d.readUsed() };
-  }
-  const d = new MockPackedDriver(mem, { size: SIZE, base });
-  return { mem, q: new PackedQueue(d.queueConfig(), mem), add: (b, o) => d.addChain(b, o), used: () => d.readUsed(), packed: d };
-}
+const rig = formatRig;
 
 const one = (byteLen: number, write = false, data?: Uint8Array): MockBuffer[] => [{ byteLen, write, ...(data ? { data } : {}) }];
 

@@ -15,43 +15,18 @@ import {
   DIRECT_OK,
   FlatMemory,
   MockDriver,
-  MockPackedDriver,
-  PackedQueue,
   RegionMemory,
   SplitQueue,
   createDirectBuffer,
   readBytes,
-  type GuestMemory,
-  type MockBuffer,
-  type UsedEntry,
 } from '../../virtqueue/index.ts';
 import { IotlbCache, IotlbMemory } from '../../virtqueue/iotlb.ts';
 import { SplitInflight, inflightQueueSize } from '../../virtqueue/inflight.ts';
 import { VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_WRITE } from '../../virtqueue/defs.ts';
-import { bytes } from './virtqueue-fixtures.ts';
+import { bytes, formatRig } from './virtqueue-fixtures.ts';
 
-type Kind = 'split' | 'packed';
 const SIZE = 16;
-
-interface Rig {
-  mem: GuestMemory;
-  q: SplitQueue | PackedQueue;
-  add(bufs: readonly MockBuffer[], opts?: { indirect?: boolean }): number;
-  used(): UsedEntry[];
-  split?: MockDriver;
-  packed?: MockPackedDriver;
-}
-
-function rig(kind: Kind, mem: GuestMemory = new FlatMemory(1 << 20), base = 0): Rig {
-  if (kind === 'split') {
-    const d = new MockDriver(mem, { size: SIZE, base });
-    const q = new SplitQueue(d.queueConfig(), mem);
-    return { mem, q, add: (b, o) => d.addChain(b, o), used: () => d.readUsed(), split: d };
-  }
-  const d = new MockPackedDriver(mem, { size: SIZE, base });
-  const q = new PackedQueue(d.queueConfig(), mem);
-  return { mem, q, add: (b, o) => d.addChain(b, o), used: () => d.readUsed(), packed: d };
-}
+const rig = formatRig;
 
 for (const kind of ['split', 'packed'] as const) {
   test(`${kind}: a single readable descriptor pops in place: bytes, offset, len, id and address as the driver wrote them`, (t) => {

@@ -1,6 +1,6 @@
 /** Shared setup for the virtqueue-*.test.ts files (not a test file itself). */
-import { Chain, ChainReader, ChainWriter, FlatMemory, MockDriver, SplitQueue } from '../../virtqueue/index.ts';
-import type { GuestMemory, MockDriverOptions, SplitQueueConfig } from '../../virtqueue/index.ts';
+import { Chain, ChainReader, ChainWriter, FlatMemory, MockDriver, MockPackedDriver, PackedQueue, SplitQueue } from '../../virtqueue/index.ts';
+import type { GuestMemory, MockBuffer, MockDriverOptions, SplitQueueConfig, UsedEntry } from '../../virtqueue/index.ts';
 
 export interface Rig {
   mem: GuestMemory;
@@ -38,4 +38,25 @@ export function prng(seed: number): () => number {
     t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
+}
+
+/** A queue of either format with its mock driver, for tests that run on both (16 entries). */
+export interface FormatRig {
+  mem: GuestMemory;
+  q: SplitQueue | PackedQueue;
+  add(bufs: readonly MockBuffer[], opts?: { indirect?: boolean }): number;
+  used(): UsedEntry[];
+  split?: MockDriver;
+  packed?: MockPackedDriver;
+}
+
+export function formatRig(kind: 'split' | 'packed', mem: GuestMemory = new FlatMemory(1 << 20), base = 0, size = 16): FormatRig {
+  if (kind === 'split') {
+    const d = new MockDriver(mem, { size, base });
+    const q = new SplitQueue(d.queueConfig(), mem);
+    return { mem, q, add: (b, o) => d.addChain(b, o), used: () => d.readUsed(), split: d };
+  }
+  const d = new MockPackedDriver(mem, { size, base });
+  const q = new PackedQueue(d.queueConfig(), mem);
+  return { mem, q, add: (b, o) => d.addChain(b, o), used: () => d.readUsed(), packed: d };
 }
