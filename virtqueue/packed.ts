@@ -85,7 +85,7 @@ import type { VirtqErrorCode } from './errors.ts';
 import { VirtqError, hexAddr } from './errors.ts';
 import type { InflightAttachResult, InflightRegion, PackedRecovery } from './inflight.ts';
 import { PackedInflight } from './inflight.ts';
-import type { DirectBuffer, DirectBurst, Virtqueue, VirtqueueStats } from './queue.ts';
+import { BURST_MAX, type DirectBuffer, type DirectBurst, type Virtqueue, type VirtqueueStats } from './queue.ts';
 import { QueueCore } from './queue-core.ts';
 
 
@@ -560,8 +560,9 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     const wbase = win.base;
     const wbytes = win.bytes;
     let top = this.histTop;
+    const lim = max < BURST_MAX ? max : BURST_MAX;
     let n = 0;
-    while (n < max && inFlight < S) {
+    while (n < lim && inFlight < S) {
       const w = L >= S ? 0 : 1;
       const pos = L >= S ? L - S : L;
       const f = PLAIN_ACQ ? u16[(pos << 3) + 7]! : Atomics.load(u16, (pos << 3) + 7);

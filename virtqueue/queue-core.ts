@@ -8,6 +8,7 @@ import { VirtqError, type VirtqErrorCode } from './errors.ts';
 import type { GuestMemory } from './memory.ts';
 import { Chain } from './chain.ts';
 import {
+  BURST_MAX,
   DIRECT_OK,
   drainQueue,
   type BurstHandler,
@@ -106,8 +107,9 @@ export abstract class QueueCore {
   popBurst(out: DirectBurst, max: number): number {
     const q = this as unknown as Virtqueue;
     const one = out.one;
+    const lim = max < BURST_MAX ? max : BURST_MAX;
     let n = 0;
-    while (n < max && q.popDirect(one) === DIRECT_OK) {
+    while (n < lim && q.popDirect(one) === DIRECT_OK) {
       if (n === 0) {
         out.bytes = one.bytes;
         out.addrBase = one.addr - one.offset;

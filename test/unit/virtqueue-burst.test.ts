@@ -10,6 +10,7 @@ import {
   Chain,
   DIRECT_CHAIN,
   DIRECT_OK,
+  BURST_MAX,
   DirectBurst,
   FlatMemory,
   MockPackedDriver,
@@ -114,6 +115,7 @@ for (const kind of ['split', 'packed'] as const) {
     ];
     const b = new DirectBurst(false);
     t.is(r.q.popBurst(b, 2), 2, 'max');
+    // (max above BURST_MAX is taken as BURST_MAX: the burst's arrays hold that many.)
     t.deepEqual(Array.from(b.id.subarray(0, 2)), ids.slice(0, 2));
     t.is(r.q.popBurst(b, 32), 1, 'the last buffer of the low region');
     t.is(b.bytes, lo);
@@ -365,3 +367,15 @@ test('packed IN_ORDER: written lengths (RX) and earlier buffers still in flight 
   t.is(q.pendingUsed, 5, 'one more element for two buffers');
   t.deepEqual(Array.from(b.id.subarray(0, 2)), more);
 });
+
+for (const kind of ['split', 'packed'] as const) {
+  test(`${kind}: popBurst never hands out more than BURST_MAX, whatever max says`, (t) => {
+    const mem = new FlatMemory(1 << 20);
+    const r = formatRig(kind, mem, 0, 64);
+    const ids = Array.from({ length: 40 }, () => r.add(one(16)));
+    const b = new DirectBurst(false);
+    t.is(r.q.popBurst(b, 1000), BURST_MAX);
+    t.deepEqual(Array.from(b.id.subarray(0, BURST_MAX)), ids.slice(0, BURST_MAX));
+    t.is(r.q.popBurst(b, 1000), 40 - BURST_MAX);
+  });
+}
