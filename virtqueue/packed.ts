@@ -527,7 +527,6 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     const S = this.size;
     const twoS = this.twoSize;
     const d = this.desc;
-    const u16 = this.descU16;
     const idCount = this.idCount;
     const idSlot = this.idSlot;
     const histId = this.histId;
@@ -548,7 +547,7 @@ export class PackedQueue extends QueueCore implements Virtqueue {
       // The run's region, from its first buffer: looked up before the loop so that the loop makes
       // no call (V8 then keeps the arrays' checks out of it). The loop checks that buffer again.
       const pos = L >= S ? L - S : L;
-      const f = PLAIN_ACQ ? u16[(pos << 3) + 7]! : Atomics.load(u16, (pos << 3) + 7);
+      const f = (PLAIN_ACQ ? d[(pos << 2) + 3]! : Atomics.load(d, (pos << 2) + 3)) >>> 16;
       const w = L >= S ? 0 : 1;
       if (((f >>> 7) & 1) !== w || ((f >>> 15) & 1) === w || (f & (F_NEXT | F_INDIRECT | F_WRITE)) !== want) return 0;
       const len = d[(pos << 2) + 2]!;
@@ -565,14 +564,17 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     while (n < lim && inFlight < S) {
       const w = L >= S ? 0 : 1;
       const pos = L >= S ? L - S : L;
-      const f = PLAIN_ACQ ? u16[(pos << 3) + 7]! : Atomics.load(u16, (pos << 3) + 7);
+      // Flags and id are one little-endian word (flags in the high half): one load, the acquire of
+      // the list (D36), before the descriptor's other words are read.
+      const wi = pos << 2;
+      const idf = PLAIN_ACQ ? d[wi + 3]! : Atomics.load(d, wi + 3);
+      const f = idf >>> 16;
       if (((f >>> 7) & 1) !== w || ((f >>> 15) & 1) === w) break;
       if ((f & (F_NEXT | F_INDIRECT | F_WRITE)) !== want) break;
-      const wi = pos << 2;
       const len = d[wi + 2]!;
       const hi = d[wi + 1]!;
       if (len === 0 || hi >= HI_LIMIT) break;
-      const id = d[wi + 3]! & 0xffff;
+      const id = idf & 0xffff;
       if (id >= idLimit || idCount[id] !== 0) break;
       const addr = hi * TWO_32 + d[wi]!;
       // A buffer not whole in the run's region ends the run (the next run starts with it).
