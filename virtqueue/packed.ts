@@ -665,12 +665,13 @@ export class PackedQueue extends QueueCore implements Virtqueue {
       const len = lens[k]!;
       if (len !== 0) flags |= F_WRITE;
       d[(pos << 2) + 2] = len;
-      const fi = (pos << 3) + 7;
-      u16[fi - 1] = head;
       if (p === 0) {
+        // The first element's flags wait for flushUsed (it exposes the batch).
+        const fi = (pos << 3) + 7;
+        u16[fi - 1] = head;
         this.firstFlagsAt = fi;
         this.firstFlags = flags;
-      } else u16[fi] = flags;
+      } else d[(pos << 2) + 3] = head | (flags << 16); // id and flags in one store, after len
       pendPos[p++] = pos;
       L = L + 1 === twoS ? 0 : L + 1;
     }
