@@ -44,8 +44,10 @@ export async function startBackend(args: string[], opts: BackendOptions = {}): P
   proc.stdout!.on('data', (d: Buffer) => (log += d.toString()));
   proc.stderr!.on('data', (d: Buffer) => (log += d.toString()));
   let exitSignal: NodeJS.Signals | null = null;
+  // 'close', not 'exit': 'exit' can come before the last output is read from the pipes, and the lines
+  // a backend writes as it stops (its port statistics) would be missing from `log`.
   const exited = new Promise<number | null>((r) =>
-    proc.on('exit', (code, signal) => {
+    proc.on('close', (code, signal) => {
       exitSignal = signal;
       r(code);
     }),
