@@ -24,6 +24,7 @@ import {
   wordsOf,
   createSpan,
   type DirectBuffer,
+  type GuestMemory,
 } from '../../../virtqueue/index.ts';
 import type { Device, ReadyQueue } from '../../device.ts';
 import type { Delivery, FrameSink, Port } from '../../ports/port.ts';
@@ -634,12 +635,8 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     let k = -1;
     if (this.burstDepth > 0) {
       const res = this.rxRes;
-      if (this.rxResRing !== ring || this.rxResNext === res.count) {
-        this.settleRx();
-        if (q.popBurst(res, BURST_MAX) === 0) return null;
-        this.rxResRing = ring;
-      }
-      k = this.rxResNext;
+      k = this.nextRxBuffer(ring);
+      if (k < 0) return null;
       // Too small for the frame alone: given back with the rest; the general path gathers or drops.
       if (res.byteLen[k]! < need) {
         this.settleRx();
@@ -657,17 +654,8 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       dst = b.bytes;
       o = b.offset;
     }
-    // byteOffset is kept with the key: optimized code reads it through a generic load (copyBytesW).
-    if (bytes !== this.srcKey) {
-      this.srcKey = bytes;
-      this.srcWords = wordsOf(bytes);
-      this.srcBase = bytes.byteOffset;
-    }
-    if (dst !== this.dstKey) {
-      this.dstKey = dst;
-      this.dstWords = wordsOf(dst);
-      this.dstBase = dst.byteOffset;
-    }
+    if (bytes !== this.srcKey) this.srcView(bytes);
+    if (dst !== this.dstKey) this.dstView(dst);
     if (rawHdrBytes === hl) {
       // The sender's header goes along in the same copy; then the fields that differ: flags
       // (DATA_VALID cleared for a guest without GUEST_CSUM) and num_buffers (LE, 5.1.6).
@@ -678,21 +666,15 @@ export class NetDevice implements Device, FrameSink, PolledRing {
         dst[o + 11] = 0;
       }
     } else {
-      const dw = this.dstWords;
-      // Word stores where they apply: the header line is usually one the driver's CPU wrote last,
-      // and each store waits in the store buffer until we own it.
-      if (hl !== NET_HDR_MRG_BYTES || dw === null || !h.writeWords(dw, this.dstBase + o, 1)) h.write(dst, o, hl, 1, false);
-      copyBytesW(dst, dw, o + hl, bytes, this.srcWords, off, byteLen, this.dstBase, this.srcBase);
+      this.putRxHdr(h, dst, o);
+      copyBytesW(dst, this.dstWords, o + hl, bytes, this.srcWords, off, byteLen, this.dstBase, this.srcBase);
     }
     const mem = q.memory;
     const hook = mem.onWrite;
     this.stats.rxFrames++;
     this.stats.rxBytes += byteLen;
     if (k >= 0) {
-      const res = this.rxRes;
-      if (hook !== undefined) hook.call(mem, res.addrBase + res.offset[k]!, need);
-      res.usedLen[k] = need;
-      this.rxResNext = k + 1;
+      this.filledRxBuffer(k, need, mem);
       this.rxDirty[ring.index] = ring;
       return 'ok';
     }
@@ -717,41 +699,24 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     const res = this.rxRes;
     const hl = this.hdrLen;
     const bytes = src.bytes;
-    if (bytes !== this.srcKey) {
-      this.srcKey = bytes;
-      this.srcWords = wordsOf(bytes);
-      this.srcBase = bytes.byteOffset;
-    }
+    if (bytes !== this.srcKey) this.srcView(bytes);
     const mem = q.memory;
     const offs = src.offset;
     const lens = src.byteLen;
-    const plain = PLAIN_HDR;
     let done = 0;
     let sent = 0;
     for (let j = from; j < from + n; j++) {
-      if (this.rxResRing !== ring || this.rxResNext === res.count) {
-        this.settleRx();
-        if (q.popBurst(res, BURST_MAX) === 0) break;
-        this.rxResRing = ring;
-      }
-      const k = this.rxResNext;
+      const k = this.nextRxBuffer(ring);
+      if (k < 0) break;
       const byteLen = lens[j]! - hdrLen;
       const need = hl + byteLen;
       if (res.byteLen[k]! < need) break;
       const dst = res.bytes;
-      if (dst !== this.dstKey) {
-        this.dstKey = dst;
-        this.dstWords = wordsOf(dst);
-        this.dstBase = dst.byteOffset;
-      }
+      if (dst !== this.dstKey) this.dstView(dst);
       const o = res.offset[k]!;
-      const dw = this.dstWords;
-      if (hl !== NET_HDR_MRG_BYTES || dw === null || !plain.writeWords(dw, this.dstBase + o, 1)) plain.write(dst, o, hl, 1, false);
-      copyBytesW(dst, dw, o + hl, bytes, this.srcWords, offs[j]! + hdrLen, byteLen, this.dstBase, this.srcBase);
-      const hook = mem.onWrite;
-      if (hook !== undefined) hook.call(mem, res.addrBase + res.offset[k]!, need);
-      res.usedLen[k] = need;
-      this.rxResNext = k + 1;
+      this.putRxHdr(PLAIN_HDR, dst, o);
+      copyBytesW(dst, this.dstWords, o + hl, bytes, this.srcWords, offs[j]! + hdrLen, byteLen, this.dstBase, this.srcBase);
+      this.filledRxBuffer(k, need, mem);
       sent += byteLen;
       done++;
     }
@@ -761,6 +726,53 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       this.rxDirty[ring.index] = ring;
     }
     return done;
+  }
+
+  /**
+   * The next RX buffer of the reservoir for `ring` (its index in rxRes), refilled from the ring
+   * (popBurst) when empty or another ring's; -1 when the ring has no such buffer (the general path
+   * decides). Only inside a burst.
+   */
+  private nextRxBuffer(ring: ReadyQueue): number {
+    if (this.rxResRing !== ring || this.rxResNext === this.rxRes.count) {
+      this.settleRx();
+      if (ring.queue.popBurst(this.rxRes, BURST_MAX) === 0) return -1;
+      this.rxResRing = ring;
+    }
+    return this.rxResNext;
+  }
+
+  /** Reservoir buffer k holds `need` bytes: reported to the dirty log (after the copy, D19), used length set. */
+  private filledRxBuffer(k: number, need: number, mem: GuestMemory): void {
+    const res = this.rxRes;
+    const hook = mem.onWrite;
+    if (hook !== undefined) hook.call(mem, res.addrBase + res.offset[k]!, need);
+    res.usedLen[k] = need;
+    this.rxResNext = k + 1;
+  }
+
+  /**
+   * A one-buffer RX header (num_buffers 1) at dst[o] (dstView is dst's): word stores where they apply,
+   * since the header line is usually one the driver's CPU wrote last, and each store waits in the store
+   * buffer until we own it.
+   */
+  private putRxHdr(h: NetHdr, dst: Uint8Array, o: number): void {
+    const hl = this.hdrLen;
+    const dw = this.dstWords;
+    if (hl !== NET_HDR_MRG_BYTES || dw === null || !h.writeWords(dw, this.dstBase + o, 1)) h.write(dst, o, hl, 1, false);
+  }
+
+  // The fast-path copy's views of a region, kept with the region view they belong to. byteOffset is
+  // kept too: optimized code reads it through a generic property load (copyBytesW).
+  private srcView(bytes: Uint8Array): void {
+    this.srcKey = bytes;
+    this.srcWords = wordsOf(bytes);
+    this.srcBase = bytes.byteOffset;
+  }
+  private dstView(bytes: Uint8Array): void {
+    this.dstKey = bytes;
+    this.dstWords = wordsOf(bytes);
+    this.dstBase = bytes.byteOffset;
   }
 
   /**
