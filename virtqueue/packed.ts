@@ -537,7 +537,6 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     const oOff = out.offset;
     const oLen = out.byteLen;
     const oId = out.id;
-    const mem = this.mem;
     // The region of the run: buffers inside it are bounds-checked here, not translated one by one.
     const win = this.win;
     const U = this.usedL;
@@ -552,7 +551,7 @@ export class PackedQueue extends QueueCore implements Virtqueue {
       if (((f >>> 7) & 1) !== w || ((f >>> 15) & 1) === w || (f & (F_NEXT | F_INDIRECT | F_WRITE)) !== want) return 0;
       const len = d[(pos << 2) + 2]!;
       const hi = d[(pos << 2) + 1]!;
-      if (len === 0 || hi >= HI_LIMIT || !this.lookupWindow(mem, hi * TWO_32 + d[pos << 2]!, len, write, win)) return 0;
+      if (len === 0 || hi >= HI_LIMIT || !this.lookupWindow(hi * TWO_32 + d[pos << 2]!, len, write, win)) return 0;
     }
     const wlo = win.lo;
     const whi = win.hi;
@@ -611,15 +610,11 @@ export class PackedQueue extends QueueCore implements Virtqueue {
    * when the buffer is not whole in one region (pop() judges it) or on a translation fault (handled
    * as pop() does: an IOTLB miss parks the queue).
    */
-  private lookupWindow(mem: GuestMemory, addr: number, len: number, write: boolean, win: MemWindow): boolean {
+  private lookupWindow(addr: number, len: number, write: boolean, win: MemWindow): boolean {
+    const mem = this.mem;
     if (mem.window !== undefined) return mem.window(addr, write, win) && addr + len <= win.hi;
     const sp = this.span;
-    try {
-      if (!mem.translate(addr, len, write, sp) || sp.byteLen !== len) return false;
-    } catch (e) {
-      this.walkFault(e);
-      return false;
-    }
+    if (this.translateWhole(addr, len, write, sp) !== 1) return false;
     win.bytes = sp.bytes;
     win.lo = addr;
     win.hi = addr + len;

@@ -5,7 +5,7 @@
  */
 import createDebug from 'debug';
 import { VirtqError, type VirtqErrorCode } from './errors.ts';
-import type { GuestMemory } from './memory.ts';
+import type { GuestMemory, Span } from './memory.ts';
 import { Chain } from './chain.ts';
 import {
   BURST_MAX,
@@ -140,15 +140,24 @@ export abstract class QueueCore {
    */
   protected resolveDirect(out: DirectBuffer, addr: number, len: number, id: number): number {
     // Translated straight into `out` (a Span): its fields are unspecified unless the answer is 1.
+    const r = this.translateWhole(addr, len, out.write, out);
+    if (r !== 1) return r;
+    out.id = id;
+    out.addr = addr;
+    return 1;
+  }
+
+  /**
+   * [addr, addr + len) into `out` when it lies whole in one region: 1; not whole or unmapped: -1
+   * (the walker judges it); a translation fault, handled as pop() handles it (walkFault): 0.
+   */
+  protected translateWhole(addr: number, len: number, write: boolean, out: Span): number {
     try {
-      if (!this.mem.translate(addr, len, out.write, out) || out.byteLen !== len) return -1;
+      return this.mem.translate(addr, len, write, out) && out.byteLen === len ? 1 : -1;
     } catch (e) {
       this.walkFault(e);
       return 0;
     }
-    out.id = id;
-    out.addr = addr;
-    return 1;
   }
 
   /** Pops that stopped on an IOTLB miss (diagnostics, tests). */

@@ -144,7 +144,7 @@ export interface Virtqueue {
    */
   popDirect(out: DirectBuffer): number;
   /**
-   * Up to `max` (<= BURST_MAX) buffers that popDirect would hand out one by one, popped together into
+   * Up to `max` (at most BURST_MAX) buffers that popDirect would hand out one by one, popped together into
    * `out` (DirectBurst): the run stops before the first buffer popDirect would not take (a chain, an
    * invalid descriptor: left for pop() to judge) and before one in another memory region. Returns
    * the count (also `out.count`); 0 pops nothing. Bookkeeping as for popDirect (unpop, pushUsed).
@@ -236,8 +236,7 @@ export function drainQueue(
     q.disableNotification();
     while (out.processed < budget) {
       if (burst !== null) {
-        const left = budget - out.processed;
-        const n = q.popBurst(bbuf!, left < BURST_MAX ? left : BURST_MAX);
+        const n = q.popBurst(bbuf!, budget - out.processed);
         if (n !== 0) {
           const k = burst(bbuf!);
           // The handler's entries are completed in ring order; what it left is given back first.
