@@ -52,7 +52,7 @@ import {
   type VringFd,
   type VhostMessage,
 } from '../protocol/index.ts';
-import { PackedQueue, SplitQueue, VirtqError } from '../virtqueue/index.ts';
+import { PackedQueue, SplitQueue, VirtqError, type Virtqueue } from '../virtqueue/index.ts';
 import type { Device, ReadyQueue } from './device.ts';
 import { BackendError, fail } from './errors.ts';
 import { MemoryTable, hex, type RegionSpec } from './memory-table.ts';
@@ -418,7 +418,7 @@ export class Session {
       const resubmitted = this.attachInflight(r);
       // used.idx as found in guest memory: with `base` it shows whether a migrated or restarted ring resumes
       // where the previous backend stopped (the stop line logs both).
-      log('%s: ring %d ready (size %d, base %d, used %d, desc %s)', this.label, r.index, r.num, r.base, r.queue instanceof SplitQueue ? r.queue.usedIdx : -1, hex(desc));
+      log('%s: ring %d ready (size %d, base %d, used %d, desc %s)', this.label, r.index, r.num, r.base, splitUsedIdx(r.queue), hex(desc));
       this.watchKick(r);
       const ready: ReadyQueue = {
         index: r.index,
@@ -487,7 +487,7 @@ export class Session {
     if (!r.queue) return;
     r.queue.flushUsed();
     r.base = r.queue instanceof PackedQueue ? r.queue.vhostBase : r.queue.lastAvailIdx;
-    const used = r.queue instanceof SplitQueue ? r.queue.usedIdx : -1;
+    const used = splitUsedIdx(r.queue);
     r.queue = null;
     r.kickPoller?.stop();
     if (r.pollTimer) clearInterval(r.pollTimer);
@@ -734,6 +734,11 @@ function regionOf(p: MemoryRegion): RegionSpec {
 }
 
 /** One handler per request id; the table row (protocol/messages.ts) has already been enforced. */
+/** For the ring log lines: a split ring's used.idx, -1 for a packed ring (its used position is in `base`). */
+function splitUsedIdx(q: Virtqueue): number {
+  return q instanceof SplitQueue ? q.usedIdx : -1;
+}
+
 const HANDLERS: Partial<Record<number, Handler>> = {
   ...DEVICE_HANDLERS,
   [FrontendReq.GET_FEATURES]() {

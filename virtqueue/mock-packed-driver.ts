@@ -347,18 +347,13 @@ export class MockPackedDriver {
           if (sid === id) break;
           const sf = this.inflight.get(sid)!;
           out.push({ id: sid, len: 0, data: new Uint8Array(0), flags, pos: this.usedL % S, skipped: true });
-          this.usedL = (this.usedL + sf.count) % (2 * S);
-          this.freeCount = Math.min(S, this.freeCount + sf.count);
-          this.inflight.delete(sid);
-          this.freeIds.push(sid);
-          for (const [a, n] of sf.allocs) this.release(a, n);
+          this.passUsed(sf.count);
+          this.retire(sid, sf);
         }
       }
       const fl = this.inflight.get(id);
       // An unknown id (corruption tests) is skipped as one descriptor.
-      const count = fl?.count ?? 1;
-      this.usedL = (this.usedL + count) % (2 * S);
-      this.freeCount = Math.min(S, this.freeCount + count);
+      this.passUsed(fl?.count ?? 1);
       if (fl === undefined) {
         out.push({ id, len, flags, pos });
         continue;
@@ -373,11 +368,23 @@ export class MockPackedDriver {
         off += n;
       }
       out.push({ id, len, data, flags, pos });
-      this.inflight.delete(id);
-      this.freeIds.push(id);
-      for (const [a, n] of fl.allocs) this.release(a, n);
+      this.retire(id, fl);
     }
     return out;
+  }
+
+  /** readUsed: the used position moves past a list of `count` descriptors, which are free again. */
+  private passUsed(count: number): void {
+    const S = this.size;
+    this.usedL = (this.usedL + count) % (2 * S);
+    this.freeCount = Math.min(S, this.freeCount + count);
+  }
+
+  /** readUsed: list `id` is done: its id and heap allocations are free again. */
+  private retire(id: number, fl: InFlight): void {
+    this.inflight.delete(id);
+    this.freeIds.push(id);
+    for (const [a, n] of fl.allocs) this.release(a, n);
   }
 
   // ---- real-driver fast path (backend/ports/vfio/virtio-net.ts) ----------------------------------
