@@ -624,8 +624,9 @@ export class PackedQueue extends QueueCore implements Virtqueue {
 
   /**
    * Virtqueue.pushUsedBurst: pushUsed for entries [0, n), each a list of one descriptor (popBurst),
-   * with the ring state in locals. Same ordering as pushUsed: the first pending element's flags wait
-   * for flushUsed.
+   * with the ring state in locals: the loop writes putUsed's element inline (id and flags of all but
+   * the first in one store), so both must keep the same layout. Same ordering as pushUsed: the first
+   * pending element's flags wait for flushUsed.
    */
   override pushUsedBurst(b: DirectBurst, n: number): void {
     if (!this.ringsMapped || n === 0) return;
