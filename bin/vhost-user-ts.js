@@ -12,4 +12,4 @@ if (process.env.VHOST_USER_TS_V8_DEFAULTS !== '1') {
   setFlagsFromString('--max-inlined-bytecode-size-cumulative=4000');
 }
 register();
-await import('../backend/cli.ts');
+await import('../backend/tools/cli.ts');

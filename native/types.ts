@@ -311,7 +311,7 @@ export interface NativeBinding {
   /** Read one struct uffd_msg; null when none is pending (EAGAIN; open the uffd non-blocking). */
   uffdRead(fd: Fd): UffdMsg | null;
 
-  // ---- VFIO (linux/vfio.h; backend/ports/vfio/ holds the policy) ----
+  // ---- VFIO (linux/vfio.h; backend/net/ports/vfio/ holds the policy) ----
   /** open('/dev/vfio/vfio'): a new, empty container. ENOENT when the vfio module is not loaded. */
   vfioOpenContainer(): Fd;
   /** open('/dev/vfio/<group>'): ENOENT when no device of that IOMMU group is bound to vfio-pci. */

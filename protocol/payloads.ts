@@ -1,7 +1,7 @@
 /**
  * One layout per payload kind of vhost-user.rst "Message Specification" / "Payload", each with a
  * syntax-only `validate()` (rust-vmm style: ranges, reserved bits, u64 overflow; never features or
- * session state, which belong to backend/session.ts).
+ * session state, which belong to backend/core/session.ts).
  *
  * Where the spec's prose and the wire disagree we follow the wire as QEMU/DPDK/rust-vmm send it
  * and say so here and in spec-notes/vhost-user.md:

@@ -350,7 +350,7 @@ export class MockDriver {
     return out;
   }
 
-  // ---- real-driver fast path (backend/ports/vfio/virtio-net.ts) ----------------------------------
+  // ---- real-driver fast path (backend/net/ports/vfio/virtio-net.ts) ----------------------------------
   // One caller-owned buffer per chain, no heap, nothing allocated per call: what a poll-mode driver of a
   // real device needs. Chains added here and by addChain() may be mixed; popUsed() frees both.
 

@@ -387,7 +387,7 @@ export class MockPackedDriver {
     for (const [a, n] of fl.allocs) this.release(a, n);
   }
 
-  // ---- real-driver fast path (backend/ports/vfio/virtio-net.ts) ----------------------------------
+  // ---- real-driver fast path (backend/net/ports/vfio/virtio-net.ts) ----------------------------------
   // One caller-owned buffer per list, no heap, nothing allocated per call. Lists added here and by
   // addChain() may be mixed; popUsed() frees both.
 

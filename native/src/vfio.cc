@@ -2,7 +2,7 @@
 // PCI driver needs, type1 IOMMU DMA mapping of our own mmap()ed memory, interrupts as eventfds, and
 // pread/pwrite on the device fd (region accesses such as PCI config space).
 //
-// Policy stays in TS (backend/ports/vfio/): which group, which IOVA, what an errno means to the user
+// Policy stays in TS (backend/net/ports/vfio/): which group, which IOVA, what an errno means to the user
 // (not bound / group not viable / no IOMMU). BARs are mapped with mmap() from mmap.cc on the device fd at
 // the region's offset, so they get the same ArrayBuffer lifetime rules as guest memory.
 

@@ -43,7 +43,7 @@ import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { quitAll, startTestpmd, killAllTestpmds, type Testpmd } from '../helpers/testpmd.ts';
 import { summarizeProfile, formatSummary } from './prof-summary.ts';
-import { NET_FEATURES } from '../../backend/devices/net/net-device.ts';
+import { NET_FEATURES } from '../../backend/net/device/net-device.ts';
 import { VirtioF, has } from '../../protocol/index.ts';
 
 /** Whether vhost-user-ts offers packed rings (otherwise virtio-user would silently fall back to split). */

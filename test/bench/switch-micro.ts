@@ -21,9 +21,9 @@ import { setFlagsFromString } from 'node:v8';
 import { performance, PerformanceObserver } from 'node:perf_hooks';
 import { VirtioF, bit } from '../../protocol/index.ts';
 import { FlatMemory, PackedQueue, SplitQueue, type Virtqueue } from '../../virtqueue/index.ts';
-import { NetDevice } from '../../backend/devices/net/net-device.ts';
-import { portPair } from '../../backend/ports/pair.ts';
-import type { ReadyQueue } from '../../backend/device.ts';
+import { NetDevice } from '../../backend/net/device/net-device.ts';
+import { portPair } from '../../backend/net/ports/pair.ts';
+import type { ReadyQueue } from '../../backend/core/device.ts';
 
 const { values } = parseArgs({
   options: {

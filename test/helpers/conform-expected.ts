@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ExecutionContext } from 'ava';
-import { normalizeReport, type ConformReport, type NormalizedReport } from '../../backend/conform/report.ts';
+import { normalizeReport, type ConformReport, type NormalizedReport } from '../../backend/tools/conform/report.ts';
 
 export const EXPECTED_DIR = join(dirname(fileURLToPath(import.meta.url)), '../expected/conform');
 

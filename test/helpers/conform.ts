@@ -12,9 +12,9 @@ import { join } from 'node:path';
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, ProtoF, VirtioF, bit, type ScriptedFrontend } from '../../protocol/index.ts';
 import { FlatMemory, MockDriver } from '../../virtqueue/index.ts';
-import { VhostUserEndpoint } from '../../backend/server.ts';
-import { NetDevice } from '../../backend/devices/net/net-device.ts';
-import { ConformEngine, type Outcome } from '../../backend/conform/engine.ts';
+import { VhostUserEndpoint } from '../../backend/core/server.ts';
+import { NetDevice } from '../../backend/net/device/net-device.ts';
+import { ConformEngine, type Outcome } from '../../backend/tools/conform/engine.ts';
 import { connectFrontend, type SocketFrontend, vringAddrAt } from './frontend-socket.ts';
 
 let dir: string | null = null;

@@ -1,5 +1,5 @@
 /** Hand-built Ethernet/IP/TCP frames and a receiver-side checksum check, for offload tests. */
-import { fold, sum16 } from '../../backend/devices/net/offload.ts';
+import { fold, sum16 } from '../../backend/net/frame/offload.ts';
 
 export function ipv4Tcp(payloadLen: number, flags = 0x18 | 0x01): Uint8Array {
   const f = new Uint8Array(14 + 20 + 20 + payloadLen);

@@ -10,10 +10,10 @@ import { join } from 'node:path';
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, ProtoF, VirtioF, bit, type ScriptedFrontend } from '../../protocol/index.ts';
 import { FlatMemory, MockDriver } from '../../virtqueue/index.ts';
-import { VhostUserEndpoint } from '../../backend/server.ts';
-import { NetDevice } from '../../backend/devices/net/net-device.ts';
-import { NetHdr } from '../../backend/devices/net/net-hdr.ts';
-import { emptyStats, type Delivery, type FrameSink, type Port } from '../../backend/ports/port.ts';
+import { VhostUserEndpoint } from '../../backend/core/server.ts';
+import { NetDevice } from '../../backend/net/device/net-device.ts';
+import { NetHdr } from '../../backend/net/frame/net-hdr.ts';
+import { emptyStats, type Delivery, type FrameSink, type Port } from '../../backend/net/ports/port.ts';
 import { ack, connectFrontend } from './frontend-socket.ts';
 
 let dir: string | null = null;

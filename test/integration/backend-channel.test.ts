@@ -6,7 +6,7 @@ import test from 'ava';
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, ProtoF, VirtioF, bit } from '../../protocol/index.ts';
 import { VIRTQ_DESC_F_NEXT } from '../../virtqueue/index.ts';
-import { NetHdr } from '../../backend/devices/net/net-hdr.ts';
+import { NetHdr } from '../../backend/net/frame/net-hdr.ts';
 import { BackendPeer } from '../helpers/backend-peer.ts';
 import { frameOf, setupLoopback, until } from '../helpers/loopback.ts';
 

@@ -1,5 +1,5 @@
 /**
- * Every conformance rule (backend/conform/rules.ts) shown to fire for a frontend that breaks it, and
+ * Every conformance rule (backend/tools/conform/rules.ts) shown to fire for a frontend that breaks it, and
  * not to fire for a well-behaved one. The misbehaving frontend is the scripted frontend with raw
  * frames (`sendRaw`), unchecked encodes, and raw writes to its own rings.
  */
@@ -8,7 +8,7 @@ import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ConformRunner } from '../../backend/conform/runner.ts';
+import { ConformRunner } from '../../backend/tools/conform/runner.ts';
 import { connectFrontend } from '../helpers/frontend-socket.ts';
 import { native } from '../../native/index.ts';
 import {
@@ -23,8 +23,8 @@ import {
   type IotlbMsg,
 } from '../../protocol/index.ts';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../virtqueue/index.ts';
-import { RULES } from '../../backend/conform/rules.ts';
-import { probeConfigChange, probeIotlb } from '../../backend/conform/probes.ts';
+import { RULES } from '../../backend/tools/conform/rules.ts';
+import { probeConfigChange, probeIotlb } from '../../backend/tools/conform/probes.ts';
 import { BackendPeer, PendingRequests } from '../helpers/backend-peer.ts';
 import {
   BASE_FEATURES,

@@ -8,7 +8,7 @@
 import test, { type ExecutionContext } from 'ava';
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, IotlbType, ProtoF, VirtioF, bit, type IotlbMsg, type ScriptedFrontend } from '../../protocol/index.ts';
-import { NetHdr } from '../../backend/devices/net/net-hdr.ts';
+import { NetHdr } from '../../backend/net/frame/net-hdr.ts';
 import { BackendPeer, PendingRequests } from '../helpers/backend-peer.ts';
 import { UVA_BASE, frameOf, setupLoopback, until } from '../helpers/loopback.ts';
 

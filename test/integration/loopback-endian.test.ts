@@ -12,7 +12,7 @@ import type { ExecutionContext } from 'ava';
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, ProtoF, VirtioF, bit, type VhostMessage } from '../../protocol/index.ts';
 import { MockDriver, SplitQueueBE, type FlatMemory } from '../../virtqueue/index.ts';
-import { GSO_TCPV4, NET_HDR_F_NEEDS_CSUM, NetHdr } from '../../backend/devices/net/net-hdr.ts';
+import { GSO_TCPV4, NET_HDR_F_NEEDS_CSUM, NetHdr } from '../../backend/net/frame/net-hdr.ts';
 import { QSIZE, UVA_BASE, frameOf, setupLoopback, until, type Ring } from '../helpers/loopback.ts';
 
 const value = (m: VhostMessage | null) => (m!.payload as { value: bigint }).value;

@@ -6,7 +6,7 @@
 import test from 'ava';
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, ProtoF, VirtioF, bit, type VhostMessage } from '../../protocol/index.ts';
-import { NetHdr } from '../../backend/devices/net/net-hdr.ts';
+import { NetHdr } from '../../backend/net/frame/net-hdr.ts';
 import { readAddr64, type MockDriver } from '../../virtqueue/index.ts';
 import { MEM_BYTES, frameOf, setupLoopback, until } from '../helpers/loopback.ts';
 

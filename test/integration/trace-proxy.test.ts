@@ -28,12 +28,12 @@ import {
   type VhostMessage,
 } from '../../protocol/index.ts';
 import { FlatMemory, MockDriver } from '../../virtqueue/index.ts';
-import { startNet, type RunningNet } from '../../backend/app.ts';
-import { VhostUserProxy } from '../../backend/proxy.ts';
-import { NetHdr } from '../../backend/devices/net/net-hdr.ts';
-import { emptyStats, type Delivery, type FrameSink, type Port } from '../../backend/ports/port.ts';
-import { replayTrace } from '../../backend/trace-tools/replay.ts';
-import { parsePcapng, tracePcapng } from '../../backend/trace-tools/pcapng.ts';
+import { startNet, type RunningNet } from '../../backend/tools/app.ts';
+import { VhostUserProxy } from '../../backend/tools/proxy.ts';
+import { NetHdr } from '../../backend/net/frame/net-hdr.ts';
+import { emptyStats, type Delivery, type FrameSink, type Port } from '../../backend/net/ports/port.ts';
+import { replayTrace } from '../../backend/tools/trace/replay.ts';
+import { parsePcapng, tracePcapng } from '../../backend/tools/trace/pcapng.ts';
 import { connectFrontend } from '../helpers/frontend-socket.ts';
 import { BackendPeer } from '../helpers/backend-peer.ts';
 import { frameOf, until } from '../helpers/loopback.ts';

@@ -6,7 +6,7 @@
  * frontend (vfio-frontend.ts) that sends N frames; this test receives them on the dgram socket (count,
  * order, length and every byte checked), then injects M frames that the frontend must receive intact.
  * The same with a modern virtio-net-pci (disable-legacy=on, iommu_platform=on: test-rig-facts §5) in place of
- * the e1000e, driven by backend/ports/vfio/virtio-net.ts in poll mode, with split and with packed rings.
+ * the e1000e, driven by backend/net/ports/vfio/virtio-net.ts in poll mode, with split and with packed rings.
  */
 import test, { type ExecutionContext } from 'ava';
 import dgram from 'node:dgram';

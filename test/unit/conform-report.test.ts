@@ -7,9 +7,9 @@
 import test from 'ava';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { RULES } from '../../backend/conform/rules.ts';
-import { ConformEngine } from '../../backend/conform/engine.ts';
-import { buildReport, normalizeReport, renderHtml } from '../../backend/conform/report.ts';
+import { RULES } from '../../backend/tools/conform/rules.ts';
+import { ConformEngine } from '../../backend/tools/conform/engine.ts';
+import { buildReport, normalizeReport, renderHtml } from '../../backend/tools/conform/report.ts';
 
 test('rule table: unique ids, severities, citations, readings for divergences', (t) => {
   const ids = RULES.map((r) => r.id);

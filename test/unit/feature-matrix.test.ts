@@ -8,8 +8,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { BACKEND_MESSAGES, FRONTEND_MESSAGES, ProtoF, has } from '../../protocol/index.ts';
-import { SESSION_PROTOCOL_FEATURES, supportedRequests } from '../../backend/session.ts';
-import { NET_FEATURES } from '../../backend/devices/net/net-device.ts';
+import { SESSION_PROTOCOL_FEATURES, supportedRequests } from '../../backend/core/session.ts';
+import { NET_FEATURES } from '../../backend/net/device/net-device.ts';
 import { VirtioF } from '../../protocol/index.ts';
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url));

@@ -3,7 +3,7 @@
  * big-endian guest, big-endian (virtio v1.2 5.1.6.1; vhost-user.rst SET_VRING_ENDIAN).
  */
 import test from 'ava';
-import { GSO_TCPV4, NET_HDR_F_NEEDS_CSUM, NET_HDR_LEGACY_BYTES, NET_HDR_MRG_BYTES, NetHdr, PLAIN_HDR } from '../../backend/devices/net/net-hdr.ts';
+import { GSO_TCPV4, NET_HDR_F_NEEDS_CSUM, NET_HDR_LEGACY_BYTES, NET_HDR_MRG_BYTES, NetHdr, PLAIN_HDR } from '../../backend/net/frame/net-hdr.ts';
 
 function sample(): NetHdr {
   const h = new NetHdr();

@@ -1,10 +1,10 @@
 /**
- * Software offload fallbacks (backend/devices/net/offload.ts) on hand-built frames: every checksum
+ * Software offload fallbacks (backend/net/frame/offload.ts) on hand-built frames: every checksum
  * is verified the receiver's way (the one's complement sum over the covered bytes plus the pseudo
  * header folds to 0xffff), and segmentation keeps payload bytes, sequence numbers and flags right.
  */
 import test from 'ava';
-import { completeChecksum, fold, segmentTcp, sum16 } from '../../backend/devices/net/offload.ts';
+import { completeChecksum, fold, segmentTcp, sum16 } from '../../backend/net/frame/offload.ts';
 import { ipv4Tcp, ipv6Tcp, tcpValid } from '../helpers/frames.ts';
 
 test('segmentTcp IPv4: 3000 bytes at mss 1000 -> 3 valid segments, payload, seq (across 2^32), id, flags', (t) => {

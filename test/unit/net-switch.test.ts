@@ -1,5 +1,5 @@
 /**
- * Guest-to-guest switching through a port pair (backend/ports/pair.ts) with the single-copy path:
+ * Guest-to-guest switching through a port pair (backend/net/ports/pair.ts) with the single-copy path:
  * the receiving NetDevice copies from the sender's TX chain straight into its RX chain
  * (ChainWriter.copyFrom). Two devices, two separate guest memories (one of them made of two regions
  * so a buffer crosses a region boundary), mock drivers on split and packed rings. Checks exact bytes
@@ -22,11 +22,11 @@ import {
   type UsedEntry,
   type Virtqueue,
 } from '../../virtqueue/index.ts';
-import { NetDevice } from '../../backend/devices/net/net-device.ts';
-import { NET_HDR_F_NEEDS_CSUM, NetHdr } from '../../backend/devices/net/net-hdr.ts';
-import { portPair } from '../../backend/ports/pair.ts';
-import type { ReadyQueue } from '../../backend/device.ts';
-import { fold, sum16 } from '../../backend/devices/net/offload.ts';
+import { NetDevice } from '../../backend/net/device/net-device.ts';
+import { NET_HDR_F_NEEDS_CSUM, NetHdr } from '../../backend/net/frame/net-hdr.ts';
+import { portPair } from '../../backend/net/ports/pair.ts';
+import type { ReadyQueue } from '../../backend/core/device.ts';
+import { fold, sum16 } from '../../backend/net/frame/offload.ts';
 import { ipv4Tcp, tcpValid } from '../helpers/frames.ts';
 
 type RingKind = 'split' | 'packed';

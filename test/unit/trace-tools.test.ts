@@ -4,9 +4,9 @@
  */
 import test from 'ava';
 import { chainRecord, ringRecord, type TraceMessageRecord, type TraceRecord } from '../../protocol/index.ts';
-import { filterFromArgs, filterRecords } from '../../backend/trace-tools/filters.ts';
-import { parsePcapng, tracePcapng } from '../../backend/trace-tools/pcapng.ts';
-import { htmlDiagram, textDiagram } from '../../backend/trace-tools/diagram.ts';
+import { filterFromArgs, filterRecords } from '../../backend/tools/trace/filters.ts';
+import { parsePcapng, tracePcapng } from '../../backend/tools/trace/pcapng.ts';
+import { htmlDiagram, textDiagram } from '../../backend/tools/trace/diagram.ts';
 
 const msg = (t: bigint, dir: 'rx' | 'tx', name: string, id: number, flags: number, payload: unknown, endpoint = 'a'): TraceMessageRecord => ({
   kind: 'msg', t, dir, channel: 'frontend', id, name, flags, payload, fdCount: 0, endpoint,

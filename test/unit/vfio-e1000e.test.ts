@@ -1,5 +1,5 @@
 /**
- * The e1000e driver (backend/ports/vfio/e1000e.ts) on fake hardware: a register file that behaves like the
+ * The e1000e driver (backend/net/ports/vfio/e1000e.ts) on fake hardware: a register file that behaves like the
  * 82574L where the driver depends on it (CTRL.RST self-clears, EERD completes, RAL0/RAH0 hold the MAC,
  * statistics clear on read) and DMA memory in a plain ArrayBuffer, with the test playing the NIC's side of
  * the rings (writing RX descriptors + buffers, setting TX DD).
@@ -23,8 +23,8 @@ import {
   TXD_CMD_RS,
   TXD_STAT_DD,
   type Regs,
-} from '../../backend/ports/vfio/e1000e.ts';
-import type { DmaChunk } from '../../backend/ports/vfio/dma.ts';
+} from '../../backend/net/ports/vfio/e1000e.ts';
+import type { DmaChunk } from '../../backend/net/ports/vfio/dma.ts';
 
 const IOVA_BASE = 0x10000000;
 

@@ -7,9 +7,9 @@ import test from 'ava';
 import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { checkVfioReady, normalizePciAddress, VfioDevice, type VfioSys } from '../../backend/ports/vfio/vfio.ts';
-import { enableBusMaster, listCapabilities, PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, type ConfigSpace } from '../../backend/ports/vfio/pci.ts';
-import { parsePortSpec } from '../../backend/app.ts';
+import { checkVfioReady, normalizePciAddress, VfioDevice, type VfioSys } from '../../backend/net/ports/vfio/vfio.ts';
+import { enableBusMaster, listCapabilities, PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, type ConfigSpace } from '../../backend/net/ports/vfio/pci.ts';
+import { parsePortSpec } from '../../backend/tools/app.ts';
 
 function fakeSysfs(t: { teardown(f: () => void): void }) {
   const root = mkdtempSync(path.join(tmpdir(), 'vut-sysfs-'));

@@ -1,5 +1,5 @@
 /**
- * The virtio-net modern PCI driver (backend/ports/vfio/virtio-pci.ts + virtio-net.ts) on fake hardware:
+ * The virtio-net modern PCI driver (backend/net/ports/vfio/virtio-pci.ts + virtio-net.ts) on fake hardware:
  * a config space with the virtio vendor capabilities, a common-cfg register file that behaves like
  * QEMU's virtio-pci (selectors, per-queue registers, status, FEATURES_OK check, reset) and records every
  * access with its width, a notify structure that records writes, a device cfg with MAC and status. The
@@ -7,8 +7,8 @@
  * registers the driver programmed, over the same fake DMA memory at the same IOVAs.
  */
 import test, { type ExecutionContext } from 'ava';
-import type { DmaChunk } from '../../backend/ports/vfio/dma.ts';
-import type { ConfigSpace } from '../../backend/ports/vfio/pci.ts';
+import type { DmaChunk } from '../../backend/net/ports/vfio/dma.ts';
+import type { ConfigSpace } from '../../backend/net/ports/vfio/pci.ts';
 import {
   BarWindow,
   COMMON,
@@ -20,7 +20,7 @@ import {
   findVirtioCaps,
   windowsFor,
   type Mmio,
-} from '../../backend/ports/vfio/virtio-pci.ts';
+} from '../../backend/net/ports/vfio/virtio-pci.ts';
 import {
   NET_HDR_BYTES,
   VIRTIO_F_ACCESS_PLATFORM,
@@ -31,8 +31,8 @@ import {
   VIRTIO_NET_F_MRG_RXBUF,
   VIRTIO_NET_F_STATUS,
   VirtioNet,
-} from '../../backend/ports/vfio/virtio-net.ts';
-import { nicKindFor } from '../../backend/ports/vfio/port.ts';
+} from '../../backend/net/ports/vfio/virtio-net.ts';
+import { nicKindFor } from '../../backend/net/ports/vfio/port.ts';
 import { Chain, ChainReader, ChainWriter, FlatMemory, PackedQueue, SplitQueue, type Virtqueue } from '../../virtqueue/index.ts';
 
 const IOVA_BASE = 0x10000000;
