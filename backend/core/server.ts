@@ -11,6 +11,7 @@ import type { NativeBinding, Fd, Poller } from '../../native/types.ts';
 import { POLL_READABLE } from '../../native/types.ts';
 import { Connection } from './connection.ts';
 import { Session, type SessionOptions } from './session.ts';
+import { REQUEST_HANDLERS } from './handlers/index.ts';
 import type { Device } from './device.ts';
 
 const log = createDebug('vhost:server');
@@ -99,6 +100,7 @@ export class VhostUserEndpoint extends EventEmitter {
     this.sessions++;
     const session = new Session({
       device: this.opts.device,
+      handlers: REQUEST_HANDLERS,
       native: n,
       send: (bytes, fds) => conn.send(bytes, fds),
       ...(this.opts.protocolFeatures !== undefined ? { protocolFeatures: this.opts.protocolFeatures } : {}),

@@ -8,7 +8,8 @@ import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
 import { BACKEND_MESSAGES, FRONTEND_MESSAGES, ProtoF, has } from '../../protocol/index.ts';
-import { SESSION_PROTOCOL_FEATURES, supportedRequests } from '../../backend/core/session.ts';
+import { SESSION_PROTOCOL_FEATURES } from '../../backend/core/session.ts';
+import { supportedRequests } from '../../backend/core/handlers/index.ts';
 import { NET_FEATURES } from '../../backend/net/device/net-device.ts';
 import { VirtioF } from '../../protocol/index.ts';
 
