@@ -2,8 +2,9 @@
  * Switching between two vhost-user devices: a pair of ports where what one device transmits is
  * delivered straight into the other device's RX path, header included (the receiving device does in
  * software the offload work its guest did not negotiate). With `deliverChain` the receiving device copies
-the frame from the sender's TX chain straight into its guest's RX buffers: one copy, guest memory to
-guest memory (spec-notes/performance.md, 2026-11-23). 'busy' propagates, so a guest whose peer has
+ * the frame from the sender's TX chain straight into its guest's RX buffers: one copy, guest memory to
+ * guest memory (spec-notes/performance.md, 2026-11-23). The entry points are those of the frame
+ * contract (port.ts). 'busy' propagates, so a guest whose peer has
  * no RX buffers is held back (its TX ring is left as is) instead of losing frames.
  */
 import type { NetHdr } from '../frame/net-hdr.ts';

@@ -1,51 +1,56 @@
 /**
- * The port interface: where a device's frames go and come from (a TAP device, another vhost-user
- * device, later a NIC through our VFIO poll-mode driver). Frames are plain Ethernet frames with no
- * virtio header; a frame view is only valid during the call that passes it.
+ * The frame contract between a virtio-net device and its port: where a device's frames go and come
+ * from (a TAP device, another vhost-user device through a pair, a NIC through our VFIO drivers).
+ * Frames are Ethernet frames; the virtio header travels beside them, parsed (NetHdr). This comment is
+ * the one description of the contract; implementations refer to it.
  *
- * Backpressure instead of loss where the other side can wait: a sink that has nowhere to put a
- * frame *right now* (guest RX ring empty) answers 'busy' and later calls the onSpace callback, so a
- * switch between two guests loses nothing; a sink that cannot take it at all answers 'dropped'.
+ * ## Delivery: one required entry point, three optional faster forms
+ * A sender (a device's TX path, a port's RX path) hands each frame to the sink with exactly one call:
+ *
+ * | entry point | the frame is | a sender uses it |
+ * |---|---|---|
+ * | `deliver(bytes, hdr, byteLen?)` | `bytes[0, byteLen)` | always possible (required) |
+ * | `deliverSpan(bytes, offset, byteLen, hdr, rawHdrBytes)` | `bytes[offset, offset + byteLen)`: one contiguous piece of guest memory, no view made per frame | when present and the frame is one buffer |
+ * | `deliverChain(src, hdr, byteLen)` | the next `byteLen` readable bytes of the sender's TX chain (header consumed) | when present and the frame spans descriptors |
+ * | `deliverBurst(src, from, n, hdrLen)` | frame j of a burst of popped buffers: `src.bytes[src.offset[j] + hdrLen, src.offset[j] + src.byteLen[j])` | when present, between beginBurst/endBurst, for plain frames only (no host offload negotiated, virtio v1.2 5.1.6.2.1) |
+ *
+ * Each of the first three answers a Delivery: 'ok' (taken; the sender may reuse its buffer at once),
+ * 'busy' (nowhere to put it *right now*, e.g. the guest's RX ring is empty: the sender keeps the
+ * frame, a TX chain is given back to its ring, and waits for the `onSpace` callback; a switch between
+ * two guests so loses nothing) or 'dropped' (it can never be taken: counted by the sink). On 'busy'
+ * from deliverChain the sender re-reads the chain later, so the cursor position after any answer does
+ * not matter. deliverBurst delivers from the front while it can place frames on its fast path and
+ * returns how many it took (each one 'ok'); the sender hands the next frame to deliverSpan, which
+ * decides (busy, dropped, merged), and may go on with deliverBurst after it.
+ *
+ * Views passed to a sink are valid only during the call. With `rawHdrBytes > 0`,
+ * `bytes[offset - rawHdrBytes, offset)` is the sender's virtio header as its guest wrote it
+ * (little-endian; `hdr` is its parsed form), which a receiver with the same header size may copy along.
+ *
+ * ## Bursts and backpressure
+ * `beginBurst` / `endBurst` (optional) bracket a few dozen frames: between them a sink may defer
+ * publishing (a guest's used ring index, its interrupt) to endBurst, once per burst instead of once per
+ * frame, as DPDK publishes per burst. `onSpace(cb)` registers a one-shot callback for when a sink that
+ * answered 'busy' has room again.
  */
 import type { NetHdr } from '../frame/net-hdr.ts';
 import type { ChainReader, DirectBurst } from '../../../virtqueue/index.ts';
 
 export type Delivery = 'ok' | 'busy' | 'dropped';
 
+/** The frame contract: see this file's top comment for every entry point and answer. */
 export interface FrameSink {
-  /** The frame is bytes[0, byteLen) (default: all of bytes), so senders need not make a view per frame. */
+  /** Required form: the frame is bytes[0, byteLen) (default: all of bytes). */
   deliver(bytes: Uint8Array, hdr: NetHdr, byteLen?: number): Delivery;
-  /**
-   * Optional single-copy form for guest-to-guest switching: the frame is the next `byteLen` readable
-   * bytes of `src` (the sender's TX chain, header already consumed), copied by the receiver straight
-   * into its guest's RX buffers. Same answers as deliver(); on 'busy' the sender re-reads the chain
-   * later, so the cursor position after any answer does not matter. Senders use it when present.
-   */
+  /** Single-copy form for a frame that is the next `byteLen` readable bytes of the sender's chain. */
   deliverChain?(src: ChainReader, hdr: NetHdr, byteLen: number): Delivery;
-  /**
-   * Optional form for a frame that is one contiguous piece of memory at an offset (a sender's TX
-   * buffer popped with popDirect: guest memory, no view made per frame): bytes[offset, offset +
-   * byteLen). `rawHdrBytes` > 0: bytes[offset - rawHdrBytes, offset) is the sender's virtio header as
-   * its guest wrote it (little-endian, `hdr` is its parsed form), which a receiver with the same
-   * header size may copy along with the frame. Same answers as deliver(). Senders use it when present.
-   */
+  /** Contiguous form: bytes[offset, offset + byteLen), the sender's raw header in the `rawHdrBytes` before it. */
   deliverSpan?(bytes: Uint8Array, offset: number, byteLen: number, hdr: NetHdr, rawHdrBytes: number): Delivery;
-  /**
-   * Optional burst form of deliverSpan for plain frames (the sender negotiated no host offload, so
-   * there is no header to carry: virtio v1.2 5.1.6.2.1): frame j is `src.bytes[src.offset[j] + hdrLen,
-   * src.offset[j] + src.byteLen[j])` for j in [from, from + n), each at most a frame long. Only
-   * between beginBurst and endBurst. Delivers from the front while it can place frames on its fast
-   * path and returns how many it delivered (each one 'ok'); the sender hands the next frame to
-   * deliverSpan, which decides (busy, dropped, merged), and may go on with deliverBurst after it.
-   */
+  /** Burst form for plain frames, only between beginBurst and endBurst; returns how many it delivered. */
   deliverBurst?(src: DirectBurst, from: number, n: number, hdrLen: number): number;
-  /** Register a one-shot callback for when a sink that answered 'busy' has room again. */
+  /** One-shot callback for when a sink that answered 'busy' has room again. */
   onSpace(cb: () => void): void;
-  /**
-   * Optional burst brackets: between them a sink may defer publishing (a guest's used ring index,
-   * its interrupt) to endBurst, once per burst instead of once per frame (DPDK publishes per burst).
-   * Senders bracket at most a few dozen frames so the receiver sees them promptly.
-   */
+  /** Burst brackets: publishing may be deferred to endBurst. */
   beginBurst?(): void;
   endBurst?(): void;
 }
