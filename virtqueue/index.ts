@@ -3,6 +3,8 @@
  * Devices use a Virtqueue (SplitQueue, virtio v1.2 2.7, or PackedQueue, 2.8: pop / pushUsed / flushUsed /
  * drain) with Chain, ChainReader and ChainWriter; the session builds queues from SET_VRING_* state over a
  * RegionMemory, and attaches inflight regions (inflight.ts, vhost-user.rst "Inflight I/O tracking").
+ * The driver half of both formats (SplitDriver, PackedDriver) drives real devices from our VFIO
+ * virtio-net driver and plays the guest in the tests.
  */
 export type { VirtqErrorCode } from './errors.ts';
 export { VirtqError } from './errors.ts';
@@ -59,8 +61,8 @@ export type { Virtqueue, VirtqueueStats, DrainResult, ChainHandler, DirectBuffer
 export { createDirectBuffer, DirectBurst, BURST_MAX, DIRECT_CHAIN, DIRECT_EMPTY, DIRECT_OK } from './queue.ts';
 export type { SplitQueueConfig, SplitQueueStats } from './split.ts';
 export { SplitQueue, SplitQueueBE } from './split.ts';
-export type { MockBuffer, AddChainOptions, RawDesc, UsedEntry, MockDriverOptions } from './mock-driver.ts';
-export { MockDriver } from './mock-driver.ts';
+export type { DriverBuffer, AddChainOptions, RawDesc, UsedEntry, SplitDriverOptions } from './split-driver.ts';
+export { SplitDriver } from './split-driver.ts';
 export type {
   InflightLayout,
   InflightInitOptions,
@@ -90,6 +92,6 @@ export type {
   PackedAddOptions,
   RawPackedDesc,
   PackedUsedEntry,
-  MockPackedDriverOptions,
-} from './mock-packed-driver.ts';
-export { MockPackedDriver } from './mock-packed-driver.ts';
+  PackedDriverOptions,
+} from './packed-driver.ts';
+export { PackedDriver } from './packed-driver.ts';

@@ -1,12 +1,25 @@
 /**
- * A DRIVER-side mock of a packed virtqueue (the guest's half, virtio v1.2 2.8), for engine and device
- * tests; the packed counterpart of MockDriver. It lays out the descriptor ring and the two event
- * suppression areas in any GuestMemory, allocates buffers / indirect tables from a heap range, makes
- * lists available the way 2.8.21.1 says (all descriptors written, the first one's flags last), reads
- * used elements back (skipping by each id's descriptor count, 2.8.6, with the bytes the device wrote),
- * plays the driver's half of event suppression, and offers raw writes for fault injection.
+ * The DRIVER half of a packed virtqueue (virtio v1.2 2.8: the guest's side of the ring), over any
+ * GuestMemory: the counterpart of our device half (packed.ts) and the packed twin of SplitDriver. It
+ * does the driver's duties of 2.8: lays out the descriptor ring and the two event suppression areas
+ * (2.8.10 / 2.8.13, zero-initialized), makes lists available the way 2.8.21.1 says (all descriptors
+ * written, the first one's flags last, under the Driver Ring Wrap Counter), takes used elements back
+ * (2.8.22: skipping by each id's descriptor count, 2.8.6; IN_ORDER batches, 2.8.23), and plays the
+ * driver's half of event suppression (2.8.10 / 2.8.21.2).
  *
- * Writes go through the GuestMemory helpers with dirty = false: driver writes are not device writes.
+ * Two users:
+ * - our VFIO virtio-net PCI driver (backend/net/ports/vfio/virtio-net.ts), which drives a real device's
+ *   ring with it over a GuestMemory view of its DMA pool (addresses are IOVAs). It uses only the
+ *   real-driver fast path: `layout`, the constructor (heapByteLen 0), `addBuffer`, `publish`,
+ *   `kick` / `kickable`, `hasUsed`, `popUsed` / `poppedLen`, `enableInterrupts` / `disableInterrupts`;
+ *   none of them allocates;
+ * - the tests, as the guest driver against our device half (PackedQueue, NetDevice, the loopback and
+ *   integration guests). They also use what is marked "Test-only" below: lists of several buffers
+ *   from a heap read back with the bytes the device wrote (`addChain` / `readUsed`), raw writes for
+ *   fault injection, position jumps.
+ *
+ * Ring writes go through the GuestMemory helpers with dirty = false: driver writes are not device
+ * writes (nothing for the dirty log).
  */
 import type { GuestMemory } from './memory.ts';
 import { readBytes, readU16, readU32, writeBytes, writeU16, writeU32 } from './memory.ts';
@@ -23,9 +36,10 @@ import {
   VIRTQ_DESC_F_WRITE,
   packedRingBytes,
 } from './defs.ts';
-import { MockHeap, align, type MockBuffer, type UsedEntry } from './mock-driver.ts';
+import { DriverHeap, align, type DriverBuffer, type UsedEntry } from './split-driver.ts';
 import type { PackedQueueConfig } from './packed.ts';
 
+/** Test-only: addChain's options. */
 export interface PackedAddOptions {
   /** Put the buffers in an indirect table referenced by one ring descriptor. */
   indirect?: boolean;
@@ -35,7 +49,7 @@ export interface PackedAddOptions {
   id?: number;
 }
 
-/** A packed descriptor as raw fields (fault injection). `addr` may be a bigint (values >= 2^53). */
+/** Test-only: a packed descriptor as raw fields (fault injection). `addr` may be a bigint (values >= 2^53). */
 export interface RawPackedDesc {
   addr: number | bigint;
   len: number;
@@ -43,6 +57,7 @@ export interface RawPackedDesc {
   flags: number;
 }
 
+/** Test-only: a used element as readUsed returns it. */
 export interface PackedUsedEntry extends UsedEntry {
   /** Flags of the used descriptor (WRITE says whether len is meaningful, 2.8.3). */
   flags: number;
@@ -55,13 +70,14 @@ export interface PackedUsedEntry extends UsedEntry {
   skipped?: boolean;
 }
 
-export interface MockPackedDriverOptions {
+export interface PackedDriverOptions {
   size: number;
   descAddr?: number;
   driverEventAddr?: number;
   deviceEventAddr?: number;
   /** Where the ring starts when addresses are not given (default 0). */
   base?: number;
+  /** Buffer / indirect table heap (addChain, test-only): as SplitDriverOptions (the VFIO driver passes 0). */
   heapAddr?: number;
   heapByteLen?: number;
   eventIdx?: boolean;
@@ -78,7 +94,7 @@ interface InFlight {
   writable: { addr: number; byteLen: number }[];
 }
 
-export class MockPackedDriver {
+export class PackedDriver {
   readonly size: number;
   readonly descAddr: number;
   readonly driverEventAddr: number;
@@ -103,10 +119,11 @@ export class MockPackedDriver {
   private readonly single: Uint8Array;
   /** len of the element popUsed() returned last. */
   poppedLen = 0;
-  private readonly heap: MockHeap;
+  private readonly heap: DriverHeap;
   /** First-descriptor flags not yet written (publish: false): [position, flags]. */
-  private unpublished: [number, number][] = [];
+  private readonly unpublished: [number, number][] = [];
 
+  /** Ring addresses for `size` starting at `base` (descriptors 16-aligned, then the two event areas). */
   static layout(size: number, base = 0): { descAddr: number; driverEventAddr: number; deviceEventAddr: number; end: number } {
     const descAddr = align(base, 16);
     const driverEventAddr = descAddr + packedRingBytes(size);
@@ -116,10 +133,10 @@ export class MockPackedDriver {
 
   constructor(
     readonly mem: GuestMemory,
-    opts: MockPackedDriverOptions,
+    opts: PackedDriverOptions,
   ) {
     this.size = opts.size;
-    const l = MockPackedDriver.layout(opts.size, opts.base ?? 0);
+    const l = PackedDriver.layout(opts.size, opts.base ?? 0);
     this.descAddr = opts.descAddr ?? l.descAddr;
     this.driverEventAddr = opts.driverEventAddr ?? l.driverEventAddr;
     this.deviceEventAddr = opts.deviceEventAddr ?? l.deviceEventAddr;
@@ -128,7 +145,7 @@ export class MockPackedDriver {
     this.heapByteLen = opts.heapByteLen ?? 65536;
     this.eventIdx = opts.eventIdx ?? false;
     this.inOrder = opts.inOrder ?? false;
-    this.heap = new MockHeap(this.heapAddr, this.heapByteLen);
+    this.heap = new DriverHeap(this.heapAddr, this.heapByteLen);
     this.freeCount = opts.size;
     this.single = new Uint8Array(opts.size);
     for (let i = opts.size - 1; i >= 0; i--) this.freeIds.push(i);
@@ -138,6 +155,7 @@ export class MockPackedDriver {
     writeBytes(mem, this.deviceEventAddr, new Uint8Array(EVENT_SUPPRESS_BYTES), false);
   }
 
+  /** Test-only: the PackedQueue configuration matching this driver's ring (our device half on it). */
   queueConfig(extra: Partial<PackedQueueConfig> = {}): PackedQueueConfig {
     return {
       size: this.size,
@@ -151,32 +169,34 @@ export class MockPackedDriver {
     };
   }
 
-  // ---- heap ------------------------------------------------------------------------------------
+  // ---- heap (test-only) --------------------------------------------------------------------------
 
-  /** Allocates `byteLen` bytes (16-byte granularity) from the heap; throws when full. */
+  /** Test-only: allocates `byteLen` bytes (16-byte granularity) from the heap; throws when full. */
   alloc(byteLen: number): number {
     return this.heap.alloc(byteLen);
   }
 
+  /** Test-only: gives a heap range back. */
   release(addr: number, byteLen: number): void {
     this.heap.release(addr, byteLen);
   }
 
-  /** Ring descriptors the driver may still fill (not in flight). */
+  /** Ring descriptors the driver may still fill (not in flight; both paths). */
   get freeDescCount(): number {
     return this.freeCount;
   }
+  /** Test-only: lists added by addChain() and not yet used. */
   get inFlightCount(): number {
     return this.inflight.size;
   }
-  /** Next position the driver fills and its Driver Ring Wrap Counter. */
+  /** Test-only: next position the driver fills and its Driver Ring Wrap Counter. */
   get availPos(): number {
     return this.availL % this.size;
   }
   get availWrap(): boolean {
     return this.availL < this.size;
   }
-  /** Next position the driver reads used elements at and the wrap counter it expects there. */
+  /** Test-only: next position the driver reads used elements at and the wrap counter it expects there. */
   get usedPos(): number {
     return this.usedL % this.size;
   }
@@ -191,8 +211,8 @@ export class MockPackedDriver {
     return wrap ? VIRTQ_DESC_F_AVAIL : VIRTQ_DESC_F_USED;
   }
 
-  /** Builds a list of `bufs` (readable first), makes it available (unless publish: false), returns its id. */
-  addChain(bufs: readonly MockBuffer[], opts: PackedAddOptions = {}): number {
+  /** Test-only: builds a list of `bufs` (readable first), makes it available (unless publish: false), returns its id. */
+  addChain(bufs: readonly DriverBuffer[], opts: PackedAddOptions = {}): number {
     if (bufs.length === 0) throw new Error('addChain: empty chain');
     const indirect = opts.indirect === true;
     const need = indirect ? 1 : bufs.length;
@@ -240,7 +260,7 @@ export class MockPackedDriver {
   }
 
   /**
-   * Writes `descs` at the next positions with the current wrap counters' AVAIL/USED bits (flags given
+   * Test-only: writes `descs` at the next positions with the current wrap counters' AVAIL/USED bits (flags given
    * without them), the first one's flags last (2.8.21.1), and advances. No bookkeeping: for hand-built
    * (faulty) lists. Returns the first position.
    */
@@ -256,7 +276,7 @@ export class MockPackedDriver {
     let firstPos = 0;
     descs.forEach((d, i) => {
       const pos = this.availL % S;
-      const flags = (d.flags & ~(VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED)) | MockPackedDriver.availFlags(this.availL < S);
+      const flags = (d.flags & ~(VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED)) | PackedDriver.availFlags(this.availL < S);
       this.writeDesc(pos, { ...d, flags: i === 0 ? 0 : flags }, i === 0);
       if (i === 0) {
         firstFlags = flags;
@@ -269,15 +289,20 @@ export class MockPackedDriver {
     if (publish) this.publish();
   }
 
-  /** Writes the first flags of every list added with publish: false, last-added first (one batch). */
+  /**
+   * Writes the first flags of every list added with publish: false, last-added first (one batch). The
+   * fast path calls it too (as SplitDriver.publish), with nothing to do: addBuffer lists are available
+   * as soon as they are written.
+   */
   publish(): void {
     const u = this.unpublished;
     for (let i = u.length - 1; i >= 0; i--) writeU16(this.mem, this.descAddr + DESC_BYTES * u[i]![0] + 14, u[i]![1], false);
-    this.unpublished = [];
+    u.length = 0; // emptied in place: the fast path calls this per burst
   }
 
   // ---- notifications (driver side of 2.8.10 / 2.8.21.2) ----------------------------------------
 
+  /** Test-only: the device event suppression area as it is in memory. */
   get deviceEventFlags(): number {
     return readU16(this.mem, this.deviceEventAddr + 2);
   }
@@ -285,7 +310,7 @@ export class MockPackedDriver {
     return readU16(this.mem, this.deviceEventAddr);
   }
 
-  /** Whether the device asked to be notified for what was made available since the last kick(). */
+  /** Fast path: whether the device asked to be notified for what was made available since the last kick(). */
   get kickable(): boolean {
     if (this.sinceKick === 0) return false;
     const flags = this.deviceEventFlags & 3;
@@ -300,7 +325,7 @@ export class MockPackedDriver {
     return (e - this.kickedL + 2 * S) % (2 * S) < this.sinceKick;
   }
 
-  /** Returns `kickable` and records the current position as kicked. */
+  /** Fast path: returns `kickable` and records the current position as kicked. */
   kick(): boolean {
     const k = this.kickable;
     this.kickedL = this.availL;
@@ -313,20 +338,21 @@ export class MockPackedDriver {
     writeU16(this.mem, this.driverEventAddr, (pos & 0x7fff) | (wrap ? 0x8000 : 0), false);
     writeU16(this.mem, this.driverEventAddr + 2, flags, false);
   }
+  /** Fast path: no used-buffer notifications (the polling VFIO driver) / notifications again. */
   disableInterrupts(): void {
     this.setDriverEvent(RING_EVENT_FLAGS_DISABLE);
   }
   enableInterrupts(): void {
     this.setDriverEvent(RING_EVENT_FLAGS_ENABLE);
   }
-  /** EVENT_IDX: "interrupt me when the used element at (pos, wrap) is written" (RING_EVENT_FLAGS_DESC). */
+  /** Test-only: EVENT_IDX, "interrupt me when the used element at (pos, wrap) is written" (RING_EVENT_FLAGS_DESC). */
   setUsedEvent(pos: number, wrap: boolean): void {
     this.setDriverEvent(RING_EVENT_FLAGS_DESC, pos, wrap);
   }
 
   // ---- used elements ---------------------------------------------------------------------------
 
-  /** Used elements the device published since the last call, with the bytes written; frees them. */
+  /** Test-only: used elements the device published since the last call, with the bytes written (allocates); frees them. */
   readUsed(): PackedUsedEntry[] {
     const S = this.size;
     const out: PackedUsedEntry[] = [];
@@ -388,8 +414,9 @@ export class MockPackedDriver {
   }
 
   // ---- real-driver fast path (backend/net/ports/vfio/virtio-net.ts) ----------------------------------
-  // One caller-owned buffer per list, no heap, nothing allocated per call. Lists added here and by
-  // addChain() may be mixed; popUsed() frees both.
+  // One caller-owned buffer per list, no heap, nothing allocated per call (with publish, kick and
+  // enable/disableInterrupts above). Lists added here and by addChain() may be mixed (tests do);
+  // popUsed() frees both.
 
   /**
    * Makes the buffer [addr, addr + byteLen) available as a one-descriptor list (device-writable when
@@ -405,7 +432,7 @@ export class MockPackedDriver {
     writeU32(this.mem, at + 4, Math.floor(addr / 2 ** 32), false);
     writeU32(this.mem, at + 8, byteLen, false);
     writeU16(this.mem, at + 12, id, false);
-    writeU16(this.mem, at + 14, (write ? VIRTQ_DESC_F_WRITE : 0) | MockPackedDriver.availFlags(this.availL < S), false);
+    writeU16(this.mem, at + 14, (write ? VIRTQ_DESC_F_WRITE : 0) | PackedDriver.availFlags(this.availL < S), false);
     this.availL = (this.availL + 1) % (2 * S);
     this.sinceKick++;
     this.freeCount--;
@@ -448,9 +475,9 @@ export class MockPackedDriver {
     return id;
   }
 
-  // ---- fault injection -------------------------------------------------------------------------
+  // ---- fault injection and position jumps (test-only) ---------------------------------------------
 
-  /** Raw write of ring descriptor `pos`; with `skipFlags` the flags word is left alone. */
+  /** Test-only (and addChain): raw write of ring descriptor `pos`; with `skipFlags` the flags word is left alone. */
   writeDesc(pos: number, d: RawPackedDesc, skipFlags = false): void {
     const at = this.descAddr + DESC_BYTES * pos;
     const a = BigInt(d.addr);
@@ -461,7 +488,7 @@ export class MockPackedDriver {
     if (!skipFlags) writeU16(this.mem, at + 14, d.flags, false);
   }
 
-  /** Raw read of ring descriptor `pos`. */
+  /** Test-only: raw read of ring descriptor `pos`. */
   readDesc(pos: number): RawPackedDesc {
     const at = this.descAddr + DESC_BYTES * pos;
     const lo = readU32(this.mem, at);
@@ -474,6 +501,7 @@ export class MockPackedDriver {
     };
   }
 
+  /** Test-only (and addChain): writes a descriptor table (indirect) at `addr`. */
   writeTable(addr: number, descs: readonly RawPackedDesc[]): void {
     descs.forEach((d, i) => {
       const at = addr + DESC_BYTES * i;
@@ -486,7 +514,7 @@ export class MockPackedDriver {
     });
   }
 
-  /** Allocates and writes an indirect table; returns its address (never freed). */
+  /** Test-only: allocates and writes an indirect table; returns its address (never freed). */
   addTable(descs: readonly RawPackedDesc[]): number {
     const addr = this.alloc(Math.max(descs.length, 1) * DESC_BYTES);
     this.writeTable(addr, descs);
@@ -494,7 +522,7 @@ export class MockPackedDriver {
   }
 
   /**
-   * Starts the driver at position `pos` with wrap counter `wrap` (both avail and used, nothing in
+   * Test-only: starts the driver at position `pos` with wrap counter `wrap` (both avail and used, nothing in
    * flight), as after a long run: the ring is filled with descriptors used in the current lap
    * (before pos) and in the previous lap (from pos on), so neither side mistakes them for new.
    */

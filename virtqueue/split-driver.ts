@@ -1,15 +1,28 @@
 /**
- * A DRIVER-side mock of a split virtqueue (the guest's half), for engine and device tests — the
- * counterpart of vm-virtio's `MockSplitQueue`. It lays out desc/avail/used rings in any GuestMemory,
- * allocates buffers and indirect tables from a heap range, adds chains, reads used elements back
- * (with the bytes the device wrote), plays the driver's half of notification suppression, and offers
- * raw writes for fault injection (loops, bad next, unmapped addresses, nested indirect tables...).
+ * The DRIVER half of a split virtqueue (virtio v1.2 2.7: the guest's side of the ring), over any
+ * GuestMemory: the counterpart of our device half (split.ts). It does the driver's duties of 2.7: lays
+ * out the descriptor table, available and used rings (2.7.5 / 2.7.6 / 2.7.8, their alignment), makes
+ * buffers available (descriptors, then the avail ring entry, then avail.idx: 2.7.13), takes used
+ * elements back and frees their descriptors (2.7.14), and plays the driver's half of notification
+ * suppression (2.7.7 / 2.7.10, VIRTIO_F_EVENT_IDX's used_event and avail_event).
  *
- * It goes through the GuestMemory helpers with dirty = false: driver writes are not device writes.
+ * Two users:
+ * - our VFIO virtio-net PCI driver (backend/net/ports/vfio/virtio-net.ts), which drives a real device's
+ *   rings with it over a GuestMemory view of its DMA pool (addresses are IOVAs). It uses only the
+ *   real-driver fast path: `layout`, the constructor (heapByteLen 0), `addBuffer`, `publish`,
+ *   `kick` / `kickable`, `hasUsed`, `popUsed` / `poppedLen`, `setNoInterrupt`; none of them allocates;
+ * - the tests, as the guest driver against our device half (SplitQueue, NetDevice, the loopback and
+ *   integration guests). They also use what is marked "Test-only" below: chains of several buffers
+ *   from a heap read back with the bytes the device wrote (`addChain` / `readUsed`), raw writes for
+ *   fault injection (loops, bad next, unmapped addresses, nested indirect tables...), index jumps.
  *
- * `bigEndian`: the driver of a legacy device in a big-endian guest (vhost-user.rst SET_VRING_ENDIAN):
- * every ring field it writes or reads (descriptors, indirect tables, avail and used rings) is
- * big-endian in memory. Buffer contents are untouched.
+ * Ring writes go through the GuestMemory helpers with dirty = false: driver writes are not device
+ * writes (nothing for the dirty log).
+ *
+ * `bigEndian` (tests): the driver of a legacy device in a big-endian guest (vhost-user.rst
+ * SET_VRING_ENDIAN): every ring field it writes or reads (descriptors, indirect tables, avail and used
+ * rings) is big-endian in memory. Buffer contents are untouched. `addBuffer` writes the address halves
+ * in little-endian order: the fast path serves modern (VERSION_1, little-endian) rings only.
  */
 import type { GuestMemory } from './memory.ts';
 import { readBytes, readU16, readU32, writeBytes, writeU16, writeU32 } from './memory.ts';
@@ -29,7 +42,8 @@ import {
 } from './defs.ts';
 import type { SplitQueueConfig } from './split.ts';
 
-export interface MockBuffer {
+/** Test-only (addChain): one buffer of a chain. */
+export interface DriverBuffer {
   byteLen: number;
   /** Device-writable (VIRTQ_DESC_F_WRITE). */
   write: boolean;
@@ -39,6 +53,7 @@ export interface MockBuffer {
   addr?: number;
 }
 
+/** Test-only: addChain's options. */
 export interface AddChainOptions {
   /** Put the buffers in an indirect table referenced by one ring descriptor. */
   indirect?: boolean;
@@ -46,7 +61,7 @@ export interface AddChainOptions {
   publish?: boolean;
 }
 
-/** A descriptor as raw fields (fault injection). `addr` may be a bigint to express values >= 2^53. */
+/** Test-only: a descriptor as raw fields (fault injection). `addr` may be a bigint (values >= 2^53). */
 export interface RawDesc {
   addr: number | bigint;
   len: number;
@@ -54,6 +69,7 @@ export interface RawDesc {
   next: number;
 }
 
+/** Test-only: a used element as readUsed returns it. */
 export interface UsedEntry {
   id: number;
   len: number;
@@ -61,19 +77,22 @@ export interface UsedEntry {
   data?: Uint8Array;
 }
 
-export interface MockDriverOptions {
+export interface SplitDriverOptions {
   size: number;
-  /** Ring placement; defaults laid out from `base` (see MockDriver.layout). */
+  /** Ring placement; defaults laid out from `base` (see SplitDriver.layout). */
   descAddr?: number;
   availAddr?: number;
   usedAddr?: number;
   /** Where rings start when addresses are not given (default 0). */
   base?: number;
-  /** Buffer / indirect table heap; default: right after the rings, `heapByteLen` bytes (default 64 KiB). */
+  /**
+   * Buffer / indirect table heap (addChain, test-only); default: right after the rings, `heapByteLen`
+   * bytes (default 64 KiB; the VFIO driver passes 0).
+   */
   heapAddr?: number;
   heapByteLen?: number;
   eventIdx?: boolean;
-  /** Legacy big-endian guest: ring fields are big-endian (default false, little-endian). */
+  /** Test-only: legacy big-endian guest, ring fields are big-endian (default false, little-endian). */
   bigEndian?: boolean;
 }
 
@@ -87,8 +106,11 @@ export function align(n: number, a: number): number {
   return Math.ceil(n / a) * a;
 }
 
-/** First-fit allocator over the driver's buffer heap (16-byte granularity), freed ranges coalesced. */
-export class MockHeap {
+/**
+ * First-fit allocator over the driver's buffer heap (16-byte granularity), freed ranges coalesced.
+ * Test-only in practice: the fast path takes caller-owned buffers (the VFIO driver passes heapByteLen 0).
+ */
+export class DriverHeap {
   /** Free ranges [addr, byteLen], sorted by address. */
   private readonly free: [number, number][];
   constructor(addr: number, byteLen: number) {
@@ -108,7 +130,7 @@ export class MockHeap {
         return addr;
       }
     }
-    throw new Error(`mock driver heap exhausted (${byteLen} bytes)`);
+    throw new Error(`driver heap exhausted (${byteLen} bytes)`);
   }
 
   release(addr: number, byteLen: number): void {
@@ -128,7 +150,7 @@ export class MockHeap {
   }
 }
 
-export class MockDriver {
+export class SplitDriver {
   readonly size: number;
   readonly descAddr: number;
   readonly availAddr: number;
@@ -148,7 +170,7 @@ export class MockDriver {
   /** len of the element popUsed() returned last. */
   poppedLen = 0;
   /** Buffers and indirect tables come from here. */
-  private readonly heap: MockHeap;
+  private readonly heap: DriverHeap;
 
   /** Ring addresses for `size` starting at `base` (desc 16-, avail 2-, used 4-aligned; used on a 4 KiB page as legacy did). */
   static layout(size: number, base = 0): { descAddr: number; availAddr: number; usedAddr: number; end: number } {
@@ -160,10 +182,10 @@ export class MockDriver {
 
   constructor(
     readonly mem: GuestMemory,
-    opts: MockDriverOptions,
+    opts: SplitDriverOptions,
   ) {
     this.size = opts.size;
-    const l = MockDriver.layout(opts.size, opts.base ?? 0);
+    const l = SplitDriver.layout(opts.size, opts.base ?? 0);
     this.descAddr = opts.descAddr ?? l.descAddr;
     this.availAddr = opts.availAddr ?? l.availAddr;
     this.usedAddr = opts.usedAddr ?? l.usedAddr;
@@ -171,7 +193,7 @@ export class MockDriver {
     this.heapByteLen = opts.heapByteLen ?? 65536;
     this.eventIdx = opts.eventIdx ?? false;
     this.bigEndian = opts.bigEndian ?? false;
-    this.heap = new MockHeap(this.heapAddr, this.heapByteLen);
+    this.heap = new DriverHeap(this.heapAddr, this.heapByteLen);
     this.single = new Uint8Array(opts.size);
     for (let i = opts.size - 1; i >= 0; i--) this.freeDescs.push(i);
     // Rings start zeroed (2.7.10.1: the driver initializes used.flags to 0).
@@ -180,7 +202,7 @@ export class MockDriver {
     writeBytes(mem, this.usedAddr, new Uint8Array(usedRingBytes(opts.size)), false);
   }
 
-  /** The SplitQueue configuration matching this driver's rings. */
+  /** Test-only: the SplitQueue configuration matching this driver's rings (our device half on them). */
   queueConfig(extra: Partial<SplitQueueConfig> = {}): SplitQueueConfig {
     return {
       size: this.size,
@@ -194,28 +216,31 @@ export class MockDriver {
     };
   }
 
-  // ---- heap ------------------------------------------------------------------------------------
+  // ---- heap (test-only) --------------------------------------------------------------------------
 
-  /** Allocates `byteLen` bytes (16-byte granularity) from the heap; throws when full. */
+  /** Test-only: allocates `byteLen` bytes (16-byte granularity) from the heap; throws when full. */
   alloc(byteLen: number): number {
     return this.heap.alloc(byteLen);
   }
 
+  /** Test-only: gives a heap range back. */
   release(addr: number, byteLen: number): void {
     this.heap.release(addr, byteLen);
   }
 
+  /** Descriptors not in flight (both paths). */
   get freeDescCount(): number {
     return this.freeDescs.length;
   }
+  /** Test-only: chains added by addChain() and not yet used. */
   get inFlightCount(): number {
     return this.inflight.size;
   }
 
   // ---- adding chains ---------------------------------------------------------------------------
 
-  /** Builds a chain of `bufs` (readable ones first, as 2.7.4.2 requires), makes it available, returns its head. */
-  addChain(bufs: readonly MockBuffer[], opts: AddChainOptions = {}): number {
+  /** Test-only: builds a chain of `bufs` (readable ones first, as 2.7.4.2 requires), makes it available, returns its head. */
+  addChain(bufs: readonly DriverBuffer[], opts: AddChainOptions = {}): number {
     if (bufs.length === 0) throw new Error('addChain: empty chain');
     const indirect = opts.indirect === true;
     const need = indirect ? 1 : bufs.length;
@@ -257,7 +282,10 @@ export class MockDriver {
     return head;
   }
 
-  /** Writes avail.idx (the driver's release store; our writes are program-ordered in one thread). */
+  /**
+   * Fast path (and addChain): writes avail.idx, making every chain pushed since visible (2.7.13: the
+   * driver's release store; our writes are program-ordered in one thread).
+   */
   publish(): void {
     this.w16(this.availAddr + 2, this.availIdxValue);
   }
@@ -278,34 +306,35 @@ export class MockDriver {
     return this.bigEndian ? bswap32(v) : v;
   }
 
-  /** Next avail index the driver will write (published or not). */
+  /** Test-only: next avail index the driver will write (published or not). */
   get availIdx(): number {
     return this.availIdxValue;
   }
 
   // ---- notifications (driver side of 2.7.7 / 2.7.10) -------------------------------------------
 
-  /** Whether the device asked to be kicked for what was published since the last kick(). */
+  /** Fast path: whether the device asked to be kicked for what was published since the last kick(). */
   get kickable(): boolean {
     if (this.eventIdx) return needEvent(this.availEvent, this.availIdxValue, this.kickedIdx);
     return this.availIdxValue !== this.kickedIdx && (this.usedFlags & VIRTQ_USED_F_NO_NOTIFY) === 0;
   }
 
-  /** Returns `kickable` and records the current avail.idx as kicked. */
+  /** Fast path: returns `kickable` and records the current avail.idx as kicked. */
   kick(): boolean {
     const k = this.kickable;
     this.kickedIdx = this.availIdxValue;
     return k;
   }
 
-  /** used_event (EVENT_IDX): "interrupt me when used.idx reaches v + 1". */
+  /** Test-only: used_event (EVENT_IDX): "interrupt me when used.idx reaches v + 1". */
   setUsedEvent(v: number): void {
     this.w16(this.availAddr + 4 + 2 * this.size, v & 0xffff);
   }
-  /** avail.flags VIRTQ_AVAIL_F_NO_INTERRUPT. */
+  /** Fast path: avail.flags VIRTQ_AVAIL_F_NO_INTERRUPT (the polling VFIO driver sets it). */
   setNoInterrupt(on: boolean): void {
     this.w16(this.availAddr, on ? VIRTQ_AVAIL_F_NO_INTERRUPT : 0);
   }
+  /** Test-only: the device's used.flags, avail_event and used.idx as they are in memory. */
   get usedFlags(): number {
     return this.r16(this.usedAddr);
   }
@@ -318,7 +347,10 @@ export class MockDriver {
 
   // ---- used ring -------------------------------------------------------------------------------
 
-  /** Used elements published since the last call, with the bytes written; frees their descriptors. */
+  /**
+   * Test-only: used elements published since the last call, with the bytes written (allocates);
+   * frees their descriptors.
+   */
   readUsed(): UsedEntry[] {
     const idx = this.usedIdx;
     const out: UsedEntry[] = [];
@@ -352,7 +384,8 @@ export class MockDriver {
 
   // ---- real-driver fast path (backend/net/ports/vfio/virtio-net.ts) ----------------------------------
   // One caller-owned buffer per chain, no heap, nothing allocated per call: what a poll-mode driver of a
-  // real device needs. Chains added here and by addChain() may be mixed; popUsed() frees both.
+  // real device needs (with publish, kick and setNoInterrupt above). Chains added here and by
+  // addChain() may be mixed (tests do); popUsed() frees both.
 
   /**
    * Makes the buffer [addr, addr + byteLen) available as a one-descriptor chain (device-writable when
@@ -403,19 +436,19 @@ export class MockDriver {
     return id;
   }
 
-  // ---- fault injection -------------------------------------------------------------------------
+  // ---- fault injection and index jumps (test-only, except pushHead) -------------------------------
 
-  /** Raw write of ring descriptor `i`. */
+  /** Test-only: raw write of ring descriptor `i`. */
   writeDesc(i: number, d: RawDesc): void {
     this.writeRaw(this.descAddr + DESC_BYTES * i, d);
   }
 
-  /** Writes a descriptor table (indirect) at `addr`. */
+  /** Test-only: writes a descriptor table (indirect) at `addr`. */
   writeTable(addr: number, descs: readonly RawDesc[]): void {
     descs.forEach((d, i) => this.writeRaw(addr + DESC_BYTES * i, d));
   }
 
-  /** Allocates and writes an indirect table; returns its address (not freed by readUsed). */
+  /** Test-only: allocates and writes an indirect table; returns its address (not freed by readUsed). */
   addTable(descs: readonly RawDesc[]): number {
     const addr = this.alloc(descs.length * DESC_BYTES);
     this.writeTable(addr, descs);
@@ -434,20 +467,23 @@ export class MockDriver {
     this.w16(at + 14, d.next);
   }
 
-  /** Puts `head` in the next avail slot (no descriptor bookkeeping) and optionally publishes. */
+  /**
+   * Puts `head` in the next avail slot (no descriptor bookkeeping) and optionally publishes: the last
+   * step of addBuffer and addChain; tests call it directly with hand-built chains.
+   */
   pushHead(head: number, publish = true): void {
     this.w16(this.availAddr + 4 + 2 * (this.availIdxValue % this.size), head);
     this.availIdxValue = (this.availIdxValue + 1) & 0xffff;
     if (publish) this.publish();
   }
 
-  /** Sets avail.idx to any value (avail-jump tests, starting near the wrap). */
+  /** Test-only: sets avail.idx to any value (avail-jump tests, starting near the wrap). */
   setAvailIdx(v: number): void {
     this.availIdxValue = v & 0xffff;
     this.publish();
   }
 
-  /** Starts the driver's indices at `v` (both avail and expected used), as after a long run. */
+  /** Test-only: starts the driver's indices at `v` (both avail and expected used), as after a long run. */
   startAt(v: number): void {
     this.availIdxValue = v & 0xffff;
     this.kickedIdx = this.availIdxValue;
@@ -456,7 +492,7 @@ export class MockDriver {
     this.w16(this.usedAddr + 2, this.availIdxValue);
   }
 
-  /** Takes a free descriptor index out of the pool (for hand-built chains). */
+  /** Test-only: takes a free descriptor index out of the pool (for hand-built chains). */
   takeDesc(): number {
     const d = this.freeDescs.pop();
     if (d === undefined) throw new Error('no free descriptor');

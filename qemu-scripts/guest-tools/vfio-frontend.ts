@@ -1,7 +1,7 @@
 /**
  * Scripted vhost-user frontend for the VFIO guest tests (run inside the guest, from the 9p host root):
  * connects to vhost-user-ts, sets up one RX and one TX split ring over memfd "guest memory" with the
- * driver-side mock (virtqueue/mock-driver.ts), transmits --send test frames (vfio-frames.ts, direction 'o'),
+ * ring engine's driver half (virtqueue/split-driver.ts), transmits --send test frames (vfio-frames.ts, direction 'o'),
  * then waits for --expect frames of direction 'i' on its RX ring and checks each one's length and bytes.
  *
  *   node --import tsx vfio-frontend.ts --socket /tmp/vut.sock --send 50 --expect 50 [--timeout 60]
@@ -12,7 +12,7 @@
 import { parseArgs } from 'node:util';
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, ProtoF, VirtioF, bit, type VhostMessage } from '../../protocol/index.ts';
-import { FlatMemory, MockDriver } from '../../virtqueue/index.ts';
+import { FlatMemory, SplitDriver } from '../../virtqueue/index.ts';
 import { connectFrontend, vringAddrAt } from '../../test/helpers/frontend-socket.ts';
 import { checkFrame, makeFrame } from './vfio-frames.ts';
 
@@ -67,9 +67,9 @@ async function main(): Promise<number> {
   }
   const region = { guestPhysAddr: 0n, memorySize: BigInt(MEM_BYTES), userspaceAddr: BigInt(UVA_BASE), mmapOffset: 0n };
   await fe.request(R.SET_MEM_TABLE, { nregions: 1, padding: 0, regions: [region] }, { needReply: true, fds: [memfd] });
-  const rings: { drv: MockDriver; kick: number; call: number }[] = [];
+  const rings: { drv: SplitDriver; kick: number; call: number }[] = [];
   for (const index of [0, 1]) {
-    const drv = new MockDriver(mem, { size: QSIZE, base: index * 0x100000, heapAddr: 0x200000 + index * 0x200000, heapByteLen: 0x200000 });
+    const drv = new SplitDriver(mem, { size: QSIZE, base: index * 0x100000, heapAddr: 0x200000 + index * 0x200000, heapByteLen: 0x200000 });
     const kick = native.eventfd(0);
     const call = native.eventfd(0);
     const err = native.eventfd(0);

@@ -1,7 +1,7 @@
 /**
  * In-process rig for the conformance rules: a vhost-user endpoint serving a NetDevice with the
  * conformance engine on its trace option, and a scripted frontend over a real AF_UNIX socket with
- * memfd guest memory (MockDriver rings). `wellBehaved()` sets the device up the way a correct
+ * memfd guest memory (SplitDriver rings). `wellBehaved()` sets the device up the way a correct
  * frontend does; each rule test deviates at one point (raw frames, `unchecked` encodes, raw ring
  * writes) to show that its rule fires.
  */
@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, ProtoF, VirtioF, bit, type ScriptedFrontend } from '../../protocol/index.ts';
-import { FlatMemory, MockDriver } from '../../virtqueue/index.ts';
+import { FlatMemory, SplitDriver } from '../../virtqueue/index.ts';
 import { VhostUserEndpoint } from '../../backend/core/server.ts';
 import { NetDevice } from '../../backend/net/device/net-device.ts';
 import { ConformEngine, type Outcome } from '../../backend/tools/conform/engine.ts';
@@ -102,16 +102,16 @@ export async function memTable(rig: ConformRig): Promise<void> {
 }
 
 export interface RingSetup {
-  drv: MockDriver;
+  drv: SplitDriver;
   kick: number;
   call: number;
 }
 
-/** NUM, BASE, ADDR, CALL, KICK, ENABLE for one split ring (MockDriver layout at index * 0x40000). */
+/** NUM, BASE, ADDR, CALL, KICK, ENABLE for one split ring (SplitDriver layout at index * 0x40000). */
 export async function splitRing(rig: ConformRig, index: number, o: { enable?: boolean; eventIdx?: boolean; size?: number } = {}): Promise<RingSetup> {
   const { fe } = rig;
   const size = o.size ?? QSIZE;
-  const drv = new MockDriver(rig.mem, {
+  const drv = new SplitDriver(rig.mem, {
     size,
     base: index * 0x40000,
     heapAddr: 0x100000 + index * 0x100000,

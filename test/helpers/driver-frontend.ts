@@ -3,7 +3,7 @@
  * interop suites that run against any vhost-user backend process (DPDK net_vhost, vhost-user-ts, ...):
  * it negotiates features and protocol features (what the backend offers ∩ what the test asks for),
  * hands the backend a memfd as guest memory (SET_MEM_TABLE, one region at gpa 0), lays out a virtio-net
- * RX ring (0) and TX ring (1), split or packed (virtqueue/mock-driver.ts, mock-packed-driver.ts), gives
+ * RX ring (0) and TX ring (1), split or packed (virtqueue/split-driver.ts, packed-driver.ts), gives
  * each real kick/call eventfds, enables them and sets DRIVER_OK when STATUS was negotiated.
  * Every request that may carry NEED_REPLY does once REPLY_ACK is negotiated; the answers are kept in
  * `acks` (vhost-user.rst REPLY_ACK: 0 = success).
@@ -23,7 +23,7 @@
  */
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, ProtoF, VirtioF, bit, has, type VhostMessage } from '../../protocol/index.ts';
-import { FlatMemory, MockDriver, MockPackedDriver, type MockBuffer, type UsedEntry } from '../../virtqueue/index.ts';
+import { FlatMemory, SplitDriver, PackedDriver, type DriverBuffer, type UsedEntry } from '../../virtqueue/index.ts';
 import { connectFrontend, type SocketFrontend, vringAddrAt } from './frontend-socket.ts';
 
 export const NET_HDR_BYTES = 12;
@@ -52,7 +52,7 @@ export interface DriverFrontendOptions {
 
 /** The driver's half of one ring, split or packed. */
 interface RingDriver {
-  addChain(bufs: readonly MockBuffer[]): number;
+  addChain(bufs: readonly DriverBuffer[]): number;
   readUsed(): UsedEntry[];
   kick(): boolean;
   readonly desc: number;
@@ -61,7 +61,7 @@ interface RingDriver {
 }
 
 function splitRing(mem: FlatMemory, size: number, base: number, heapAddr: number, heapByteLen: number): RingDriver {
-  const d = new MockDriver(mem, { size, base, heapAddr, heapByteLen });
+  const d = new SplitDriver(mem, { size, base, heapAddr, heapByteLen });
   return {
     addChain: (b) => d.addChain(b),
     readUsed: () => d.readUsed(),
@@ -73,7 +73,7 @@ function splitRing(mem: FlatMemory, size: number, base: number, heapAddr: number
 }
 
 function packedRing(mem: FlatMemory, size: number, base: number, heapAddr: number, heapByteLen: number): RingDriver {
-  const d = new MockPackedDriver(mem, { size, base, heapAddr, heapByteLen });
+  const d = new PackedDriver(mem, { size, base, heapAddr, heapByteLen });
   return {
     addChain: (b) => d.addChain(b),
     readUsed: () => d.readUsed(),

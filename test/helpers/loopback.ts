@@ -1,7 +1,7 @@
 /**
  * In-process loopback set-up shared by the loopback tests: a vhost-user endpoint with a NetDevice on
  * a capture port, and a scripted frontend over a real AF_UNIX socket that maps guest memory from a
- * memfd and drives the rings with virtqueue/mock-driver.ts (real eventfds for kick/call/err).
+ * memfd and drives the rings with virtqueue/split-driver.ts (real eventfds for kick/call/err).
  */
 import type { ExecutionContext } from 'ava';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, ProtoF, VirtioF, bit, type ScriptedFrontend } from '../../protocol/index.ts';
-import { FlatMemory, MockDriver } from '../../virtqueue/index.ts';
+import { FlatMemory, SplitDriver } from '../../virtqueue/index.ts';
 import { VhostUserEndpoint } from '../../backend/core/server.ts';
 import { NetDevice } from '../../backend/net/device/net-device.ts';
 import { NetHdr } from '../../backend/net/frame/net-hdr.ts';
@@ -61,7 +61,7 @@ export async function until(what: string, f: () => boolean, ms = 3000): Promise<
 }
 
 export interface Ring {
-  drv: MockDriver;
+  drv: SplitDriver;
   kick: number;
   call: number;
   err: number;
@@ -116,7 +116,7 @@ export async function setupLoopback(t: ExecutionContext, features: bigint, opts:
   const rings: Ring[] = [];
   for (const index of [0, 1]) {
     const base = index * 0x40000;
-    const drv = new MockDriver(mem, {
+    const drv = new SplitDriver(mem, {
       size: QSIZE,
       base,
       heapAddr: 0x100000 + index * 0x100000,

@@ -22,7 +22,7 @@ import {
   VHOST_USER_VERSION,
   type VhostMessage,
 } from '../../protocol/index.ts';
-import { FlatMemory, MockDriver, inflightQueueOffset, inflightQueueSize } from '../../virtqueue/index.ts';
+import { FlatMemory, SplitDriver, inflightQueueOffset, inflightQueueSize } from '../../virtqueue/index.ts';
 import { startBackend } from '../helpers/backend.ts';
 import { connectFrontend, type SocketFrontend, vringAddrAt } from '../helpers/frontend-socket.ts';
 import { frameOf, setupLoopback, until } from '../helpers/loopback.ts';
@@ -38,21 +38,21 @@ const FRAMES_AT = 0x200000;
 const FEATURES = bit(VirtioF.VERSION_1) | bit(VirtioF.PROTOCOL_FEATURES);
 const value = (m: VhostMessage | null) => (m!.payload as { value: bigint }).value;
 
-/** One guest: memory in a memfd, RX (0) and TX (1) rings driven by mock drivers that outlive backends. */
+/** One guest: memory in a memfd, RX (0) and TX (1) rings driven by drivers (virtqueue/split-driver.ts, packed-driver.ts) that outlive backends. */
 class Guest {
   readonly memfd = native.memfdCreate('guest', false);
   readonly ab: ArrayBuffer;
   readonly mem: FlatMemory;
-  readonly rx: MockDriver;
-  readonly tx: MockDriver;
+  readonly rx: SplitDriver;
+  readonly tx: SplitDriver;
   readonly eventfds: number[] = [];
   inflightFd: number | null = null;
   constructor(t: ExecutionContext) {
     native.ftruncate(this.memfd, MEM);
     this.ab = native.mmap(this.memfd, 0, MEM, true);
     this.mem = new FlatMemory(this.ab, 0);
-    this.rx = new MockDriver(this.mem, { size: QSIZE, base: 0, heapAddr: 0x100000, heapByteLen: 0x80000 });
-    this.tx = new MockDriver(this.mem, { size: QSIZE, base: 0x40000, heapAddr: 0x180000, heapByteLen: 0x10000 });
+    this.rx = new SplitDriver(this.mem, { size: QSIZE, base: 0, heapAddr: 0x100000, heapByteLen: 0x80000 });
+    this.tx = new SplitDriver(this.mem, { size: QSIZE, base: 0x40000, heapAddr: 0x180000, heapByteLen: 0x10000 });
     t.teardown(() => {
       native.munmap(this.ab);
       for (const fd of [this.memfd, ...this.eventfds, ...(this.inflightFd === null ? [] : [this.inflightFd])]) native.close(fd);

@@ -1,6 +1,6 @@
 /**
  * Loopback data path: guest memory is a memfd (mapped by the test and, via SET_MEM_TABLE with the fd
- * over SCM_RIGHTS, by the backend), the driver side is virtqueue/mock-driver.ts, the notifications
+ * over SCM_RIGHTS, by the backend), the driver side is virtqueue/split-driver.ts, the notifications
  * are real eventfds, and the uplink is a capture port. This checks what a frontend cannot easily show:
  * exact bytes, used lengths, num_buffers, and that a hostile ring breaks only itself.
  */
@@ -8,7 +8,7 @@ import test from 'ava';
 import { readFileSync } from 'node:fs';
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, ProtoF, VirtioF, bit } from '../../protocol/index.ts';
-import { MockDriver, VIRTQ_DESC_F_NEXT } from '../../virtqueue/index.ts';
+import { SplitDriver, VIRTQ_DESC_F_NEXT } from '../../virtqueue/index.ts';
 import { GSO_ECN, GSO_TCPV4, GSO_TCPV6, NET_HDR_F_NEEDS_CSUM, NetHdr } from '../../backend/net/frame/net-hdr.ts';
 import { fold, sum16 } from '../../backend/net/frame/offload.ts';
 import { ipv4Tcp, ipv6Tcp, tcpValid } from '../helpers/frames.ts';
@@ -285,7 +285,7 @@ test('one ring reset while the other runs (VIRTIO_F_RING_RESET): stop, resize, m
   t.deepEqual(base!.payload, { index: 1, num: 1 }, 'stopped after one chain');
   t.is(session.rings[1]!.queue, null);
   // Reconfigure: a new, smaller ring somewhere else, starting from index 0.
-  const drv = new MockDriver(mem, { size: 16, base: 0x80000, heapAddr: 0x300000, heapByteLen: 0x10000, eventIdx: true });
+  const drv = new SplitDriver(mem, { size: 16, base: 0x80000, heapAddr: 0x300000, heapByteLen: 0x10000, eventIdx: true });
   const opt = { needReply: true };
   t.is(ack(await fe.request(R.SET_VRING_NUM, { index: 1, num: 16 }, opt)), 0n);
   t.is(ack(await fe.request(R.SET_VRING_BASE, { index: 1, num: 0 }, opt)), 0n);

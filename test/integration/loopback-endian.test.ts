@@ -3,7 +3,7 @@
  * CROSS_ENDIAN): a legacy (no VERSION_1) frontend of a big-endian guest. setupLoopback starts both
  * rings little-endian; the frontend then restarts them the way QEMU's vhost_virtqueue_start does for
  * a cross-endian guest (GET_VRING_BASE, then NUM, BASE, ENDIAN 1, ADDR, KICK), over a big-endian
- * mock driver on the same ring addresses. Frames go both ways and the guest memory is checked:
+ * SplitDriver on the same ring addresses. Frames go both ways and the guest memory is checked:
  * ring fields and the legacy virtio-net header (hdr_len, gso_size, csum_start, csum_offset,
  * num_buffers) big-endian.
  */
@@ -11,7 +11,7 @@ import test from 'ava';
 import type { ExecutionContext } from 'ava';
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, ProtoF, VirtioF, bit, type VhostMessage } from '../../protocol/index.ts';
-import { MockDriver, SplitQueueBE, type FlatMemory } from '../../virtqueue/index.ts';
+import { SplitDriver, SplitQueueBE, type FlatMemory } from '../../virtqueue/index.ts';
 import { GSO_TCPV4, NET_HDR_F_NEEDS_CSUM, NetHdr } from '../../backend/net/frame/net-hdr.ts';
 import { QSIZE, UVA_BASE, frameOf, setupLoopback, until, type Ring } from '../helpers/loopback.ts';
 
@@ -59,7 +59,7 @@ async function restartRing(t: ExecutionContext, lb: Lb, ring: Ring, index: numbe
   t.is(value(await fe.request(R.SET_VRING_NUM, { index, num: QSIZE }, opt)), 0n);
   t.is(value(await fe.request(R.SET_VRING_BASE, { index, num: 0 }, opt)), 0n);
   const endianAck = value(await fe.request(R.SET_VRING_ENDIAN, { index, num }, opt));
-  const drv = new MockDriver(mem, {
+  const drv = new SplitDriver(mem, {
     size: QSIZE,
     base: index * 0x40000,
     heapAddr: 0x100000 + index * 0x100000,

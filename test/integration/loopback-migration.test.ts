@@ -7,7 +7,7 @@ import test from 'ava';
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, ProtoF, VirtioF, bit, type VhostMessage } from '../../protocol/index.ts';
 import { NetHdr } from '../../backend/net/frame/net-hdr.ts';
-import { readAddr64, type MockDriver } from '../../virtqueue/index.ts';
+import { readAddr64, type SplitDriver } from '../../virtqueue/index.ts';
 import { MEM_BYTES, frameOf, setupLoopback, until } from '../helpers/loopback.ts';
 
 const FEATURES = bit(VirtioF.VERSION_1) | bit(VirtioF.NET_F_MRG_RXBUF) | bit(VirtioF.RING_EVENT_IDX);
@@ -22,8 +22,8 @@ function makeLog(offset: number) {
   const ab = native.mmap(fd, offset, bytes, true);
   return { fd, bits: new Uint8Array(ab), bytes, ab };
 }
-/** Guest address of the first buffer of a chain the mock driver posted (descriptor table entry). */
-function bufAddr(drv: MockDriver, head: number): number {
+/** Guest address of the first buffer of a chain the driver posted (descriptor table entry). */
+function bufAddr(drv: SplitDriver, head: number): number {
   return readAddr64(drv.mem, drv.descAddr + 16 * head);
 }
 function pages(bits: Uint8Array): number[] {

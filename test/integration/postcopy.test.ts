@@ -20,7 +20,7 @@ import {
   type MemoryTable,
   type VhostMessage,
 } from '../../protocol/index.ts';
-import { FlatMemory, MockDriver } from '../../virtqueue/index.ts';
+import { FlatMemory, SplitDriver } from '../../virtqueue/index.ts';
 import { startBackend } from '../helpers/backend.ts';
 import { connectFrontend, vringAddrAt } from '../helpers/frontend-socket.ts';
 import { frameOf, until } from '../helpers/loopback.ts';
@@ -70,7 +70,7 @@ test('postcopy: ADVISE hands out a userfaultfd, SET_MEM_TABLE answers with our m
 
   // The TX ring as the source left it: rings and one frame are in guest memory, but the page with
   // the frame's buffer has not been migrated yet.
-  const drv = new MockDriver(mem, { size: QSIZE, base: 0, heapAddr: 0x100000, heapByteLen: 0x10000 });
+  const drv = new SplitDriver(mem, { size: QSIZE, base: 0, heapAddr: 0x100000, heapByteLen: 0x10000 });
   const frame = frameOf(200, 5);
   drv.addChain([
     { byteLen: 12, write: false, data: new Uint8Array(12) },

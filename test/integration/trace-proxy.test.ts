@@ -27,7 +27,7 @@ import {
   type TraceRecord,
   type VhostMessage,
 } from '../../protocol/index.ts';
-import { FlatMemory, MockDriver } from '../../virtqueue/index.ts';
+import { FlatMemory, SplitDriver } from '../../virtqueue/index.ts';
 import { startNet, type RunningNet } from '../../backend/tools/app.ts';
 import { VhostUserProxy } from '../../backend/tools/proxy.ts';
 import { NetHdr } from '../../backend/net/frame/net-hdr.ts';
@@ -120,9 +120,9 @@ async function recordSession(): Promise<Recorded> {
     if (ack(await fe.request(R.SET_FEATURES, FEATURES, { needReply: true })) !== 0n) throw new Error('SET_FEATURES refused');
     const region = { guestPhysAddr: 0n, memorySize: BigInt(MEM), userspaceAddr: BigInt(UVA), mmapOffset: 0n };
     await fe.request(R.SET_MEM_TABLE, { nregions: 1, padding: 0, regions: [region] }, { needReply: true, fds: [memfd] });
-    const drvs: { drv: MockDriver; kick: number }[] = [];
+    const drvs: { drv: SplitDriver; kick: number }[] = [];
     for (const index of [0, 1]) {
-      const drv = new MockDriver(mem, { size: QSIZE, base: index * 0x40000, heapAddr: 0x100000 + index * 0x100000, heapByteLen: 0x100000 });
+      const drv = new SplitDriver(mem, { size: QSIZE, base: index * 0x40000, heapAddr: 0x100000 + index * 0x100000, heapByteLen: 0x100000 });
       const [kick, err] = [native.eventfd(0), native.eventfd(0)];
       mine.push(kick, err);
       const opt = { needReply: true };

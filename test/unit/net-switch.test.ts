@@ -2,7 +2,7 @@
  * Guest-to-guest switching through a port pair (backend/net/ports/pair.ts) with the single-copy path:
  * the receiving NetDevice copies from the sender's TX chain straight into its RX chain
  * (ChainWriter.copyFrom). Two devices, two separate guest memories (one of them made of two regions
- * so a buffer crosses a region boundary), mock drivers on split and packed rings. Checks exact bytes
+ * so a buffer crosses a region boundary), SplitDriver / PackedDriver on the rings. Checks exact bytes
  * across segment boundaries that do not line up on both sides, num_buffers, used lengths, dirty
  * logging of the destination (each span reported after its bytes are in place, decisions.md D19),
  * backpressure ('busy' re-reads the TX chain later) and the gathered fallback for offload work.
@@ -11,14 +11,14 @@ import test from 'ava';
 import { VirtioF, bit } from '../../protocol/index.ts';
 import {
   FlatMemory,
-  MockDriver,
-  MockPackedDriver,
+  SplitDriver,
+  PackedDriver,
   PackedQueue,
   RegionMemory,
   SplitQueue,
   readBytes,
   type GuestMemory,
-  type MockBuffer,
+  type DriverBuffer,
   type UsedEntry,
   type Virtqueue,
 } from '../../virtqueue/index.ts';
@@ -34,7 +34,7 @@ const MEM = 1 << 20;
 const SIZE = 64;
 
 interface Driver {
-  addChain(bufs: readonly MockBuffer[], opts?: { indirect?: boolean }): number;
+  addChain(bufs: readonly DriverBuffer[], opts?: { indirect?: boolean }): number;
   readUsed(): UsedEntry[];
 }
 
@@ -75,10 +75,10 @@ function side(kind: RingKind, features: bigint, mem: GuestMemory, label: string,
   const eventIdx = (features & bit(VirtioF.RING_EVENT_IDX)) !== 0n;
   const mk = (base: number, heap: number): [Driver, Virtqueue] => {
     if (kind === 'split') {
-      const d = new MockDriver(mem, { size: SIZE, base, heapAddr: heap, heapByteLen: 0x30000, eventIdx });
+      const d = new SplitDriver(mem, { size: SIZE, base, heapAddr: heap, heapByteLen: 0x30000, eventIdx });
       return [d, new SplitQueue(d.queueConfig(), mem)];
     }
-    const d = new MockPackedDriver(mem, { size: SIZE, base, heapAddr: heap, heapByteLen: 0x30000, eventIdx });
+    const d = new PackedDriver(mem, { size: SIZE, base, heapAddr: heap, heapByteLen: 0x30000, eventIdx });
     return [d, new PackedQueue(d.queueConfig(), mem)];
   };
   const [rx, rxq] = mk(0, 0x10000);
@@ -122,8 +122,8 @@ function frameOf(len: number, seed: number): Uint8Array {
 }
 
 /** A TX chain: 12-byte header + the frame cut at `cuts` (descriptor boundaries). */
-function txChain(frame: Uint8Array, cuts: number[], hdr = new Uint8Array(12)): MockBuffer[] {
-  const bufs: MockBuffer[] = [{ byteLen: hdr.length, write: false, data: hdr }];
+function txChain(frame: Uint8Array, cuts: number[], hdr = new Uint8Array(12)): DriverBuffer[] {
+  const bufs: DriverBuffer[] = [{ byteLen: hdr.length, write: false, data: hdr }];
   let at = 0;
   for (const c of [...cuts, frame.length]) {
     bufs.push({ byteLen: c - at, write: false, data: frame.subarray(at, c) });
@@ -311,7 +311,7 @@ test('busy polling off (busyPollUs 0): a drained TX ring re-enables notification
 // ---- the one-descriptor fast path (popDirect + deliverSpan) ------------------------------------
 
 /** A TX buffer as DPDK virtio-user and Linux make it: header and frame in ONE descriptor. */
-function txOne(frame: Uint8Array, hdr = new Uint8Array(12)): MockBuffer[] {
+function txOne(frame: Uint8Array, hdr = new Uint8Array(12)): DriverBuffer[] {
   const b = new Uint8Array(hdr.length + frame.length);
   b.set(hdr);
   b.set(frame, hdr.length);

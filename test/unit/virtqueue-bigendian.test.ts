@@ -1,6 +1,6 @@
 /**
  * Legacy big-endian split rings (vhost-user.rst SET_VRING_ENDIAN, protocol feature CROSS_ENDIAN):
- * SplitQueue with `bigEndian` against MockDriver with `bigEndian`, on fake memory. Every ring field
+ * SplitQueue with `bigEndian` against SplitDriver with `bigEndian`, on fake memory. Every ring field
  * the device reads (descriptors, indirect tables, avail flags/idx/ring/used_event) and writes (used
  * flags/idx/elements/avail_event) is checked in big-endian byte order on the wire, with values whose
  * little-endian reading differs, so a missing swap fails the test.
@@ -12,7 +12,7 @@ import {
   ChainReader,
   ChainWriter,
   FlatMemory,
-  MockDriver,
+  SplitDriver,
   SplitChainWalkerBE,
   SplitInflight,
   SplitQueue,
@@ -24,14 +24,14 @@ import {
   bswap32,
   inflightQueueSize,
 } from '../../virtqueue/index.ts';
-import type { GuestMemory, MockBuffer, VirtqErrorCode } from '../../virtqueue/index.ts';
+import type { GuestMemory, DriverBuffer, VirtqErrorCode } from '../../virtqueue/index.ts';
 import { bytes, prng } from './virtqueue-fixtures.ts';
 
 /** Big-endian rig: driver and queue on the same rings; memory at `base` (gpa). */
 function beRig(size = 16, opts: { eventIdx?: boolean; base?: number; byteLen?: number } = {}) {
   const base = opts.base ?? 0;
   const mem = new FlatMemory(opts.byteLen ?? 1 << 20, base);
-  const drv = new MockDriver(mem, { size, base, eventIdx: opts.eventIdx ?? false, bigEndian: true });
+  const drv = new SplitDriver(mem, { size, base, eventIdx: opts.eventIdx ?? false, bigEndian: true });
   const q = new SplitQueue(drv.queueConfig(), mem);
   return { mem, drv, q, chain: new Chain(), reader: new ChainReader(), writer: new ChainWriter() };
 }
@@ -63,11 +63,11 @@ test('the bigEndian option selects SplitQueueBE; the little-endian queue is the 
   t.true(q instanceof SplitQueue);
   t.true(q.bigEndian);
   const mem = new FlatMemory(1 << 20);
-  const le = new SplitQueue(new MockDriver(mem, { size: 16 }).queueConfig(), mem);
+  const le = new SplitQueue(new SplitDriver(mem, { size: 16 }).queueConfig(), mem);
   t.false(le instanceof SplitQueueBE);
   t.false(le.bigEndian);
   // Constructed directly, the subclass is big-endian whatever the config says.
-  const direct = new SplitQueueBE(new MockDriver(mem, { size: 16 }).queueConfig({ bigEndian: false }), mem);
+  const direct = new SplitQueueBE(new SplitDriver(mem, { size: 16 }).queueConfig({ bigEndian: false }), mem);
   t.true(direct.bigEndian);
 });
 
@@ -168,7 +168,7 @@ test('big-endian ring: indirect tables, and direct descriptors followed by an in
 });
 
 test('big-endian ring: every walker check still holds (loop, bad next, nested indirect, write before read, bad indirect length)', (t) => {
-  const cases: [string, (drv: MockDriver) => void, VirtqErrorCode][] = [
+  const cases: [string, (drv: SplitDriver) => void, VirtqErrorCode][] = [
     [
       'loop',
       (drv) => {
@@ -283,7 +283,7 @@ test('big-endian ring: avail.ring heads and avail.idx are read big-endian (bad h
   {
     // The used index the queue starts from is read big-endian too.
     const mem = new FlatMemory(1 << 20);
-    const drv = new MockDriver(mem, { size: 16, bigEndian: true });
+    const drv = new SplitDriver(mem, { size: 16, bigEndian: true });
     drv.startAt(0x0102);
     const q = new SplitQueue(drv.queueConfig({ lastAvailIdx: 0x0102 }), mem);
     t.is(q.usedIdx, 0x0102);
@@ -365,7 +365,7 @@ test('big-endian ring: 16-bit index wrap-around (65535 -> 0)', (t) => {
 
 test('big-endian ring: inflight attach/recover reads used.idx and avail.idx big-endian', (t) => {
   const mem = new FlatMemory(1 << 17);
-  const drv = new MockDriver(mem, { size: 16, bigEndian: true });
+  const drv = new SplitDriver(mem, { size: 16, bigEndian: true });
   drv.startAt(0x0102);
   const region = new Uint8Array(inflightQueueSize('split', 16));
   const q1 = new SplitQueue(drv.queueConfig({ lastAvailIdx: 0x0102 }), mem);
@@ -409,7 +409,7 @@ test('random scripts: a big-endian ring behaves exactly like a little-endian one
       const rnd = prng(seed);
       const mem = new FlatMemory(1 << 20);
       const eventIdx = seed % 2 === 0;
-      const drv = new MockDriver(mem, { size: 32, eventIdx, bigEndian, heapByteLen: 1 << 18 });
+      const drv = new SplitDriver(mem, { size: 32, eventIdx, bigEndian, heapByteLen: 1 << 18 });
       drv.startAt(0xfff0 + (seed & 7)); // cross the 16-bit wrap
       const q = new SplitQueue(drv.queueConfig({ lastAvailIdx: drv.availIdx }), mem);
       const c = new Chain();
@@ -420,7 +420,7 @@ test('random scripts: a big-endian ring behaves exactly like a little-endian one
         const op = rnd();
         if (op < 0.4 && drv.freeDescCount >= 4) {
           const n = 1 + Math.floor(rnd() * 3);
-          const bufs: MockBuffer[] = [];
+          const bufs: DriverBuffer[] = [];
           for (let i = 0; i < n; i++) {
             const write = i === n - 1 && rnd() < 0.7;
             const len = 1 + Math.floor(rnd() * 300);

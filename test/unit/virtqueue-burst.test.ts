@@ -13,12 +13,12 @@ import {
   BURST_MAX,
   DirectBurst,
   FlatMemory,
-  MockPackedDriver,
+  PackedDriver,
   PackedQueue,
   RegionMemory,
   createDirectBuffer,
   readBytes,
-  type MockBuffer,
+  type DriverBuffer,
 } from '../../virtqueue/index.ts';
 import { IotlbCache, IotlbMemory } from '../../virtqueue/iotlb.ts';
 import { SplitInflight, PackedInflight, inflightQueueSize } from '../../virtqueue/inflight.ts';
@@ -28,7 +28,7 @@ import { bytes, formatRig, prng } from './virtqueue-fixtures.ts';
 const SIZE = 16;
 const rig = formatRig;
 
-const one = (byteLen: number, write = false, data?: Uint8Array): MockBuffer[] => [{ byteLen, write, ...(data ? { data } : {}) }];
+const one = (byteLen: number, write = false, data?: Uint8Array): DriverBuffer[] => [{ byteLen, write, ...(data ? { data } : {}) }];
 
 for (const kind of ['split', 'packed'] as const) {
   test(`${kind}: a run of one-descriptor buffers pops together, each as popDirect would hand it out`, (t) => {
@@ -156,7 +156,7 @@ for (const kind of ['split', 'packed'] as const) {
     for (let round = 0; round < 300; round++) {
       const n = 1 + Math.floor(rand() * 5);
       for (let i = 0; i < n; i++) {
-        const bufs: MockBuffer[] =
+        const bufs: DriverBuffer[] =
           rand() < 0.2 ? [{ byteLen: 16, write: true }, { byteLen: 48, write: true }] : [{ byteLen: 16 + Math.floor(rand() * 64), write: true }];
         const ia = a.add(bufs);
         const iz = z.add(bufs);
@@ -307,7 +307,7 @@ test('packed: pushUsedBurst of an id that is not in flight is a device bug (Rang
 
 test('packed IN_ORDER: a burst of zero-length completions is one used element with the last id (2.8.23); the driver sees every buffer used, over many laps', (t) => {
   const mem = new FlatMemory(1 << 20);
-  const d = new MockPackedDriver(mem, { size: SIZE, inOrder: true });
+  const d = new PackedDriver(mem, { size: SIZE, inOrder: true });
   const q = new PackedQueue(d.queueConfig(), mem);
   t.true(q.inOrder);
   const rand = prng(21);
@@ -337,7 +337,7 @@ test('packed IN_ORDER: a burst of zero-length completions is one used element wi
 
 test('packed IN_ORDER: written lengths (RX) and earlier buffers still in flight keep one element per buffer', (t) => {
   const mem = new FlatMemory(1 << 20);
-  const d = new MockPackedDriver(mem, { size: SIZE, inOrder: true });
+  const d = new PackedDriver(mem, { size: SIZE, inOrder: true });
   const q = new PackedQueue(d.queueConfig(), mem);
   const rx = [0, 1, 2].map(() => d.addChain(one(64, true)));
   const wb = new DirectBurst(true);

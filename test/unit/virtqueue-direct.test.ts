@@ -14,7 +14,7 @@ import {
   DIRECT_EMPTY,
   DIRECT_OK,
   FlatMemory,
-  MockDriver,
+  SplitDriver,
   RegionMemory,
   SplitQueue,
   createDirectBuffer,
@@ -173,7 +173,7 @@ for (const kind of ['split', 'packed'] as const) {
     const region = { gpa: 0, uva: UVA, byteLen: 1 << 20, bytes: new Uint8Array(1 << 20) };
     const cache = new IotlbCache();
     const IOVA = 0x1_0000_0000;
-    cache.update(IOVA, 0x20000, UVA, 'rw'); // rings and the mock's heap, not the buffer below
+    cache.update(IOVA, 0x20000, UVA, 'rw'); // rings and the driver's heap, not the buffer below
     const mem = new IotlbMemory(cache, new RegionMemory([region]));
     const r = rig(kind, mem, IOVA);
     r.add([{ byteLen: 64, write: false, addr: 0x2_0000_0000 }]);
@@ -209,7 +209,7 @@ test('split: addresses >= 2^53 are left to the walker (VQ_UNMAPPED), a legacy bi
   t.is(r.q.broken?.code, 'VQ_UNMAPPED');
 
   const mem = new FlatMemory(1 << 20);
-  const drv = new MockDriver(mem, { size: SIZE, bigEndian: true });
+  const drv = new SplitDriver(mem, { size: SIZE, bigEndian: true });
   const q = new SplitQueue(drv.queueConfig({ bigEndian: true }), mem);
   drv.addChain([{ byteLen: 64, write: false }]);
   t.is(q.popDirect(createDirectBuffer(false)), DIRECT_CHAIN);

@@ -1,23 +1,23 @@
 /** Shared setup for the virtqueue-*.test.ts files (not a test file itself). */
-import { Chain, ChainReader, ChainWriter, FlatMemory, MockDriver, MockPackedDriver, PackedQueue, SplitQueue } from '../../virtqueue/index.ts';
-import type { GuestMemory, MockBuffer, MockDriverOptions, SplitQueueConfig, UsedEntry } from '../../virtqueue/index.ts';
+import { Chain, ChainReader, ChainWriter, FlatMemory, SplitDriver, PackedDriver, PackedQueue, SplitQueue } from '../../virtqueue/index.ts';
+import type { GuestMemory, DriverBuffer, SplitDriverOptions, SplitQueueConfig, UsedEntry } from '../../virtqueue/index.ts';
 
 export interface Rig {
   mem: GuestMemory;
-  drv: MockDriver;
+  drv: SplitDriver;
   q: SplitQueue;
   chain: Chain;
   reader: ChainReader;
   writer: ChainWriter;
 }
 
-/** A FlatMemory of `byteLen` with a mock driver and a SplitQueue on the same rings. */
+/** A FlatMemory of `byteLen` with a SplitDriver and a SplitQueue on the same rings. */
 export function rig(
   size = 16,
-  opts: Partial<MockDriverOptions> & { byteLen?: number; mem?: GuestMemory; queue?: Partial<SplitQueueConfig> } = {},
+  opts: Partial<SplitDriverOptions> & { byteLen?: number; mem?: GuestMemory; queue?: Partial<SplitQueueConfig> } = {},
 ): Rig {
   const mem = opts.mem ?? new FlatMemory(opts.byteLen ?? 1 << 20);
-  const drv = new MockDriver(mem, { size, ...opts });
+  const drv = new SplitDriver(mem, { size, ...opts });
   const q = new SplitQueue(drv.queueConfig(opts.queue), mem);
   return { mem, drv, q, chain: new Chain(), reader: new ChainReader(), writer: new ChainWriter() };
 }
@@ -40,23 +40,23 @@ export function prng(seed: number): () => number {
   };
 }
 
-/** A queue of either format with its mock driver, for tests that run on both (16 entries). */
+/** A queue of either format with its driver (SplitDriver or PackedDriver), for tests that run on both (16 entries). */
 export interface FormatRig {
   mem: GuestMemory;
   q: SplitQueue | PackedQueue;
-  add(bufs: readonly MockBuffer[], opts?: { indirect?: boolean }): number;
+  add(bufs: readonly DriverBuffer[], opts?: { indirect?: boolean }): number;
   used(): UsedEntry[];
-  split?: MockDriver;
-  packed?: MockPackedDriver;
+  split?: SplitDriver;
+  packed?: PackedDriver;
 }
 
 export function formatRig(kind: 'split' | 'packed', mem: GuestMemory = new FlatMemory(1 << 20), base = 0, size = 16): FormatRig {
   if (kind === 'split') {
-    const d = new MockDriver(mem, { size, base });
+    const d = new SplitDriver(mem, { size, base });
     const q = new SplitQueue(d.queueConfig(), mem);
     return { mem, q, add: (b, o) => d.addChain(b, o), used: () => d.readUsed(), split: d };
   }
-  const d = new MockPackedDriver(mem, { size, base });
+  const d = new PackedDriver(mem, { size, base });
   const q = new PackedQueue(d.queueConfig(), mem);
   return { mem, q, add: (b, o) => d.addChain(b, o), used: () => d.readUsed(), packed: d };
 }

@@ -11,8 +11,8 @@ import {
   ChainReader,
   ChainWriter,
   FlatMemory,
-  MockDriver,
-  MockPackedDriver,
+  SplitDriver,
+  PackedDriver,
   PackedInflight,
   PackedQueue,
   SplitInflight,
@@ -27,7 +27,7 @@ import {
   inflightRegionSize,
   openInflightRegion,
 } from '../../virtqueue/index.ts';
-import type { InflightLayout, MockBuffer, UsedEntry, Virtqueue, VirtqErrorCode } from '../../virtqueue/index.ts';
+import type { InflightLayout, DriverBuffer, UsedEntry, Virtqueue, VirtqErrorCode } from '../../virtqueue/index.ts';
 
 const MAGIC = 0xa5a5a5a5;
 
@@ -45,11 +45,11 @@ function expectCode(t: ExecutionContext, fn: () => unknown, code: VirtqErrorCode
 
 type Kind = 'two' | 'three' | 'ind';
 
-function bufsFor(tag: number, kind: Kind): { bufs: MockBuffer[]; indirect: boolean } {
+function bufsFor(tag: number, kind: Kind): { bufs: DriverBuffer[]; indirect: boolean } {
   const data = new Uint8Array(8);
   le(data).setUint32(0, tag, true);
   le(data).setUint32(4, 0x11111111, true);
-  const r: MockBuffer = { byteLen: 8, write: false, data };
+  const r: DriverBuffer = { byteLen: 8, write: false, data };
   if (kind === 'three') return { bufs: [r, { byteLen: 8, write: true }, { byteLen: 8, write: true }], indirect: false };
   return { bufs: [r, { byteLen: 16, write: true }], indirect: kind === 'ind' };
 }
@@ -84,7 +84,7 @@ function usedTag(t: ExecutionContext, u: UsedEntry): number {
 }
 
 interface Driver {
-  addChain(bufs: readonly MockBuffer[], opts?: { indirect?: boolean }): number;
+  addChain(bufs: readonly DriverBuffer[], opts?: { indirect?: boolean }): number;
   readUsed(): UsedEntry[];
   readonly inFlightCount: number;
 }
@@ -104,12 +104,12 @@ const splitFlavor: Flavor = {
   size: 16,
   memBytes: 1 << 17,
   driver(mem) {
-    const d = new MockDriver(mem, { size: 16, heapByteLen: 32768 });
+    const d = new SplitDriver(mem, { size: 16, heapByteLen: 32768 });
     d.startAt(0xfffa); // the script crosses the 16-bit index wrap
     return d;
   },
   queue(mem, drv) {
-    const d = drv as MockDriver;
+    const d = drv as SplitDriver;
     // After a crash QEMU restores last_avail_idx := used idx (vhost_virtqueue_stop); attach overrides it.
     return new SplitQueue(d.queueConfig({ lastAvailIdx: d.usedIdx }), mem);
   },
@@ -120,9 +120,9 @@ const packedFlavor: Flavor = {
   layout: 'packed',
   size: 8,
   memBytes: 1 << 17,
-  driver: (mem) => new MockPackedDriver(mem, { size: 8, heapByteLen: 32768 }),
+  driver: (mem) => new PackedDriver(mem, { size: 8, heapByteLen: 32768 }),
   // A stale SET_VRING_BASE (the fresh-ring value): attach takes the position from the region.
-  queue: (mem, drv) => new PackedQueue((drv as MockPackedDriver).queueConfig({ vhostBase: 0x80008000 }), mem),
+  queue: (mem, drv) => new PackedQueue((drv as PackedDriver).queueConfig({ vhostBase: 0x80008000 }), mem),
   region: (bytes) => new PackedInflight(bytes, 8),
 };
 
@@ -306,7 +306,7 @@ function packedWrapScript(r: Run): void {
 const packedSmallFlavor: Flavor = {
   ...packedFlavor,
   size: 4,
-  driver: (mem) => new MockPackedDriver(mem, { size: 4, heapByteLen: 32768 }),
+  driver: (mem) => new PackedDriver(mem, { size: 4, heapByteLen: 32768 }),
   region: (bytes) => new PackedInflight(bytes, 4),
 };
 
@@ -336,7 +336,7 @@ function restartAndCheck(t: ExecutionContext, r: Run, tally: Tally, crashInRecov
   }
   const probe = r.f.region(r.regionBytes);
   if (!probe.isFresh) {
-    const ringUsed = r.f.layout === 'split' ? (r.drv as MockDriver).usedIdx : -1;
+    const ringUsed = r.f.layout === 'split' ? (r.drv as SplitDriver).usedIdx : -1;
     if (probe instanceof SplitInflight && probe.usedIdx !== ringUsed) tally.publishedUncommitted++;
     if (probe instanceof PackedInflight && (probe.usedIdx !== probe.oldUsedIdx || probe.usedWrap !== probe.oldUsedWrap)) {
       tally.publishedUncommitted++;
@@ -354,9 +354,9 @@ function restartAndCheck(t: ExecutionContext, r: Run, tally: Tally, crashInRecov
   t.is(q2.resubmitPending, att.resubmitted);
   // The device writes its next used element where the driver looks for it.
   if (q2 instanceof PackedQueue) {
-    const d = r.drv as MockPackedDriver;
+    const d = r.drv as PackedDriver;
     t.deepEqual([q2.usedIdx, q2.usedWrapCounter], [d.usedPos, d.usedWrap], 'recovered used position');
-  } else t.is(q2.usedIdx, (r.drv as MockDriver).usedIdx, 'recovered used idx');
+  } else t.is(q2.usedIdx, (r.drv as SplitDriver).usedIdx, 'recovered used idx');
   if (att.resubmitted > 0) {
     tally.withResubmits++;
     t.true(q2.hasAvailable(), 'resubmits count as available');
@@ -468,7 +468,7 @@ test('inflightQueueSize: 64-byte aligned, equal to DPDK and libvhost-user formul
 
 test('split: a fresh region attached to a queue: the header at the documented offsets', (t) => {
   const mem = new FlatMemory(1 << 17);
-  const drv = new MockDriver(mem, { size: 8 });
+  const drv = new SplitDriver(mem, { size: 8 });
   drv.startAt(1234);
   const q = new SplitQueue(drv.queueConfig({ lastAvailIdx: 1234 }), mem);
   const bytes = new Uint8Array(inflightQueueSize('split', 8));
@@ -493,7 +493,7 @@ test('split: a fresh region attached to a queue: the header at the documented of
 
 test('packed: a fresh region attached to a queue: the header and free list at the documented offsets', (t) => {
   const mem = new FlatMemory(1 << 17);
-  const drv = new MockPackedDriver(mem, { size: 5 });
+  const drv = new PackedDriver(mem, { size: 5 });
   drv.startAt(3, false);
   const q = new PackedQueue(drv.queueConfig({ lastAvailIdx: 3, availWrapCounter: false }), mem);
   const bytes = new Uint8Array(inflightQueueSize('packed', 5));
@@ -519,7 +519,7 @@ test('packed: a fresh region attached to a queue: the header and free list at th
 
 test('split: pop marks in flight with increasing counters; push links the batch; flush publishes, then clears', (t) => {
   const mem = new FlatMemory(1 << 17);
-  const drv = new MockDriver(mem, { size: 8 });
+  const drv = new SplitDriver(mem, { size: 8 });
   const q = new SplitQueue(drv.queueConfig(), mem);
   const bytes = new Uint8Array(inflightQueueSize('split', 8));
   const region = new SplitInflight(bytes, 8);
@@ -578,7 +578,7 @@ test('split: pop marks in flight with increasing counters; push links the batch;
 
 test('packed: pop copies the descriptors into free-list entries; push frees them; flush commits old_*', (t) => {
   const mem = new FlatMemory(1 << 17);
-  const drv = new MockPackedDriver(mem, { size: 8 });
+  const drv = new PackedDriver(mem, { size: 8 });
   const q = new PackedQueue(drv.queueConfig(), mem);
   const bytes = new Uint8Array(inflightQueueSize('packed', 8));
   const region = new PackedInflight(bytes, 8);
@@ -635,7 +635,7 @@ test('packed: pop copies the descriptors into free-list entries; push frees them
 
 test('split: attach over a region in use resubmits in counter order before the ring, last_avail = used + n', (t) => {
   const mem = new FlatMemory(1 << 17);
-  const drv = new MockDriver(mem, { size: 16 });
+  const drv = new SplitDriver(mem, { size: 16 });
   const bytes = new Uint8Array(inflightQueueSize('split', 16));
   const q1 = new SplitQueue(drv.queueConfig(), mem);
   q1.attachInflight(new SplitInflight(bytes, 16));
@@ -671,7 +671,7 @@ test('split: attach over a region in use resubmits in counter order before the r
 
 test('split: drain() processes resubmitted chains (hasAvailable is true with an empty ring)', (t) => {
   const mem = new FlatMemory(1 << 17);
-  const drv = new MockDriver(mem, { size: 8 });
+  const drv = new SplitDriver(mem, { size: 8 });
   const bytes = new Uint8Array(inflightQueueSize('split', 8));
   const q1 = new SplitQueue(drv.queueConfig(), mem);
   q1.attachInflight(new SplitInflight(bytes, 8));
@@ -689,7 +689,7 @@ test('split: drain() processes resubmitted chains (hasAvailable is true with an 
 
 test('packed: resubmitted lists come from the saved copies even when the ring slots were overwritten', (t) => {
   const mem = new FlatMemory(1 << 17);
-  const drv = new MockPackedDriver(mem, { size: 8 });
+  const drv = new PackedDriver(mem, { size: 8 });
   const bytes = new Uint8Array(inflightQueueSize('packed', 8));
   const q1 = new PackedQueue(drv.queueConfig(), mem);
   q1.attachInflight(new PackedInflight(bytes, 8));
@@ -725,7 +725,7 @@ test('resubmitted chains go through the walker: a bad saved address or a looping
   // Packed: a saved descriptor pointing outside guest memory (the region is consistent otherwise).
   {
     const mem = new FlatMemory(1 << 17);
-    const drv = new MockPackedDriver(mem, { size: 4 });
+    const drv = new PackedDriver(mem, { size: 4 });
     const bytes = new Uint8Array(inflightQueueSize('packed', 4));
     const q1 = new PackedQueue(drv.queueConfig(), mem);
     q1.attachInflight(new PackedInflight(bytes, 4));
@@ -741,7 +741,7 @@ test('resubmitted chains go through the walker: a bad saved address or a looping
   // Split: the guest rewrote the in-flight chain's descriptors into a loop.
   {
     const mem = new FlatMemory(1 << 17);
-    const drv = new MockDriver(mem, { size: 4 });
+    const drv = new SplitDriver(mem, { size: 4 });
     const bytes = new Uint8Array(inflightQueueSize('split', 4));
     const q1 = new SplitQueue(drv.queueConfig(), mem);
     q1.attachInflight(new SplitInflight(bytes, 4));
@@ -759,9 +759,9 @@ test('resubmitted chains go through the walker: a bad saved address or a looping
 // ---- hostile regions ------------------------------------------------------------------------------
 
 /** A split region left by a queue with `inflight` chains popped and `completed` published. */
-function splitRegionInUse(size = 8): { bytes: Uint8Array; v: DataView; drv: MockDriver; mem: FlatMemory; heads: number[] } {
+function splitRegionInUse(size = 8): { bytes: Uint8Array; v: DataView; drv: SplitDriver; mem: FlatMemory; heads: number[] } {
   const mem = new FlatMemory(1 << 17);
-  const drv = new MockDriver(mem, { size });
+  const drv = new SplitDriver(mem, { size });
   const bytes = new Uint8Array(inflightQueueSize('split', size));
   const q = new SplitQueue(drv.queueConfig(), mem);
   q.attachInflight(new SplitInflight(bytes, size));
@@ -831,14 +831,14 @@ test('split hostile regions: clear errors, nothing written, the queue unharmed',
   expectCode(t, () => new SplitInflight(new Uint8Array(64), 8), 'VQ_INFLIGHT_REGION', 'too short');
   expectCode(t, () => new SplitInflight(new Uint8Array(1024).subarray(4), 8), 'VQ_INFLIGHT_REGION', 'misaligned');
   const mem = new FlatMemory(1 << 17);
-  const drv = new MockDriver(mem, { size: 8 });
+  const drv = new SplitDriver(mem, { size: 8 });
   const q = new SplitQueue(drv.queueConfig(), mem);
   expectCode(t, () => q.attachInflight(new SplitInflight(new Uint8Array(inflightQueueSize('split', 16)), 16)), 'VQ_INFLIGHT_REGION', 'other size');
 });
 
-function packedRegionInUse(): { bytes: Uint8Array; v: DataView; drv: MockPackedDriver; mem: FlatMemory } {
+function packedRegionInUse(): { bytes: Uint8Array; v: DataView; drv: PackedDriver; mem: FlatMemory } {
   const mem = new FlatMemory(1 << 17);
-  const drv = new MockPackedDriver(mem, { size: 8 });
+  const drv = new PackedDriver(mem, { size: 8 });
   const bytes = new Uint8Array(inflightQueueSize('packed', 8));
   const q = new PackedQueue(drv.queueConfig(), mem);
   q.attachInflight(new PackedInflight(bytes, 8));
@@ -890,14 +890,14 @@ test('packed hostile regions: clear errors, nothing written, the queue unharmed'
   }
   expectCode(t, () => new PackedInflight(new Uint8Array(100), 8), 'VQ_INFLIGHT_REGION', 'too short');
   const s = packedRegionInUse();
-  const sq = new SplitQueue(new MockDriver(new FlatMemory(1 << 16), { size: 8 }).queueConfig(), new FlatMemory(1 << 16));
+  const sq = new SplitQueue(new SplitDriver(new FlatMemory(1 << 16), { size: 8 }).queueConfig(), new FlatMemory(1 << 16));
   t.truthy(sq); // (split queue over its own memory)
   expectCode(t, () => sq.attachInflight(new PackedInflight(s.bytes, 8)), 'VQ_INFLIGHT_REGION', 'packed region on a split queue');
 });
 
 test('packed: an entry leaked by a crash half-way through an unpop is returned to the free list', (t) => {
   const mem = new FlatMemory(1 << 17);
-  const drv = new MockPackedDriver(mem, { size: 8 });
+  const drv = new PackedDriver(mem, { size: 8 });
   const bytes = new Uint8Array(inflightQueueSize('packed', 8));
   const q = new PackedQueue(drv.queueConfig(), mem);
   q.attachInflight(new PackedInflight(bytes, 8));
@@ -920,7 +920,7 @@ test('packed: an entry leaked by a crash half-way through an unpop is returned t
 
 test('usedLogAddr: split used ring writes are logged there; buffers at their own address', (t) => {
   const mem = new FlatMemory(1 << 17);
-  const drv = new MockDriver(mem, { size: 8, eventIdx: true });
+  const drv = new SplitDriver(mem, { size: 8, eventIdx: true });
   const LOG = 0x4000_0000;
   const q = new SplitQueue(drv.queueConfig({ usedLogAddr: LOG }), mem);
   t.is(q.usedLogGpa, LOG);
@@ -950,7 +950,7 @@ test('usedLogAddr: split used ring writes are logged there; buffers at their own
 
 test('usedLogAddr: packed device-area writes are logged there, used elements at the descriptor', (t) => {
   const mem = new FlatMemory(1 << 17);
-  const drv = new MockPackedDriver(mem, { size: 8 });
+  const drv = new PackedDriver(mem, { size: 8 });
   const LOG = 0x5000_0000;
   const q = new PackedQueue(drv.queueConfig({ usedLogAddr: LOG }), mem);
   const writes: [number, number][] = [];
@@ -971,7 +971,7 @@ test('usedLogAddr: packed device-area writes are logged there, used elements at 
 
 test('no region: the queues report no inflight state and behave as before', (t) => {
   const mem = new FlatMemory(1 << 17);
-  const drv = new MockDriver(mem, { size: 8 });
+  const drv = new SplitDriver(mem, { size: 8 });
   const q = new SplitQueue(drv.queueConfig(), mem);
   t.is(q.inflight, null);
   t.is(q.resubmitPending, 0);
@@ -980,11 +980,11 @@ test('no region: the queues report no inflight state and behave as before', (t) 
   t.is(r.processed, 1);
   t.deepEqual(drv.readUsed().map((u) => usedTag(t, u)), [3]);
   const pm = new FlatMemory(1 << 17);
-  const pd = new MockPackedDriver(pm, { size: 8 });
+  const pd = new PackedDriver(pm, { size: 8 });
   const pq = new PackedQueue(pd.queueConfig(), pm);
   t.is(pq.inflight, null);
   t.is(pq.resubmitPending, 0);
   // Packed ring flag constants the recovery relies on (2.8.1): available in lap 1 = AVAIL set, USED clear.
-  t.is(MockPackedDriver.availFlags(true), VIRTQ_DESC_F_AVAIL);
-  t.is(MockPackedDriver.availFlags(false), VIRTQ_DESC_F_USED);
+  t.is(PackedDriver.availFlags(true), VIRTQ_DESC_F_AVAIL);
+  t.is(PackedDriver.availFlags(false), VIRTQ_DESC_F_USED);
 });

@@ -6,7 +6,7 @@ import { RegionMemory, createSpan, readBytes, writeBytes } from '../../virtqueue
 import { VirtqError } from '../../virtqueue/errors.ts';
 import { DirtyLog, LOG_PAGE } from '../../virtqueue/dirty-log.ts';
 import { Chain, ChainWriter } from '../../virtqueue/chain.ts';
-import { MockDriver } from '../../virtqueue/mock-driver.ts';
+import { SplitDriver } from '../../virtqueue/split-driver.ts';
 import { SplitQueue } from '../../virtqueue/split.ts';
 import { prng } from './virtqueue-fixtures.ts';
 
@@ -587,7 +587,7 @@ test('a split queue over IotlbMemory: chains translate across entries, a miss pa
   c.update(0x1_0000_0000, 0x8000, UVA + 0x10000, 'rw');
   c.update(0x1_0000_8000, 0x18000, UVA + 0x18000, 'rw');
   t.is(c.size, 1);
-  const drv = new MockDriver(mem, { size: 8, base: 0x1_0000_0000 });
+  const drv = new SplitDriver(mem, { size: 8, base: 0x1_0000_0000 });
   const q = new SplitQueue(drv.queueConfig(), mem);
   // A buffer over two IOVA pages whose translations are apart in user (and guest physical) memory.
   c.update(0x2_0000_0000, PAGE, UVA + 0x30000, 'rw');

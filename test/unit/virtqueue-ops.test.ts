@@ -1,13 +1,13 @@
 /**
  * Randomized op sequences (deterministic seeds), in the spirit of vm-virtio's fuzz
- * `VirtioQueueFunction` list: a driver (MockDriver) and a device (SplitQueue + reader/writer) take
+ * `VirtioQueueFunction` list: a driver (SplitDriver) and a device (SplitQueue + reader/writer) take
  * turns at random. Without corruption every byte and length must round-trip exactly and no wakeup
  * may be lost; with corruption the engine must never throw, and either keep working or be broken.
  */
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
-import { Chain, ChainReader, ChainWriter, MockDriver, RegionMemory, SplitQueue } from '../../virtqueue/index.ts';
-import type { MockBuffer } from '../../virtqueue/index.ts';
+import { Chain, ChainReader, ChainWriter, SplitDriver, RegionMemory, SplitQueue } from '../../virtqueue/index.ts';
+import type { DriverBuffer } from '../../virtqueue/index.ts';
 import { prng } from './virtqueue-fixtures.ts';
 
 const SIZE = 16;
@@ -24,7 +24,7 @@ function setup(eventIdx: boolean) {
     { gpa: 0, uva: 0x7f00_0000_0000, byteLen: 0x10000, bytes: new Uint8Array(0x10000) },
     { gpa: 0x10000, uva: 0x7f10_0000_0000, byteLen: 0x10000, bytes: new Uint8Array(0x10000) },
   ]);
-  const drv = new MockDriver(mem, { size: SIZE, eventIdx, heapAddr: 0x4000, heapByteLen: 0x18000 });
+  const drv = new SplitDriver(mem, { size: SIZE, eventIdx, heapAddr: 0x4000, heapByteLen: 0x18000 });
   const q = new SplitQueue(drv.queueConfig(), mem);
   return { mem, drv, q };
 }
@@ -88,7 +88,7 @@ function run(t: ExecutionContext, seed: number, eventIdx: boolean, corruptRate: 
     const nw = int(3) + (nr === 0 ? 1 : 0);
     const indirect = rnd() < 0.3;
     if (drv.freeDescCount < (indirect ? 1 : nr + nw)) return;
-    const bufs: MockBuffer[] = [];
+    const bufs: DriverBuffer[] = [];
     const reads: Uint8Array[] = [];
     for (let i = 0; i < nr; i++) {
       const d = Uint8Array.from({ length: 1 + int(300) }, () => int(256));
@@ -105,7 +105,7 @@ function run(t: ExecutionContext, seed: number, eventIdx: boolean, corruptRate: 
     try {
       head = drv.addChain(bufs, { indirect });
     } catch {
-      return; // mock heap full: fine, try later
+      return; // driver heap full: fine, try later
     }
     const read = new Uint8Array(reads.reduce((s, r) => s + r.length, 0));
     let off = 0;

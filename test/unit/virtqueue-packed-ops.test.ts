@@ -1,14 +1,14 @@
 /**
  * Randomized op sequences (deterministic seeds) for packed rings, like virtqueue-ops.test.ts for
- * split: a driver (MockPackedDriver) and a device (PackedQueue + reader/writer) take turns at random,
+ * split: a driver (PackedDriver) and a device (PackedQueue + reader/writer) take turns at random,
  * over sizes that are and are not powers of two, with completion out of order, unpop, batches and
  * many laps of the ring. Without corruption every byte, length and id must round-trip exactly and no
  * wakeup may be lost; with corruption the engine must never throw, and either keep working or be broken.
  */
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
-import { Chain, ChainReader, ChainWriter, MockPackedDriver, PackedQueue, RegionMemory } from '../../virtqueue/index.ts';
-import type { MockBuffer, RawPackedDesc } from '../../virtqueue/index.ts';
+import { Chain, ChainReader, ChainWriter, PackedDriver, PackedQueue, RegionMemory } from '../../virtqueue/index.ts';
+import type { DriverBuffer, RawPackedDesc } from '../../virtqueue/index.ts';
 import { prng } from './virtqueue-fixtures.ts';
 
 const OPS = 2500;
@@ -24,7 +24,7 @@ function setup(size: number, eventIdx: boolean) {
     { gpa: 0, uva: 0x7f00_0000_0000, byteLen: 0x10000, bytes: new Uint8Array(0x10000) },
     { gpa: 0x10000, uva: 0x7f10_0000_0000, byteLen: 0x10000, bytes: new Uint8Array(0x10000) },
   ]);
-  const drv = new MockPackedDriver(mem, { size, eventIdx, heapAddr: 0x4000, heapByteLen: 0x18000 });
+  const drv = new PackedDriver(mem, { size, eventIdx, heapAddr: 0x4000, heapByteLen: 0x18000 });
   const q = new PackedQueue(drv.queueConfig(), mem);
   return { mem, drv, q };
 }
@@ -97,7 +97,7 @@ function run(t: ExecutionContext, seed: number, size: number, eventIdx: boolean,
     const nw = int(3) + (nr === 0 ? 1 : 0);
     const indirect = rnd() < 0.3;
     if (drv.freeDescCount < (indirect ? 1 : nr + nw)) return false;
-    const bufs: MockBuffer[] = [];
+    const bufs: DriverBuffer[] = [];
     const reads: Uint8Array[] = [];
     for (let i = 0; i < nr; i++) {
       const d = Uint8Array.from({ length: 1 + int(300) }, () => int(256));
@@ -114,7 +114,7 @@ function run(t: ExecutionContext, seed: number, size: number, eventIdx: boolean,
     try {
       id = drv.addChain(bufs, { indirect, publish: rnd() < 0.8 });
     } catch {
-      return false; // mock heap full / no ids: fine, try later
+      return false; // driver heap full / no ids: fine, try later
     }
     if (rnd() < 0.5) drv.publish();
     const read = new Uint8Array(reads.reduce((s, r) => s + r.length, 0));

@@ -5,7 +5,7 @@ import {
   ChainReader,
   ChainWriter,
   FlatMemory,
-  MockPackedDriver,
+  PackedDriver,
   PackedQueue,
   RING_EVENT_FLAGS_DESC,
   RING_EVENT_FLAGS_DISABLE,
@@ -23,8 +23,8 @@ import {
 } from '../../virtqueue/index.ts';
 import type {
   GuestMemory,
-  MockBuffer,
-  MockPackedDriverOptions,
+  DriverBuffer,
+  PackedDriverOptions,
   PackedQueueConfig,
   Virtqueue,
   VirtqErrorCode,
@@ -38,7 +38,7 @@ const AU = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
 
 interface PRig {
   mem: GuestMemory;
-  drv: MockPackedDriver;
+  drv: PackedDriver;
   q: PackedQueue;
   chain: Chain;
   reader: ChainReader;
@@ -47,10 +47,10 @@ interface PRig {
 
 function prig(
   size = 16,
-  opts: Partial<MockPackedDriverOptions> & { byteLen?: number; mem?: GuestMemory; queue?: Partial<PackedQueueConfig> } = {},
+  opts: Partial<PackedDriverOptions> & { byteLen?: number; mem?: GuestMemory; queue?: Partial<PackedQueueConfig> } = {},
 ): PRig {
   const mem = opts.mem ?? new FlatMemory(opts.byteLen ?? 1 << 20);
-  const drv = new MockPackedDriver(mem, { size, ...opts });
+  const drv = new PackedDriver(mem, { size, ...opts });
   const q = new PackedQueue(drv.queueConfig(opts.queue), mem);
   return { mem, drv, q, chain: new Chain(), reader: new ChainReader(), writer: new ChainWriter() };
 }
@@ -167,7 +167,7 @@ test('used element: id and len written into the first descriptor of the list; WR
   t.is(d1.id, b);
   t.is(d1.len, 7);
   t.is(d1.flags, AU | W);
-  t.is(drv.readDesc(2).flags, MockPackedDriver.availFlags(true) | W, 'position 2 (second descriptor of b) untouched');
+  t.is(drv.readDesc(2).flags, PackedDriver.availFlags(true) | W, 'position 2 (second descriptor of b) untouched');
   t.deepEqual(
     drv.readUsed().map((u) => [u.id, u.pos]),
     [
@@ -184,7 +184,7 @@ test('batch publication: every element but the first is flagged at push; the fir
   for (let i = 0; i < 3; i++) drv.addChain([{ byteLen: 16, write: true }]);
   const ids = echo(q, chain, 3); // nothing readable: len 0, so no WRITE in the used flags
   t.is(ids.length, 3);
-  t.is(drv.readDesc(0).flags, MockPackedDriver.availFlags(true) | W, 'first element still looks available to the driver');
+  t.is(drv.readDesc(0).flags, PackedDriver.availFlags(true) | W, 'first element still looks available to the driver');
   t.is(drv.readDesc(1).flags & AU, AU, 'later elements already carry USED');
   t.is(drv.readDesc(2).flags & AU, AU);
   t.deepEqual(drv.readUsed(), [], 'the driver polls position 0 only: nothing yet');
@@ -270,7 +270,7 @@ function lapTest(t: ExecutionContext, size: number, rounds: number, seed: number
       const indirect = rnd() < 0.2;
       if (drv.freeDescCount < (indirect ? 1 : nd)) break;
       const data = bytes(1 + Math.floor(rnd() * 64), r);
-      const bufs: MockBuffer[] = [{ byteLen: data.length, write: false, data }];
+      const bufs: DriverBuffer[] = [{ byteLen: data.length, write: false, data }];
       for (let k = 1; k < nd; k++) bufs.push({ byteLen: 40, write: true });
       const id = drv.addChain(bufs, { indirect });
       expect.set(id, data.subarray(0, Math.min(data.length, 40 * (nd - 1))));
@@ -452,7 +452,7 @@ test('indirect table entries: NEXT and id are reserved (ignored), every entry is
 });
 
 test('indirect errors: not negotiated, with NEXT, after direct descriptors, bad length, nested, unmapped', (t) => {
-  const cases: [string, VirtqErrorCode, (d: MockPackedDriver) => void, Partial<PackedQueueConfig>?][] = [
+  const cases: [string, VirtqErrorCode, (d: PackedDriver) => void, Partial<PackedQueueConfig>?][] = [
     [
       'not negotiated',
       'VQ_INDIRECT_NOT_NEGOTIATED',
@@ -527,7 +527,7 @@ test('a list with NEXT on every descriptor is a loop (VQ_LOOP); sticky, never th
 
 test('exactly size descriptors in one list is fine (ttl = size)', (t) => {
   const { drv, q, chain } = prig(6);
-  const bufs: MockBuffer[] = Array.from({ length: 6 }, (_, i) => ({ byteLen: 4, write: i >= 3 }));
+  const bufs: DriverBuffer[] = Array.from({ length: 6 }, (_, i) => ({ byteLen: 4, write: i >= 3 }));
   const id = drv.addChain(bufs);
   t.true(q.pop(chain));
   t.is(chain.head, id);
@@ -537,7 +537,7 @@ test('exactly size descriptors in one list is fine (ttl = size)', (t) => {
 });
 
 test('guest errors in direct lists: unmapped, >= 2^53, readable after writable, too long -> broken', (t) => {
-  const cases: [VirtqErrorCode, (d: MockPackedDriver) => void][] = [
+  const cases: [VirtqErrorCode, (d: PackedDriver) => void][] = [
     ['VQ_UNMAPPED', (d) => d.pushRaw([{ addr: 0x7fff_0000, len: 8, id: 0, flags: 0 }])],
     ['VQ_UNMAPPED', (d) => d.pushRaw([{ addr: 2n ** 60n, len: 8, id: 0, flags: 0 }])],
     [
@@ -960,7 +960,7 @@ test('constructor validation: size 1..32768 any integer, alignments, indices', (
 
 test('setMemory: rings gone from the new table -> broken (VQ_UNMAPPED); pushes are then ignored', (t) => {
   const mem = new RegionMemory([{ gpa: 0, uva: 0x1000_0000, byteLen: 1 << 20, bytes: new Uint8Array(1 << 20) }]);
-  const drv = new MockPackedDriver(mem, { size: 8 });
+  const drv = new PackedDriver(mem, { size: 8 });
   const q = new PackedQueue(drv.queueConfig(), mem);
   const c = new Chain();
   drv.addChain([{ byteLen: 4, write: true }]);

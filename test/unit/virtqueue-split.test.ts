@@ -5,7 +5,7 @@ import {
   ChainReader,
   ChainWriter,
   FlatMemory,
-  MockDriver,
+  SplitDriver,
   RegionMemory,
   SplitQueue,
   VIRTQ_DESC_F_INDIRECT,
@@ -277,7 +277,7 @@ test('nested indirect table breaks the queue with VQ_NESTED_INDIRECT', (t) => {
 });
 
 test('malformed indirect descriptors: bad length, INDIRECT with NEXT, not negotiated', (t) => {
-  const cases: [string, (drv: MockDriver, d: number, table: number) => void, VirtqErrorCode, boolean][] = [
+  const cases: [string, (drv: SplitDriver, d: number, table: number) => void, VirtqErrorCode, boolean][] = [
     ['zero length', (drv, d, tb) => drv.writeDesc(d, { addr: tb, len: 0, flags: I, next: 0 }), 'VQ_BAD_INDIRECT', true],
     ['not a multiple of 16', (drv, d, tb) => drv.writeDesc(d, { addr: tb, len: 24, flags: I, next: 0 }), 'VQ_BAD_INDIRECT', true],
     ['too big', (drv, d, tb) => drv.writeDesc(d, { addr: tb, len: 16 * 32769, flags: I, next: 0 }), 'VQ_BAD_INDIRECT', true],
@@ -298,8 +298,8 @@ test('malformed indirect descriptors: bad length, INDIRECT with NEXT, not negoti
 
 test('a descriptor loop breaks that queue (VQ_LOOP), sticky, while another queue on the same memory works', (t) => {
   const mem = new FlatMemory(1 << 20);
-  const bad = new MockDriver(mem, { size: 8, base: 0 });
-  const good = new MockDriver(mem, { size: 8, base: 0x40000, heapAddr: 0x50000 });
+  const bad = new SplitDriver(mem, { size: 8, base: 0 });
+  const good = new SplitDriver(mem, { size: 8, base: 0x40000, heapAddr: 0x50000 });
   const qb = new SplitQueue(bad.queueConfig(), mem);
   const qg = new SplitQueue(good.queueConfig(), mem);
   bad.writeDesc(0, { addr: 0x20000, len: 16, flags: N, next: 1 });
@@ -435,7 +435,7 @@ test('total chain length above 2^32 bytes: VQ_CHAIN_TOO_LONG (exactly 2^32 is fi
 
 test('16-bit index wrap-around: processing across 65535 -> 0', (t) => {
   const mem = new FlatMemory(1 << 20);
-  const drv = new MockDriver(mem, { size: 8 });
+  const drv = new SplitDriver(mem, { size: 8 });
   drv.startAt(65531);
   const q = new SplitQueue(drv.queueConfig({ lastAvailIdx: 65531 }), mem);
   t.is(q.usedIdx, 65531); // taken from the ring
@@ -515,7 +515,7 @@ test('batched pushUsed / flushUsed publishes used.idx once, elements first', (t)
 
 test('dirty logging: used elements wrapping the ring, used.idx, avail_event and device data writes', (t) => {
   const mem = new FlatMemory(1 << 20);
-  const drv = new MockDriver(mem, { size: 4, eventIdx: true });
+  const drv = new SplitDriver(mem, { size: 4, eventIdx: true });
   drv.startAt(2);
   const q2 = new SplitQueue(drv.queueConfig({ lastAvailIdx: 2 }), mem);
   const chain = new Chain();

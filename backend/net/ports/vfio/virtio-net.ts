@@ -3,8 +3,8 @@
  * iommu_platform=on`, PCI 1af4:1041) driven from user space through VFIO: virtio v1.2 §3.1.1 initialization
  * over the PCI transport (virtio-pci.ts), §5.1 network device, one RX queue (0) and one TX queue (1).
  *
- * The rings are driven by OUR virtqueue engine's driver half (virtqueue/mock-driver.ts for split rings,
- * mock-packed-driver.ts for packed rings, §2.7 / §2.8) over a GuestMemory view of the DMA pool whose
+ * The rings are driven by OUR virtqueue engine's driver half (virtqueue/split-driver.ts for split rings,
+ * packed-driver.ts for packed rings, §2.7 / §2.8) over a GuestMemory view of the DMA pool whose
  * addresses are the IOVAs the device uses. Every chain is one 2 KiB buffer from the pool holding the
  * 12-byte virtio_net_hdr (§5.1.6: VERSION_1 always has num_buffers) followed by the frame; all buffers and
  * rings are allocated in init(), rxBurst/txCommit only move preallocated buffers around.
@@ -16,8 +16,8 @@
  */
 import createDebug from 'debug';
 import { FlatMemory } from '../../../../virtqueue/memory.ts';
-import { MockDriver } from '../../../../virtqueue/mock-driver.ts';
-import { MockPackedDriver } from '../../../../virtqueue/mock-packed-driver.ts';
+import { SplitDriver } from '../../../../virtqueue/split-driver.ts';
+import { PackedDriver } from '../../../../virtqueue/packed-driver.ts';
 import type { DmaAllocator, RxVerdict } from './e1000e.ts';
 import { STATUS, VirtioPciTransport, type VirtioQueueNotify } from './virtio-pci.ts';
 
@@ -72,7 +72,7 @@ export interface VirtioNetStats {
   notifies: number;
 }
 
-/** The part of MockDriver / MockPackedDriver a real driver uses (the allocation-free fast path). */
+/** The part of SplitDriver / PackedDriver a real driver uses (the allocation-free fast path). */
 interface RingDriver {
   readonly size: number;
   readonly poppedLen: number;
@@ -129,7 +129,7 @@ export class VirtioNet {
   static dmaBytes(rxRing = 256, txRing = 256): number {
     let n = 0;
     for (const q of [rxRing, txRing]) {
-      const ring = Math.max(MockDriver.layout(q).end, MockPackedDriver.layout(q).end);
+      const ring = Math.max(SplitDriver.layout(q).end, PackedDriver.layout(q).end);
       n += Math.ceil(ring / 4096) * 4096 + q * VIRTIO_BUF_BYTES;
     }
     return n + 4096;
@@ -191,16 +191,16 @@ export class VirtioNet {
     let setInterrupts: (on: boolean) => void;
     let addrs: { desc: number; driver: number; device: number };
     if (this.packed) {
-      const l = MockPackedDriver.layout(size);
+      const l = PackedDriver.layout(size);
       const chunk = this.dma.alloc(l.end, 4096);
-      const d = new MockPackedDriver(this.mem, { size, base: chunk.iova, heapByteLen: 0 });
+      const d = new PackedDriver(this.mem, { size, base: chunk.iova, heapByteLen: 0 });
       ring = d;
       setInterrupts = (on) => (on ? d.enableInterrupts() : d.disableInterrupts());
       addrs = { desc: d.descAddr, driver: d.driverEventAddr, device: d.deviceEventAddr };
     } else {
-      const l = MockDriver.layout(size);
+      const l = SplitDriver.layout(size);
       const chunk = this.dma.alloc(l.end, 4096);
-      const d = new MockDriver(this.mem, { size, base: chunk.iova, heapByteLen: 0 });
+      const d = new SplitDriver(this.mem, { size, base: chunk.iova, heapByteLen: 0 });
       ring = d;
       setInterrupts = (on) => d.setNoInterrupt(!on);
       addrs = { desc: d.descAddr, driver: d.availAddr, device: d.usedAddr };
