@@ -18,7 +18,8 @@
  *   the session, not the codec: the codec has no session state). Both fields set = both needed.
  * - `check`: request-specific syntax beyond the layout (e.g. SET_VRING_ENABLE num is 0 or 1).
  *
- * Spec ambiguities resolved here are listed in spec-notes/vhost-user.md; each is marked "NOTE:".
+ * Spec ambiguities resolved here are listed in spec-notes/vhost-user.md (its "Where" column names
+ * the row); each is marked by a comment starting with "NOTE:".
  */
 import { BackendReq, FrontendReq, type Channel } from './constants.ts';
 import { ProtoF, VirtioF } from './features.ts';
@@ -48,7 +49,7 @@ export interface Requires {
   /** virtio feature bit (VirtioF) that must be negotiated. */
   virtioFeature?: number;
   /**
-   * The virtio feature need only be OFFERED by the back-end (in GET_FEATURES), not acked by
+   * NOTE: the virtio feature need only be OFFERED by the back-end (in GET_FEATURES), not acked by
    * SET_FEATURES: GET/SET_PROTOCOL_FEATURES "must [be supported] even before SET_FEATURES".
    */
   offeredOnly?: boolean;
@@ -108,10 +109,10 @@ const numIs01 =
     p.num === 0 || p.num === 1 ? null : perr('VRING_STATE_NUM', `${what}: num ${p.num} is not 0 or 1`);
 
 /**
- * SET_LOG_BASE's reply body: the spec says "N/A" but lists SET_LOG_BASE among the requests that
- * need a reply (with LOG_SHMFD). DPDK replies with an empty body ("QEMU doesn't expect any
+ * NOTE: SET_LOG_BASE's reply body: the spec says "N/A" but lists SET_LOG_BASE among the requests
+ * that need a reply (with LOG_SHMFD). DPDK replies with an empty body ("QEMU doesn't expect any
  * payload"), rust-vmm echoes the log description; QEMU checks only the request id. We accept any
- * body and send an empty one. NOTE: ambiguity.
+ * body and send an empty one (spec-notes/vhost-user.md N3).
  */
 const logBaseReply = opaque('log_base_reply');
 
@@ -382,6 +383,7 @@ export const FRONTEND_MESSAGES = {
     summary: 'Update the memory tables by adding the region described.',
   }),
   REM_MEM_REG: frontend('REM_MEM_REG', {
+    // NOTE: the same swap as ADD_MEM_REG in the spec's row; the region is the request.
     request: P.singleMemoryRegion,
     reply: 'ack',
     // "No file descriptors SHOULD be passed ... the back-end MAY accept messages with one file
@@ -406,7 +408,7 @@ export const FRONTEND_MESSAGES = {
   }),
   GET_SHARED_OBJECT: frontend('GET_SHARED_OBJECT', {
     request: P.sharedObject,
-    // "reply payload: dmabuf fd": empty body, the fd when found, none otherwise (rust-vmm does this).
+    // NOTE: "reply payload: dmabuf fd": empty body, the fd when found, none otherwise (rust-vmm does this).
     reply: empty,
     replyFds: 'optional',
     fds: 'none',

@@ -3,12 +3,10 @@
  * syntax-only `validate()` (rust-vmm style: ranges, reserved bits, u64 overflow; never features or
  * session state, which belong to backend/core/session.ts).
  *
- * Where the spec's prose and the wire disagree we follow the wire as QEMU/DPDK/rust-vmm send it
- * and say so here and in spec-notes/vhost-user.md:
- * - "A vring address description" draws a `size` column that no implementation sends:
- *   struct vhost_vring_addr is index, flags, desc, used, avail, log (40 bytes).
- * - vhost_iotlb_msg and VhostUserInflight are C structs with trailing alignment padding
- *   (26 -> 32 and 20 -> 24 bytes); we accept either size and send the padded one.
+ * Where the spec's prose and the wire disagree we follow the wire as QEMU/DPDK/rust-vmm send it:
+ * each such layout says so in a comment starting with "NOTE:" and is listed in
+ * spec-notes/vhost-user.md (e.g. the vring address's `size` column, the C padding of the IOTLB
+ * message and of the inflight description).
  */
 import {
   IotlbPerm,
@@ -139,7 +137,11 @@ export const rarpMac: Layout<RarpMac> = {
 export const vringState = struct('vring_state', { index: u32, num: u32 });
 export type VringState = { index: number; num: number };
 
-/** "A vring address description" (user addresses, or IOVAs under ACCESS_PLATFORM). */
+/**
+ * "A vring address description" (user addresses, or IOVAs under ACCESS_PLATFORM).
+ * NOTE: the spec's drawing has a `size` column that no implementation sends: struct
+ * vhost_vring_addr is index, flags, desc, used, avail, log (40 bytes).
+ */
 export const vringAddr = struct(
   'vring_addr',
   { index: u32, flags: u32, descUserAddr: u64, usedUserAddr: u64, availUserAddr: u64, logGuestAddr: u64 },
@@ -190,8 +192,8 @@ function validateRegion(r: MemoryRegion): PayloadError | null {
 /**
  * "Multiple Memory regions description" (SET_MEM_TABLE): nregions u32, padding u32, regions.
  *
- * Size rule: QEMU sends 8 + nregions * 32; other frontends send the whole 8-region array. We accept
- * any size >= 8 + nregions * 32 (trailing bytes ignored) and encode the compact form.
+ * NOTE: size rule: QEMU sends 8 + nregions * 32; other frontends send the whole 8-region array. We
+ * accept any size >= 8 + nregions * 32 (trailing bytes ignored) and encode the compact form.
  * nregions == 0 is syntactically fine: QEMU's postcopy acknowledgement is a SET_MEM_TABLE whose
  * 8-byte payload is u64 0 ("QEMU will then reply back ... with an empty VHOST_USER_SET_MEM_TABLE").
  * Regions with XEN_MMAP's two extra u32 are not supported (we never offer XEN_MMAP).
@@ -247,7 +249,7 @@ export const singleMemoryRegion = struct(
   { validate: (v) => validateRegion(v.region) },
 );
 
-/** "Log description" (SET_LOG_BASE; the spec's table says u64, every implementation sends this). */
+/** "Log description". NOTE: SET_LOG_BASE's row says u64; every implementation sends this. */
 export const logDescription = struct(
   'log',
   { mmapSize: u64, mmapOffset: u64 },
@@ -259,7 +261,11 @@ export const logDescription = struct(
 
 // ---- IOTLB ----
 
-/** "An IOTLB message" (struct vhost_iotlb_msg: 26 bytes of fields, 32 with alignment padding). */
+/**
+ * "An IOTLB message" (struct vhost_iotlb_msg).
+ * NOTE: 26 bytes of fields, 32 with the C struct's alignment padding; either size is accepted, the
+ * padded one is sent.
+ */
 export const iotlbMsg = struct(
   'iotlb',
   { iova: u64, size: u64, userAddr: u64, perm: u8, type: u8 },
@@ -337,7 +343,11 @@ export const deviceConfig: Layout<DeviceConfig> = {
 
 // ---- inflight, shared objects, device state ----
 
-/** "Inflight description" (C struct with 4 bytes of trailing padding: 20 -> 24). */
+/**
+ * "Inflight description".
+ * NOTE: a C struct with 4 bytes of trailing padding (20 -> 24); either size is accepted, the padded
+ * one is sent.
+ */
 export const inflightDescription = struct(
   'inflight',
   { mmapSize: u64, mmapOffset: u64, numQueues: u16, queueSize: u16 },
@@ -373,8 +383,9 @@ export const deviceStateTransfer = struct(
 
 /**
  * "VIRTIO Shared Memory Region configuration" (GET_SHMEM_CONFIG reply): nregions u32, padding u32,
- * memory sizes u64[256]. The spec does not say whether the array may be truncated to nregions;
- * we send all 256 entries (as rust-vmm does) and accept any payload holding at least nregions.
+ * memory sizes u64[256]. NOTE: the spec does not say whether the array may be truncated to
+ * nregions; we send all 256 entries (as rust-vmm does) and accept any payload holding at least
+ * nregions.
  */
 export interface ShmemConfig {
   nregions: number;
@@ -462,6 +473,7 @@ export function opaque(name: string): Layout<Opaque> {
     validate: () => null,
   };
 }
+/** NOTE: "crypto session description" is never laid out by the spec: opaque bytes. */
 export const cryptoSession = opaque('crypto_session');
 
 // ---- value types (what decode() returns) ----
