@@ -67,6 +67,12 @@ export interface MessageDef<Req = unknown, Rep = unknown> {
   readonly replyWhen?: ReplyCondition;
   /** GET_CONFIG: "back-end uses zero length of payload to indicate an error". */
   readonly replyMayBeEmpty?: boolean;
+  /**
+   * The reply body is a u64 result whose failure is a value, not an empty body: a refused request
+   * (by the codec or the backend) is answered with this value (SET_DEVICE_STATE_FD,
+   * CHECK_DEVICE_STATE, POSTCOPY_END; QEMU reads exactly 8 bytes there).
+   */
+  readonly failureResult?: bigint;
   readonly fds: FdPolicy;
   readonly replyFds: FdPolicy;
   readonly requires?: Requires;
@@ -324,6 +330,7 @@ export const FRONTEND_MESSAGES = {
   POSTCOPY_END: frontend('POSTCOPY_END', {
     request: 'none',
     reply: P.u64,
+    failureResult: 1n,
     fds: 'none',
     requires: { protocolFeature: ProtoF.PAGEFAULT },
     summary: 'Advise that postcopy migration has now completed.',
@@ -419,6 +426,8 @@ export const FRONTEND_MESSAGES = {
     request: P.deviceStateTransfer,
     // Bits 0-7: 0 on success; bit 8: no fd returned (the front-end keeps its own channel).
     reply: P.u64,
+    // Failure (bits 0-7 non-zero) with bit 8: no fd comes back.
+    failureResult: 0x101n,
     replyFds: 'one-unless-nofd',
     fds: 'one',
     requires: { protocolFeature: ProtoF.DEVICE_STATE },
@@ -427,6 +436,7 @@ export const FRONTEND_MESSAGES = {
   CHECK_DEVICE_STATE: frontend('CHECK_DEVICE_STATE', {
     request: 'none',
     reply: P.u64,
+    failureResult: 1n,
     fds: 'none',
     requires: { protocolFeature: ProtoF.DEVICE_STATE },
     summary: 'Check whether the back-end was able to fully process the transferred state.',

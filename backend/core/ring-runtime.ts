@@ -40,6 +40,8 @@ const log = createDebug('vhost:session');
 const POLL_INTERVAL_MS = 1;
 /** SET_VRING_ADDR flags bit 0 (vhost-user.rst "Vring address description"). */
 const VHOST_VRING_F_LOG = 1;
+/** Device status DRIVER_OK (virtio v1.2 2.1). */
+const STATUS_DRIVER_OK = 4;
 
 export type RingNative = Pick<NativeBinding, 'close' | 'eventfdRead' | 'eventfdWrite' | 'Poller'>;
 
@@ -53,6 +55,8 @@ export interface RingHost {
   readonly inflight: InflightBuffer | null;
   readonly backendChannel: BackendChannel | null;
   readonly ackedFeatures: bigint;
+  /** The device status byte (SET_STATUS). */
+  readonly status: number;
   /** Ring event sink (kicks, calls, broken rings); null = off, which costs one null check per event. */
   readonly ringTrace: ((rec: TraceRingRecord) => void) | null;
   protoNegotiated(n: number): boolean;
@@ -101,8 +105,19 @@ export class RingRuntime {
       r.num > 0 &&
       r.addr !== null &&
       this.host.memory.regionCount > 0 &&
-      this.host.migration.ackPending === null
+      this.host.migration.ackPending === null &&
+      this.driverOk()
     );
+  }
+
+  /**
+   * With STATUS negotiated the device may not consume buffers or notify before the driver set
+   * DRIVER_OK (virtio v1.2 2.1.2: "The device MUST NOT consume buffers or send any used buffer
+   * notifications to the driver before DRIVER_OK"); QEMU sets it after the rings are configured and
+   * clears the status (0) before it stops them. Without STATUS the frontend has no way to say it.
+   */
+  private driverOk(): boolean {
+    return !this.host.protoNegotiated(ProtoF.STATUS) || (this.host.status & STATUS_DRIVER_OK) !== 0;
   }
 
   /** What the rings address: guest physical memory, or IOVAs through the IOTLB (ACCESS_PLATFORM). */
@@ -311,6 +326,12 @@ export class RingRuntime {
   /** VRING_KICK (INBAND_NOTIFICATIONS): the kick arrives as a message instead of an eventfd write. */
   inbandKick(r: RingState): void {
     if (this.host.ringTrace !== null) this.host.ringTrace(ringRecord(r.index, 'kick', { inband: true }));
+    // vhost-user.rst "Ring states": a ring starts on SET_VRING_KICK "or receiving the in-band
+    // message VHOST_USER_VRING_KICK"; a ring that never got a kick fd starts here.
+    if (!r.started) {
+      this.start(r);
+      this.update();
+    }
     if (r.queue) this.host.device.kick(r.index);
   }
 

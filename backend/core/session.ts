@@ -107,6 +107,20 @@ export const SESSION_PROTOCOL_FEATURES =
   // Legacy big-endian rings (SET_VRING_ENDIAN), split only: decisions.md D33.
   bit(ProtoF.CROSS_ENDIAN);
 
+/**
+ * Virtio features a started ring depends on: its layout and format (RING_PACKED, VERSION_1, IN_ORDER),
+ * notification suppression (EVENT_IDX), chains (INDIRECT_DESC), addressing (ACCESS_PLATFORM) and the
+ * net header's size (MRG_RXBUF). SET_FEATURES may not change them while a ring is started.
+ */
+const RING_FEATURES =
+  bit(VirtioF.RING_PACKED) |
+  bit(VirtioF.VERSION_1) |
+  bit(VirtioF.IN_ORDER) |
+  bit(VirtioF.RING_EVENT_IDX) |
+  bit(VirtioF.RING_INDIRECT_DESC) |
+  bit(VirtioF.ACCESS_PLATFORM) |
+  bit(VirtioF.NET_F_MRG_RXBUF);
+
 export type HandlerResult = { payload: unknown; fds?: Fd[] } | void;
 export type Handler = (this: Session, msg: VhostMessage, fds: FdClaim) => HandlerResult;
 /** The handler of each frontend request id this backend implements; the others are refused. */
@@ -238,7 +252,7 @@ export class Session implements RingHost {
       for (const fd of frame.fds) this.sys.close(fd);
       const def = messageDef('frontend', frame.request);
       const needReply = (frame.flags & VHOST_USER_NEED_REPLY_MASK) !== 0 && this.protoNegotiated(ProtoF.REPLY_ACK);
-      if (def && this.bodyReply(def)) this.replyRaw(frame.request, new Uint8Array(0));
+      if (def && this.bodyReply(def)) this.replyRaw(frame.request, refusalBody(def));
       else if (needReply) this.replyRaw(frame.request, u64Bytes(NACK));
       return;
     }
@@ -255,6 +269,9 @@ export class Session implements RingHost {
     const bodyReply = this.bodyReply(msg.def);
     let out: Encoded | null = null;
     try {
+      // vhost-user.rst "Header": the REPLY flag marks a back-end's reply. A "request" carrying it is
+      // refused and not executed (its NEED_REPLY is void: the codec clears needReply on replies).
+      if (msg.isReply) fail('SESSION_BAD_REQUEST', `${msg.name} carries the REPLY flag (flags 0x${msg.flags.toString(16)}): not a request`);
       this.checkRequires(msg);
       const handler = this.handlers[msg.id];
       if (!handler) fail('SESSION_UNSUPPORTED', `${msg.name} is not supported by this backend`);
@@ -271,9 +288,9 @@ export class Session implements RingHost {
       log('%s: %s refused: [%s] %s', this.label, msg.name, code, err.message);
       if (!(e instanceof BackendError) && !(e instanceof VirtqError)) log('unexpected error: %O', e);
       if (rec) rec.error = `${code}: ${err.message}`;
-      // A request that expects a body gets a reply with an empty body: frontends check the reply
-      // size, so they fail cleanly instead of waiting forever (spec-notes/decisions.md D4).
-      if (bodyReply) out = { bytes: encodeRaw(msg.id, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK), fds: [] };
+      // A request that expects a body gets a reply with an empty body (or its failure result):
+      // frontends check the reply, so they fail cleanly instead of waiting forever (decisions.md D4).
+      if (bodyReply) out = { bytes: encodeRaw(msg.id, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, refusalBody(msg.def)), fds: [] };
       else if (replyAck) out = encodeReply(msg, NACK);
     } finally {
       for (const fd of claim.unclaimed()) this.sys.close(fd);
@@ -384,6 +401,13 @@ export class Session implements RingHost {
   setAckedFeatures(f: bigint): void {
     const extra = f & ~this.offeredFeatures;
     if (extra !== 0n) fail('SESSION_BAD_FEATURES', `SET_FEATURES acks bits not offered: ${hex(extra)}`);
+    // A started ring was built for the features it started with (layout, notification suppression,
+    // header size): changing those under it is refused (decisions.md D44). LOG_ALL and the rest may
+    // change while rings run (QEMU toggles LOG_ALL at the start and end of a migration).
+    const changed = (f ^ this.ackedFeatures) & RING_FEATURES;
+    if (this.featuresSet && changed !== 0n && this.runtime.rings.some((r) => r.started)) {
+      fail('SESSION_BAD_STATE', `SET_FEATURES changes ring features ${hex(changed)} while rings run`);
+    }
     this.ackedFeatures = f;
     this.featuresSet = true;
     // vhost-user.rst "Migration": LOG_ALL switches dirty logging on and off; the device never sees it.
@@ -423,6 +447,11 @@ function replyRecord(out: Encoded): TraceMessageRecord {
   } catch (e) {
     return rawRecord('tx', 'frontend', { ...frame, fdCount: frame.fds.length }, `error reply (${(e as Error).message})`);
   }
+}
+
+/** The body of a refused request's reply: its row's u64 failure result, else empty (D4). */
+function refusalBody(def: MessageDef): Uint8Array {
+  return def.failureResult === undefined ? new Uint8Array(0) : u64Bytes(def.failureResult);
 }
 
 function u64Bytes(v: bigint): Uint8Array {

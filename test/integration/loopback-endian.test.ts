@@ -192,6 +192,8 @@ test('SET_VRING_ENDIAN refusals: num 2, big-endian with VERSION_1 or RING_PACKED
     // too; VERSION_1 acked after a big-endian SET_VRING_ENDIAN wins (the ring starts little-endian).
     const lb = await setupLoopback(t, LEGACY, { protocolFeatures: bit(ProtoF.CROSS_ENDIAN) });
     const { fe, session } = lb;
+    // Both rings stopped: ring features may not change while any ring is started (D44).
+    await fe.request(R.GET_VRING_BASE, { index: 0, num: 0 });
     await fe.request(R.GET_VRING_BASE, { index: 1, num: 0 });
     const ack = (features: bigint) => fe.request(R.SET_FEATURES, features | bit(VirtioF.PROTOCOL_FEATURES), opt);
     t.is(value(await ack(LEGACY | bit(VirtioF.RING_PACKED))), 0n);

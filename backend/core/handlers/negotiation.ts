@@ -2,7 +2,7 @@
  * Handlers of feature negotiation and device lifecycle: GET/SET_FEATURES, GET/SET_PROTOCOL_FEATURES,
  * SET/RESET_OWNER, GET_QUEUE_NUM, GET/SET_STATUS, RESET_DEVICE.
  */
-import { FrontendReq } from '../../../protocol/index.ts';
+import { FrontendReq, ProtoF, has } from '../../../protocol/index.ts';
 import { fail } from '../errors.ts';
 import { hex } from '../memory-table.ts';
 import type { HandlerTable } from '../session.ts';
@@ -22,6 +22,11 @@ export const NEGOTIATION_HANDLERS: HandlerTable = {
     const f = u64(msg);
     const extra = f & ~this.offeredProtocolFeatures;
     if (extra !== 0n) fail('SESSION_BAD_FEATURES', `SET_PROTOCOL_FEATURES acks bits not offered: ${hex(extra)}`);
+    // vhost-user.rst "In-band notifications": they travel on the back-end channel and each is acked,
+    // so INBAND_NOTIFICATIONS without BACKEND_REQ and REPLY_ACK "is an error".
+    if (has(f, ProtoF.INBAND_NOTIFICATIONS) && !(has(f, ProtoF.BACKEND_REQ) && has(f, ProtoF.REPLY_ACK))) {
+      fail('SESSION_BAD_FEATURES', 'INBAND_NOTIFICATIONS needs BACKEND_REQ and REPLY_ACK negotiated with it');
+    }
     this.ackedProtocolFeatures = f;
     this.protocolFeaturesSet = true;
   },

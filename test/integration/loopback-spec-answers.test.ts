@@ -1,0 +1,114 @@
+/**
+ * Answers the spec requires of a backend for requests a frontend should not send (issue 15 item 4):
+ * each is refused (or answered as the spec says) and nothing of it is executed.
+ */
+import test from 'ava';
+import { native } from '../../native/index.ts';
+import { FrontendReq as R, ProtoF, VirtioF, bit, type VhostMessage } from '../../protocol/index.ts';
+import { BackendPeer } from '../helpers/backend-peer.ts';
+import { frameOf, setupLoopback, until } from '../helpers/loopback.ts';
+
+const FEATURES = bit(VirtioF.VERSION_1) | bit(VirtioF.NET_F_MRG_RXBUF);
+const value = (m: VhostMessage | null) => (m!.payload as { value: bigint }).value;
+const opt = { needReply: true };
+
+test('a request carrying the REPLY flag is refused and not executed (SET_STATUS with flags 0x5)', async (t) => {
+  const { fe, session } = await setupLoopback(t, FEATURES, { protocolFeatures: bit(ProtoF.STATUS), expectReady: false });
+  t.is(value(await fe.request(R.SET_STATUS, 0x3n, opt)), 0n);
+  // Version 1 | REPLY: a reply where a request belongs. No answer is owed (NEED_REPLY is void on a reply).
+  await fe.request(R.SET_STATUS, 0xffn, { flags: 0x5, expectReply: false });
+  t.is(value(await fe.request(R.GET_STATUS)), 0x3n, 'the status did not change');
+  t.is(session.status, 0x3);
+});
+
+test('SET_DEVICE_STATE_FD with an invalid direction or phase gets the 8-byte failure result, its fd closed', async (t) => {
+  const { fe } = await setupLoopback(t, FEATURES, { protocolFeatures: bit(ProtoF.DEVICE_STATE) });
+  await fe.request(R.GET_VRING_BASE, { index: 0, num: 0 });
+  await fe.request(R.GET_VRING_BASE, { index: 1, num: 0 });
+  for (const bad of [
+    { transferDirection: 7, migrationPhase: 0 },
+    { transferDirection: 0, migrationPhase: 3 },
+  ]) {
+    const [a, b] = native.socketpair();
+    const reply = await fe.request(R.SET_DEVICE_STATE_FD, bad, { fds: [a], unchecked: true });
+    native.close(a);
+    t.is(reply!.layout, 'u64', 'a u64 result, not an empty body');
+    t.not(value(reply) & 0xffn, 0n, 'failure in bits 0-7');
+    t.not(value(reply) & 0x100n, 0n, 'no fd comes back');
+    // Our copy of the fd was closed: the far end sees EOF.
+    await until('EOF on the state channel', () => {
+      try {
+        return native.read(b, new Uint8Array(8), 0, 8) === 0;
+      } catch {
+        return true;
+      }
+    });
+    native.close(b);
+  }
+});
+
+test('SET_PROTOCOL_FEATURES with INBAND_NOTIFICATIONS but without BACKEND_REQ and REPLY_ACK is refused', async (t) => {
+  const { fe, session } = await setupLoopback(t, FEATURES);
+  const before = session.ackedProtocolFeatures;
+  const inbandOnly = bit(ProtoF.INBAND_NOTIFICATIONS) | bit(ProtoF.REPLY_ACK);
+  t.not(value(await fe.request(R.SET_PROTOCOL_FEATURES, inbandOnly, opt)), 0n, 'without BACKEND_REQ');
+  t.is(session.ackedProtocolFeatures, before, 'nothing taken');
+  const full = inbandOnly | bit(ProtoF.BACKEND_REQ);
+  t.is(value(await fe.request(R.SET_PROTOCOL_FEATURES, full, opt)), 0n, 'with both it is fine');
+  t.is(session.ackedProtocolFeatures, full);
+});
+
+test('SET_FEATURES that changes ring features while rings run is refused; LOG_ALL may change', async (t) => {
+  const { fe, session, tx, port } = await setupLoopback(t, FEATURES);
+  const base = FEATURES | bit(VirtioF.PROTOCOL_FEATURES);
+  t.not(value(await fe.request(R.SET_FEATURES, base | bit(VirtioF.RING_EVENT_IDX), opt)), 0n, 'EVENT_IDX under running rings');
+  t.not(value(await fe.request(R.SET_FEATURES, base & ~bit(VirtioF.NET_F_MRG_RXBUF), opt)), 0n, 'header size under running rings');
+  t.is(session.ackedFeatures, base, 'features unchanged');
+  t.is(value(await fe.request(R.SET_FEATURES, base | bit(VirtioF.LOG_ALL), opt)), 0n, 'LOG_ALL toggles (migration)');
+  t.is(value(await fe.request(R.SET_FEATURES, base, opt)), 0n);
+  // The rings still work.
+  tx.drv.addChain([{ byteLen: 12 + 60, write: false, data: new Uint8Array([...new Uint8Array(12), ...frameOf(60, 3)]) }]);
+  native.eventfdWrite(tx.kick, 1n);
+  await until('frame sent', () => port.sent.length === 1);
+  // Stopped rings take the change.
+  await fe.request(R.GET_VRING_BASE, { index: 0, num: 0 });
+  await fe.request(R.GET_VRING_BASE, { index: 1, num: 0 });
+  t.is(value(await fe.request(R.SET_FEATURES, base | bit(VirtioF.RING_EVENT_IDX), opt)), 0n, 'taken once every ring is stopped');
+});
+
+test('in-band VRING_KICK starts a ring that got no SET_VRING_KICK since it was stopped', async (t) => {
+  const peer = new BackendPeer();
+  t.teardown(() => peer.close());
+  const rig = await setupLoopback(t, FEATURES, {
+    protocolFeatures: bit(ProtoF.BACKEND_REQ) | bit(ProtoF.INBAND_NOTIFICATIONS),
+    noFdNotify: true,
+    beforeRings: async (fe) => {
+      await fe.request(R.SET_BACKEND_REQ_FD, undefined, { fds: [peer.remote], needReply: true });
+      native.close(peer.remote);
+    },
+  });
+  const { fe, session, tx, port } = rig;
+  const stopped = (await fe.request(R.GET_VRING_BASE, { index: 1, num: 0 }))!.payload as { num: number };
+  t.false(session.rings[1]!.started);
+  t.is(value(await fe.request(R.SET_VRING_BASE, { index: 1, num: stopped.num }, opt)), 0n);
+  tx.drv.addChain([{ byteLen: 12 + 60, write: false, data: new Uint8Array([...new Uint8Array(12), ...frameOf(60, 4)]) }]);
+  t.is(value(await fe.request(R.VRING_KICK, { index: 1, num: 0 }, opt)), 0n);
+  t.true(session.rings[1]!.started, 'the in-band kick started the ring');
+  await until('frame sent', () => port.sent.length === 1);
+});
+
+test('with STATUS negotiated no ring runs before DRIVER_OK, and a status of 0 stops them', async (t) => {
+  const { fe, session, tx, port } = await setupLoopback(t, FEATURES, { protocolFeatures: bit(ProtoF.STATUS), expectReady: false });
+  t.is(session.rings[1]!.queue, null, 'configured, started and enabled, but no DRIVER_OK');
+  tx.drv.addChain([{ byteLen: 12 + 60, write: false, data: new Uint8Array([...new Uint8Array(12), ...frameOf(60, 5)]) }]);
+  native.eventfdWrite(tx.kick, 1n);
+  await new Promise((r) => setTimeout(r, 50));
+  t.is(port.sent.length, 0, 'no buffer consumed before DRIVER_OK (virtio v1.2 2.1.2)');
+  t.is(tx.drv.usedIdx, 0, 'no used element');
+  t.is(value(await fe.request(R.SET_STATUS, 0x0fn, opt)), 0n, 'ACKNOWLEDGE | DRIVER | DRIVER_OK | FEATURES_OK');
+  t.truthy(session.rings[1]!.queue);
+  await until('the kick that came before DRIVER_OK is served', () => port.sent.length === 1);
+  t.is(value(await fe.request(R.SET_STATUS, 0n, opt)), 0n);
+  t.is(session.rings[1]!.queue, null, 'status 0: rings stop');
+  t.is(session.rings[0]!.queue, null);
+});
