@@ -289,7 +289,7 @@ export class Session implements RingHost {
       if (!(e instanceof BackendError) && !(e instanceof VirtqError)) log('unexpected error: %O', e);
       if (rec) rec.error = `${code}: ${err.message}`;
       // A request that expects a body gets a reply with an empty body (or its failure result):
-      // frontends check the reply, so they fail cleanly instead of waiting forever (decisions.md D4).
+      // frontends check the reply, so they fail cleanly instead of waiting forever (decisions.md D4, D46).
       if (bodyReply) out = { bytes: encodeRaw(msg.id, VHOST_USER_VERSION | VHOST_USER_REPLY_MASK, refusalBody(msg.def)), fds: [] };
       else if (replyAck) out = encodeReply(msg, NACK);
     } finally {
