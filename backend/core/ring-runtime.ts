@@ -113,8 +113,8 @@ export class RingRuntime {
   /**
    * With STATUS negotiated the device may not consume buffers or notify before the driver set
    * DRIVER_OK (virtio v1.2 2.1.2: "The device MUST NOT consume buffers or send any used buffer
-   * notifications to the driver before DRIVER_OK"); QEMU sets it after the rings are configured and
-   * clears the status (0) before it stops them. Without STATUS the frontend has no way to say it (D45).
+   * notifications to the driver before DRIVER_OK"); DPDK's virtio-user sets it once its rings are
+   * configured. Without STATUS the frontend has no way to say it (D45).
    */
   private driverOk(): boolean {
     return !this.host.protoNegotiated(ProtoF.STATUS) || (this.host.status & STATUS_DRIVER_OK) !== 0;
