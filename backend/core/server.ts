@@ -4,18 +4,16 @@
  * One frontend at a time (vhost-user.rst: one connection per device); when it goes away every fd and
  * mapping of its session is released and the next frontend is accepted.
  */
-import { existsSync, lstatSync, unlinkSync } from 'node:fs';
 import { EventEmitter } from 'node:events';
 import createDebug from 'debug';
-import type { NativeBinding, Fd, Poller } from '../../native/types.ts';
-import { POLL_READABLE } from '../../native/types.ts';
+import type { NativeBinding, Fd } from '../../native/types.ts';
 import { Connection } from './connection.ts';
+import { FrontendSocket } from './frontend-socket.ts';
 import { Session, type SessionOptions } from './session.ts';
 import { REQUEST_HANDLERS } from './handlers/index.ts';
 import type { Device } from './device.ts';
 
 const log = createDebug('vhost:server');
-const RECONNECT_MS = 500;
 
 export interface EndpointOptions {
   path: string;
@@ -34,17 +32,28 @@ export declare interface VhostUserEndpoint {
 }
 
 export class VhostUserEndpoint extends EventEmitter {
-  private listenFd: Fd | null = null;
-  private listenPoller: Poller | null = null;
+  private readonly socket: FrontendSocket;
   private conn: Connection | null = null;
   session: Session | null = null;
-  private timer: NodeJS.Timeout | null = null;
-  private stopped = false;
   /** Sessions served so far (tests and diagnostics). */
   sessions = 0;
 
   constructor(private readonly opts: EndpointOptions) {
     super();
+    this.socket = new FrontendSocket({
+      native: opts.native,
+      path: opts.path,
+      ...(opts.client ? { client: true } : {}),
+      label: this.label,
+      log,
+      attach: (fd) => {
+        if (this.conn?.isOpen) {
+          log('%s: refusing a second frontend while one is connected', this.label);
+          this.opts.native.close(fd);
+        } else this.attach(fd);
+        return true;
+      },
+    });
   }
 
   get label(): string {
@@ -52,47 +61,8 @@ export class VhostUserEndpoint extends EventEmitter {
   }
 
   start(): void {
-    if (this.opts.client) return this.tryConnect();
-    const { path } = this.opts;
-    // A stale socket from a previous run would make bind fail with EADDRINUSE; anything that is not
-    // a socket is left alone (we never delete a user's file).
-    if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path);
-    this.listenFd = this.opts.native.unixListen(path, 4);
-    this.listenPoller = new this.opts.native.Poller(this.listenFd, (err) => {
-      if (err) return log('listen poll error: %s', err.message);
-      this.acceptAll();
-    });
-    this.listenPoller.start(POLL_READABLE);
-    log('%s: listening', this.label);
-  }
-
-  private acceptAll(): void {
-    for (;;) {
-      let fd: Fd | null;
-      try {
-        fd = this.opts.native.unixAccept(this.listenFd!);
-      } catch (e) {
-        return log('accept failed: %s', (e as Error).message);
-      }
-      if (fd === null) return;
-      if (this.conn?.isOpen) {
-        log('%s: refusing a second frontend while one is connected', this.label);
-        this.opts.native.close(fd);
-        continue;
-      }
-      this.attach(fd);
-    }
-  }
-
-  private tryConnect(): void {
-    if (this.stopped) return;
-    try {
-      const fd = this.opts.native.unixConnect(this.opts.path);
-      this.attach(fd);
-    } catch (e) {
-      log('%s: connect failed (%s), retrying', this.label, (e as { code?: string }).code ?? (e as Error).message);
-      this.timer = setTimeout(() => this.tryConnect(), RECONNECT_MS);
-    }
+    this.socket.start();
+    if (!this.opts.client) log('%s: listening', this.label);
   }
 
   private attach(fd: Fd): void {
@@ -113,7 +83,7 @@ export class VhostUserEndpoint extends EventEmitter {
         session.close();
         if (this.session === session) this.session = null;
         this.emit('disconnect', reason);
-        if (this.opts.client && !this.stopped) this.timer = setTimeout(() => this.tryConnect(), RECONNECT_MS);
+        this.socket.reconnectLater();
       },
     });
     this.conn = conn;
@@ -123,14 +93,7 @@ export class VhostUserEndpoint extends EventEmitter {
   }
 
   close(): void {
-    this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
+    this.socket.close();
     this.conn?.close('endpoint closed');
-    this.listenPoller?.close();
-    if (this.listenFd !== null) {
-      this.opts.native.close(this.listenFd);
-      this.listenFd = null;
-      if (!this.opts.client && existsSync(this.opts.path)) unlinkSync(this.opts.path);
-    }
   }
 }

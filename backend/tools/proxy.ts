@@ -24,10 +24,11 @@
  * the kinds of the attached fds (`fdKinds`), which replay uses to create fresh fds of the same kind.
  */
 import { EventEmitter } from 'node:events';
-import { existsSync, lstatSync, readlinkSync, unlinkSync } from 'node:fs';
+import { readlinkSync } from 'node:fs';
 import createDebug from 'debug';
-import type { Fd, NativeBinding, Poller } from '../../native/types.ts';
-import { POLL_DISCONNECT, POLL_READABLE, POLL_WRITABLE } from '../../native/types.ts';
+import type { Fd, NativeBinding } from '../../native/types.ts';
+import { FrontendSocket } from '../core/frontend-socket.ts';
+import { PolledSocket } from '../core/polled-socket.ts';
 import {
   FrontendReq,
   Framer,
@@ -42,9 +43,6 @@ import {
 } from '../../protocol/index.ts';
 
 const log = createDebug('vhost:proxy');
-const RECV_BUF_BYTES = 64 * 1024;
-const MAX_FDS_PER_RECV = 32;
-const RECONNECT_MS = 500;
 
 export type ProxyNative = Pick<
   NativeBinding,
@@ -81,32 +79,21 @@ export function fdKind(fd: Fd): string {
   return 'other';
 }
 
-interface Outgoing {
-  bytes: Uint8Array;
-  offset: number;
-  /** Ours to close once they are sent. */
-  fds: Fd[];
-}
-
 /**
  * One socket of the proxy: receives whole frames (or raw chunks once framing is lost) and sends
- * queued messages, closing the fds it was given once they are on their way.
+ * queued messages; the fds it is given to send are its own, closed once they are on their way.
  */
 class Link {
-  private readonly poller: Poller;
+  private readonly sock: PolledSocket;
   private readonly framer = new Framer();
-  private readonly buf = new Uint8Array(RECV_BUF_BYTES);
-  private readonly queue: Outgoing[] = [];
   /** Bytes received but not yet returned as a frame, kept to forward raw if framing is lost. */
   private unframed = new Uint8Array(0);
   private raw = false;
-  private open = true;
-  private closing = false;
 
   constructor(
-    readonly fd: Fd,
-    private readonly sys: ProxyNative,
-    readonly name: string,
+    fd: Fd,
+    sys: ProxyNative,
+    name: string,
     private readonly sink: {
       frame(f: RawFrame, t: bigint): void;
       /** Framing lost: forward these bytes as they are. */
@@ -114,47 +101,33 @@ class Link {
       closed(reason: string): void;
     },
   ) {
-    this.poller = new sys.Poller(fd, (err, ev) => this.onEvents(err, ev));
-    this.poller.start(POLL_READABLE | POLL_DISCONNECT);
-  }
-
-  get isOpen(): boolean {
-    return this.open;
-  }
-
-  private onEvents(err: Error | null, events: number): void {
-    if (!this.open) return;
-    if (err) return this.close(`poll error: ${err.message}`);
-    if (events & POLL_WRITABLE) this.flush();
-    if (events & (POLL_READABLE | POLL_DISCONNECT)) this.readAll();
+    this.sock = new PolledSocket(fd, sys, {
+      name,
+      log,
+      ownsFds: true,
+      eofReason: 'peer closed the connection',
+      readable: () => this.readAll(),
+      closed: (reason) => {
+        for (const pending of this.framer.pendingFds()) sys.close(pending);
+        this.sink.closed(reason);
+      },
+    });
   }
 
   private readAll(): void {
-    while (this.open && !this.closing) {
-      let res;
-      try {
-        res = this.sys.recvmsg(this.fd, this.buf, 0, this.buf.length, MAX_FDS_PER_RECV);
-      } catch (e) {
-        return this.close(`recvmsg: ${(e as Error).message}`);
-      }
-      if (res === null) return;
+    for (let got = this.sock.receive(); got; got = this.sock.receive()) {
       const t = process.hrtime.bigint();
-      if (res.byteLen === 0) {
-        for (const fd of res.fds) this.sys.close(fd);
-        return this.close('peer closed the connection');
-      }
-      if (res.fdsTruncated) log('%s: control data truncated (more than %d fds)', this.name, MAX_FDS_PER_RECV);
-      const chunk = this.buf.slice(0, res.byteLen);
+      const chunk = got.bytes.slice();
       if (this.raw) {
-        this.sink.raw(chunk, res.fds, null, t);
+        this.sink.raw(chunk, got.fds, null, t);
         continue;
       }
-      this.framer.push(chunk, res.fds);
+      this.framer.push(chunk, got.fds);
       const all = new Uint8Array(this.unframed.length + chunk.length);
       all.set(this.unframed);
       all.set(chunk, this.unframed.length);
       try {
-        for (let f = this.framer.next(); f && this.open; f = this.framer.next()) this.sink.frame(f, t);
+        for (let f = this.framer.next(); f && this.sock.isOpen; f = this.framer.next()) this.sink.frame(f, t);
       } catch (e) {
         // Header error: the stream cannot be framed any more. Forward what is buffered as it is and
         // pass the rest through unframed; the receiver will judge it as it would without us.
@@ -171,55 +144,16 @@ class Link {
 
   /** Queue bytes with fds (ours: closed once sent, or when the link closes). */
   send(bytes: Uint8Array, fds: Fd[]): void {
-    if (!this.open) {
-      for (const fd of fds) this.sys.close(fd);
-      return;
-    }
-    this.queue.push({ bytes, offset: 0, fds });
-    if (this.queue.length === 1) this.flush();
-  }
-
-  private flush(): void {
-    while (this.open && this.queue.length > 0) {
-      const p = this.queue[0]!;
-      let n: number | null;
-      try {
-        n = this.sys.sendmsg(this.fd, p.bytes, p.offset, p.bytes.length - p.offset, p.fds);
-      } catch (e) {
-        return this.close(`sendmsg: ${(e as Error).message}`);
-      }
-      if (n === null) {
-        this.poller.start(POLL_READABLE | POLL_DISCONNECT | POLL_WRITABLE);
-        return;
-      }
-      p.offset += n;
-      // The kernel holds its own references now: ours can go (fds travel with the first byte only).
-      for (const fd of p.fds) this.sys.close(fd);
-      p.fds = [];
-      if (p.offset === p.bytes.length) this.queue.shift();
-    }
-    if (!this.open) return;
-    if (this.closing && this.queue.length === 0) return this.close('closed after flush');
-    this.poller.start(POLL_READABLE | POLL_DISCONNECT);
+    this.sock.send(bytes, fds);
   }
 
   /** Close once everything queued is sent (the peer on the other side went away). */
   closeAfterFlush(reason: string): void {
-    if (!this.open) return;
-    if (this.queue.length === 0) return this.close(reason);
-    this.closing = true;
+    this.sock.closeAfterFlush(reason);
   }
 
   close(reason: string): void {
-    if (!this.open) return;
-    this.open = false;
-    log('%s closed: %s', this.name, reason);
-    this.poller.close();
-    for (const p of this.queue) for (const fd of p.fds) this.sys.close(fd);
-    this.queue.length = 0;
-    for (const fd of this.framer.pendingFds()) this.sys.close(fd);
-    this.sys.close(this.fd);
-    this.sink.closed(reason);
+    this.sock.close(reason);
   }
 }
 
@@ -346,16 +280,21 @@ export declare interface VhostUserProxy {
 }
 
 export class VhostUserProxy extends EventEmitter {
-  private listenFd: Fd | null = null;
-  private listenPoller: Poller | null = null;
+  private readonly socket: FrontendSocket;
   private readonly pairs = new Set<ProxyPair>();
-  private timer: NodeJS.Timeout | null = null;
-  private stopped = false;
   /** Frontend connections served so far. */
   connections = 0;
 
   constructor(private readonly opts: ProxyOptions) {
     super();
+    this.socket = new FrontendSocket({
+      native: opts.native,
+      path: opts.frontend,
+      ...(opts.client ? { client: true } : {}),
+      label: this.label,
+      log,
+      attach: (fd) => this.attach(fd),
+    });
   }
 
   get label(): string {
@@ -368,42 +307,8 @@ export class VhostUserProxy extends EventEmitter {
   }
 
   start(): void {
-    if (this.opts.client) return this.tryConnect();
-    const path = this.opts.frontend;
-    if (existsSync(path) && lstatSync(path).isSocket()) unlinkSync(path);
-    this.listenFd = this.opts.native.unixListen(path, 4);
-    this.listenPoller = new this.opts.native.Poller(this.listenFd, (err) => {
-      if (err) return log('listen poll error: %s', err.message);
-      this.acceptAll();
-    });
-    this.listenPoller.start(POLL_READABLE);
-    log('%s: listening on %s, backend %s', this.label, path, this.opts.backend);
-  }
-
-  private acceptAll(): void {
-    for (;;) {
-      let fd: Fd | null;
-      try {
-        fd = this.opts.native.unixAccept(this.listenFd!);
-      } catch (e) {
-        return log('accept failed: %s', (e as Error).message);
-      }
-      if (fd === null) return;
-      this.attach(fd);
-    }
-  }
-
-  private tryConnect(): void {
-    if (this.stopped) return;
-    let fd: Fd;
-    try {
-      fd = this.opts.native.unixConnect(this.opts.frontend);
-    } catch (e) {
-      log('%s: connect to frontend failed (%s), retrying', this.label, (e as { code?: string }).code ?? (e as Error).message);
-      this.timer = setTimeout(() => this.tryConnect(), RECONNECT_MS);
-      return;
-    }
-    if (!this.attach(fd)) this.timer = setTimeout(() => this.tryConnect(), RECONNECT_MS);
+    this.socket.start();
+    if (!this.opts.client) log('%s: listening on %s, backend %s', this.label, this.opts.frontend, this.opts.backend);
   }
 
   /** Pairs a new frontend connection with a new backend connection; false if the backend is not there. */
@@ -424,7 +329,7 @@ export class VhostUserProxy extends EventEmitter {
     const pair: ProxyPair = new ProxyPair(feFd, beFd, n, label, this.opts.trace, (reason) => {
       this.pairs.delete(pair);
       this.emit('disconnect', label, reason);
-      if (this.opts.client && !this.stopped) this.timer = setTimeout(() => this.tryConnect(), RECONNECT_MS);
+      this.socket.reconnectLater();
     });
     this.pairs.add(pair);
     log('%s: frontend connected, backend connected', label);
@@ -433,15 +338,8 @@ export class VhostUserProxy extends EventEmitter {
   }
 
   close(): void {
-    this.stopped = true;
-    if (this.timer) clearTimeout(this.timer);
+    this.socket.close();
     for (const p of this.pairs) p.close('proxy closed');
     this.pairs.clear();
-    this.listenPoller?.close();
-    if (this.listenFd !== null) {
-      this.opts.native.close(this.listenFd);
-      this.listenFd = null;
-      if (!this.opts.client && existsSync(this.opts.frontend)) unlinkSync(this.opts.frontend);
-    }
   }
 }
