@@ -189,7 +189,7 @@ export class RingRuntime {
       host.device.ringReady(ready);
       // No kick will come for chains the previous backend had taken: process them now (libvhost-user
       // writes its own kick eventfd for the same reason).
-      if (resubmitted > 0) setImmediate(() => r.queue && host.device.kick(r.index));
+      if (resubmitted > 0) setImmediate(() => this.kickDevice(r));
     } catch (e) {
       if (r.queue) this.stopQueue(r);
       r.queue = null;
@@ -298,8 +298,17 @@ export class RingRuntime {
       r.kickPoller.close();
       r.kickPoller = null;
     }
+    if (r.pollTimer) clearInterval(r.pollTimer);
+    r.pollTimer = null;
     if (r.kickFd !== null) this.sys.close(r.kickFd);
     r.kickFd = fd;
+    // A running ring is watched through its new fd at once (SET_VRING_KICK on a running ring: the
+    // queue is not rebuilt, so startQueue will not do it), and served once in case a kick came
+    // before we watched.
+    if (r.queue !== null) {
+      this.watchKick(r);
+      this.kickDevice(r);
+    }
   }
 
   /** SET_VRING_CALL: the new call fd (null: NOFD) replaces the old one. */
@@ -332,7 +341,20 @@ export class RingRuntime {
       this.start(r);
       this.update();
     }
-    if (r.queue) this.host.device.kick(r.index);
+    this.kickDevice(r);
+  }
+
+  /**
+   * The device processes ring r, if it runs. Called from timers and deferred callbacks: an exception
+   * (a device bug, or a guest input nobody foresaw) breaks this ring, never the process.
+   */
+  private kickDevice(r: RingState): void {
+    if (r.queue === null) return;
+    try {
+      this.host.device.kick(r.index);
+    } catch (e) {
+      this.fail(r, asError(e, `device on ring ${r.index}`));
+    }
   }
 
   private watchKick(r: RingState): void {
@@ -341,22 +363,23 @@ export class RingRuntime {
       if (this.host.protoNegotiated(ProtoF.INBAND_NOTIFICATIONS)) return;
       // vhost-user.rst SET_VRING_KICK: "the invalid FD flag ... signals that polling should be used
       // instead of waiting for the kick". Poll every millisecond while the ring is ready.
-      r.pollTimer ??= setInterval(() => {
-        if (r.queue) this.host.device.kick(r.index);
-      }, POLL_INTERVAL_MS);
+      r.pollTimer ??= setInterval(() => this.kickDevice(r), POLL_INTERVAL_MS);
       return;
     }
     if (!r.kickPoller) {
       const fd = r.kickFd;
       const host = this.host;
+      // The callback runs from native code: nothing may escape it (a throw here would end the
+      // process). A failing kick fd or device breaks this ring only.
       r.kickPoller = new this.sys.Poller(fd, (err) => {
-        if (err) {
-          log('kick poller error on ring %d: %s', r.index, err.message);
-          return;
+        try {
+          if (err) throw err;
+          if (this.sys.eventfdRead(fd) === null) return; // spurious wake-up: nothing was written
+          if (host.ringTrace !== null) host.ringTrace(ringRecord(r.index, 'kick'));
+          if (r.queue) host.device.kick(r.index);
+        } catch (e) {
+          this.fail(r, asError(e, `kick fd of ring ${r.index}`));
         }
-        this.sys.eventfdRead(fd);
-        if (host.ringTrace !== null) host.ringTrace(ringRecord(r.index, 'kick'));
-        if (r.queue) host.device.kick(r.index);
       });
     }
     r.kickPoller.start(POLL_READABLE);
@@ -453,9 +476,16 @@ export class RingRuntime {
     }
     // An UPDATE may be what a parked queue waits for: let every ready ring try again.
     setImmediate(() => {
-      for (const r of this.rings) if (r.queue) this.host.device.kick(r.index);
+      for (const r of this.rings) this.kickDevice(r);
     });
   }
+}
+
+/** An exception as an Error (a thrown non-Error included), its code kept; logged with where it came from. */
+function asError(e: unknown, where: string): Error {
+  const err = e instanceof Error ? e : new Error(String(e));
+  log('exception from the %s: %O', where, err);
+  return err;
 }
 
 /** For the ring log lines: a split ring's used.idx; -1 for a packed ring, whose used position is in `base`. */

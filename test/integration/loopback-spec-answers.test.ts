@@ -112,3 +112,24 @@ test('with STATUS negotiated no ring runs before DRIVER_OK, and a status of 0 st
   t.is(session.rings[1]!.queue, null, 'status 0: rings stop');
   t.is(session.rings[0]!.queue, null);
 });
+
+test('SET_VRING_KICK with a new eventfd on a running ring: kicks on the new fd drive TX', async (t) => {
+  const { fe, session, tx, port } = await setupLoopback(t, FEATURES);
+  const txFrame = (seed: number) => new Uint8Array([...new Uint8Array(12), ...frameOf(60, seed)]);
+  const kick2 = native.eventfd(0);
+  t.teardown(() => native.close(kick2));
+  t.is(value(await fe.request(R.SET_VRING_KICK, { index: 1, noFd: false }, { ...opt, fds: [kick2] })), 0n);
+  t.truthy(session.rings[1]!.queue, 'the ring kept running');
+  for (let i = 1; i <= 3; i++) {
+    tx.drv.addChain([{ byteLen: 72, write: false, data: txFrame(i) }]);
+    native.eventfdWrite(kick2, 1n);
+    await until(`frame ${i} sent after a kick on the new fd`, () => port.sent.length === i);
+  }
+  // The old fd is no longer watched: a kick there moves nothing.
+  tx.drv.addChain([{ byteLen: 72, write: false, data: txFrame(9) }]);
+  native.eventfdWrite(tx.kick, 1n);
+  await new Promise((r) => setTimeout(r, 50));
+  t.is(port.sent.length, 3);
+  native.eventfdWrite(kick2, 1n);
+  await until('the last frame, on the new fd', () => port.sent.length === 4);
+});
