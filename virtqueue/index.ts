@@ -57,8 +57,8 @@ export {
 } from './memory.ts';
 export type { Segment } from './chain.ts';
 export { Chain, ChainReader, ChainWriter, SplitChainWalker, SplitChainWalkerBE, appendBuffer, copyBytes, copyBytesW, wordsOf } from './chain.ts';
-export type { Virtqueue, VirtqueueStats, DrainResult, ChainHandler, DirectBuffer, DirectHandler, BurstHandler } from './queue.ts';
-export { createDirectBuffer, DirectBurst, BURST_MAX, DIRECT_CHAIN, DIRECT_EMPTY, DIRECT_OK } from './queue.ts';
+export type { Virtqueue, VirtqueueStats, DrainPlan, DrainResult, ChainHandler, DirectBuffer, DirectHandler, BurstHandler } from './queue.ts';
+export { createDrainPlan, createDirectBuffer, DirectBurst, BURST_MAX, DIRECT_CHAIN, DIRECT_EMPTY, DIRECT_OK } from './queue.ts';
 export type { SplitQueueConfig, SplitQueueStats } from './split.ts';
 export { SplitQueue, SplitQueueBE } from './split.ts';
 export type { DriverBuffer, AddChainOptions, RawDesc, UsedEntry, SplitDriverOptions } from './split-driver.ts';

@@ -6,16 +6,13 @@
 import createDebug from 'debug';
 import { VirtqError, type VirtqErrorCode } from './errors.ts';
 import type { GuestMemory, Span } from './memory.ts';
-import { Chain } from './chain.ts';
 import {
   BURST_MAX,
   DIRECT_OK,
   drainQueue,
-  type BurstHandler,
-  type ChainHandler,
   type DirectBuffer,
   type DirectBurst,
-  type DirectHandler,
+  type DrainPlan,
   type DrainResult,
   type Virtqueue,
 } from './queue.ts';
@@ -79,24 +76,14 @@ export abstract class QueueCore {
     }
     throw e;
   }
-  private readonly scratchChain = new Chain();
   private readonly drainResult: DrainResult = { processed: 0, notify: false, more: false, stopped: false };
 
   /**
    * The device loop of both formats (queue.ts drainQueue): one result object per queue, nothing
    * allocated per call. Both subclasses implement Virtqueue, hence the cast.
    */
-  drain(
-    fn: ChainHandler,
-    budget: number,
-    chain: Chain = this.scratchChain,
-    poll = false,
-    direct: DirectHandler | null = null,
-    dbuf: DirectBuffer | null = null,
-    burst: BurstHandler | null = null,
-    bbuf: DirectBurst | null = null,
-  ): DrainResult {
-    return drainQueue(this as unknown as Virtqueue, fn, budget, chain, this.drainResult, poll, direct, dbuf, burst, bbuf);
+  drain(plan: DrainPlan): DrainResult {
+    return drainQueue(this as unknown as Virtqueue, plan, this.drainResult);
   }
 
   /**

@@ -5,7 +5,7 @@
  * `lastAvailIdx` / `usedIdx` are the format's own positions (split: free-running 16-bit indices;
  * packed: ring positions 0..size-1, with wrap counters on `PackedQueue`).
  */
-import type { Chain } from './chain.ts';
+import { Chain } from './chain.ts';
 import type { VirtqError } from './errors.ts';
 import type { InflightAttachResult, InflightRegion } from './inflight.ts';
 import type { GuestMemory, Span } from './memory.ts';
@@ -109,6 +109,49 @@ export const DIRECT_CHAIN = -1;
 export type DirectHandler = (buf: DirectBuffer) => number | false;
 
 /**
+ * What one drain() call does (drainQueue has the loop's rules). Built once by its owner (per ring or
+ * per device, createDrainPlan) and reused, so the device loop allocates nothing; an owner changes only
+ * values between calls (e.g. `poll`, `budget`). Every field is always present, null rather than
+ * absent, so all plans share one shape (one hidden class for V8's inline caches in drainQueue).
+ */
+export interface DrainPlan {
+  /** Gets every chain pop() resolves: the bytes it wrote (used len), or false to stop. */
+  onChain: ChainHandler;
+  /** Most chains and buffers completed per call; more left over: the result says `more`. */
+  budget: number;
+  /** The Chain pop() resolves into (the owner's, reused). */
+  chain: Chain;
+  /** Busy polling: an empty ring returns with notifications still disabled (the caller enables them). */
+  poll: boolean;
+  /** The fast path: gets the buffers popDirect resolves (one direct descriptor), or null (all go to onChain). */
+  onDirect: DirectHandler | null;
+  /** popDirect's buffer for onDirect (non-null when onDirect is). */
+  directBuf: DirectBuffer | null;
+  /** Gets runs of such buffers popped together (popBurst), or null (one by one). */
+  onBurst: BurstHandler | null;
+  /** popBurst's burst for onBurst (non-null when onBurst is). */
+  burstBuf: DirectBurst | null;
+}
+
+/** A DrainPlan with every field set (the rest: a new Chain, no polling, no fast paths). */
+export function createDrainPlan(
+  onChain: ChainHandler,
+  budget: number,
+  opt: Partial<Omit<DrainPlan, 'onChain' | 'budget'>> = {},
+): DrainPlan {
+  return {
+    onChain,
+    budget,
+    chain: opt.chain ?? new Chain(),
+    poll: opt.poll ?? false,
+    onDirect: opt.onDirect ?? null,
+    directBuf: opt.directBuf ?? null,
+    onBurst: opt.onBurst ?? null,
+    burstBuf: opt.burstBuf ?? null,
+  };
+}
+
+/**
  * One virtqueue, device side. Guest errors never throw: they set `broken` (sticky) and `pop` returns
  * false from then on. RangeError is thrown only for device (host code) bugs: pushing an id that is not
  * in flight, unpopping more than is outstanding.
@@ -165,19 +208,10 @@ export interface Virtqueue {
   /** True when the driver has made a chain available that has not been popped. */
   hasAvailable(): boolean;
   /**
-   * The device loop: pop, hand to `fn`, push, flush, re-enable with the race re-check. `poll`: when
-   * the ring runs empty, notifications stay disabled (the caller polls it and enables them itself).
+   * The device loop (drainQueue): pop, hand to the plan's handlers, push, flush, re-enable with the
+   * race re-check. The result object is the queue's, overwritten by the next call.
    */
-  drain(
-    fn: ChainHandler,
-    budget: number,
-    chain?: Chain,
-    poll?: boolean,
-    direct?: DirectHandler | null,
-    dbuf?: DirectBuffer,
-    burst?: BurstHandler | null,
-    bbuf?: DirectBurst,
-  ): DrainResult;
+  drain(plan: DrainPlan): DrainResult;
 
   /** The attached inflight region (vhost-user.rst "Inflight I/O tracking"), or null. */
   readonly inflight: InflightRegion | null;
@@ -193,40 +227,38 @@ export interface Virtqueue {
 
 /**
  * The device loop, shared by both ring formats and owned here so devices cannot get EVENT_IDX wrong
- * (vm-virtio leaves it to each device): disable notifications, pop and hand each chain to `fn` (up to
- * `budget` chains), push the returned length, flush once per pass, enable notifications and re-check
- * for entries that raced with enabling (virtio v1.2 2.7.10 / 2.8.x); repeat until the ring stays
- * empty or the budget is spent.
+ * (vm-virtio leaves it to each device): disable notifications, pop and hand each chain to
+ * `plan.onChain` (up to `plan.budget` chains), push the returned length, flush once per pass, enable
+ * notifications and re-check for entries that raced with enabling (virtio v1.2 2.7.10 / 2.8.x);
+ * repeat until the ring stays empty or the budget is spent.
  *
- * `fn` returns the bytes it wrote into the chain (used len), or false to stop: that chain is given
- * back (unpop), notifications are re-enabled and the result says `stopped` (the device resumes on its
- * own trigger or the next kick). Budget exhausted with chains left: `more`, notifications stay
+ * A handler returns the bytes it wrote into the chain (used len), or false to stop: that chain is
+ * given back (unpop), notifications are re-enabled and the result says `stopped` (the device resumes
+ * on its own trigger or the next kick). Budget exhausted with chains left: `more`, notifications stay
  * disabled and the caller must call drain again. Guest errors end the loop with `broken` set.
  * `out` is filled and returned (one object per queue: the loop allocates nothing).
  *
- * `direct` (with `dbuf`): buffers that popDirect resolves go to it instead of `fn` (the device's
- * fast path); everything else still goes through pop() and `fn`, in ring order.
+ * `onDirect` (with `directBuf`): buffers that popDirect resolves go to it instead of `onChain` (the
+ * device's fast path); everything else still goes through pop() and `onChain`, in ring order.
  *
- * `burst` (with `bbuf`): runs of such buffers are popped together (popBurst) and handed over as one
- * burst; what popBurst does not take goes one by one as above. The burst handler says how many it
- * completed; the rest are given back as for false.
+ * `onBurst` (with `burstBuf`): runs of such buffers are popped together (popBurst) and handed over as
+ * one burst; what popBurst does not take goes one by one as above. The burst handler says how many
+ * it completed; the rest are given back as for false.
  *
  * `poll` (busy polling, spec-notes/performance.md): an empty ring returns with notifications still
  * disabled; the caller keeps polling `hasAvailable()` and must call `enableNotification()` (and
  * handle its race answer) before it stops polling, or no kick will ever come.
  */
-export function drainQueue(
-  q: Virtqueue,
-  fn: ChainHandler,
-  budget: number,
-  chain: Chain,
-  out: DrainResult,
-  poll = false,
-  direct: DirectHandler | null = null,
-  dbuf: DirectBuffer | null = null,
-  burst: BurstHandler | null = null,
-  bbuf: DirectBurst | null = null,
-): DrainResult {
+export function drainQueue(q: Virtqueue, plan: DrainPlan, out: DrainResult): DrainResult {
+  // The plan is read once: a handler that changes it affects the next call, not this one.
+  const fn = plan.onChain;
+  const budget = plan.budget;
+  const chain = plan.chain;
+  const poll = plan.poll;
+  const direct = plan.onDirect;
+  const dbuf = plan.directBuf;
+  const burst = plan.onBurst;
+  const bbuf = plan.burstBuf;
   out.processed = 0;
   out.notify = false;
   out.more = false;

@@ -17,6 +17,7 @@ import {
   PackedQueue,
   RegionMemory,
   createDirectBuffer,
+  createDrainPlan,
   readBytes,
   type DriverBuffer,
 } from '../../virtqueue/index.ts';
@@ -209,23 +210,21 @@ for (const kind of ['split', 'packed'] as const) {
     const seen: string[] = [];
     let refuse = true;
     const res = r.q.drain(
-      (c) => (seen.push(`chain ${c.head}`), 0),
-      64,
-      new Chain(),
-      false,
-      (b) => (seen.push(`direct ${b.id}`), 0),
-      createDirectBuffer(false),
-      (b) => {
-        seen.push(`burst ${Array.from(b.id.subarray(0, b.count)).join(',')}`);
-        if (b.count === 3 && refuse) {
-          refuse = false;
-          b.usedLen[0] = 0;
-          return 1; // the last two are given back
-        }
-        b.usedLen.fill(0);
-        return b.count;
-      },
-      new DirectBurst(false),
+      createDrainPlan((c) => (seen.push(`chain ${c.head}`), 0), 64, {
+        onDirect: (b) => (seen.push(`direct ${b.id}`), 0),
+        directBuf: createDirectBuffer(false),
+        onBurst: (b) => {
+          seen.push(`burst ${Array.from(b.id.subarray(0, b.count)).join(',')}`);
+          if (b.count === 3 && refuse) {
+            refuse = false;
+            b.usedLen[0] = 0;
+            return 1; // the last two are given back
+          }
+          b.usedLen.fill(0);
+          return b.count;
+        },
+        burstBuf: new DirectBurst(false),
+      }),
     );
     t.deepEqual(seen, [`burst ${ids[0]},${ids[1]}`, `chain ${ids[2]}`, `burst ${ids[3]},${ids[4]},${ids[5]}`]);
     t.true(res.stopped);

@@ -18,6 +18,7 @@ import {
   RegionMemory,
   SplitQueue,
   createDirectBuffer,
+  createDrainPlan,
   readBytes,
 } from '../../virtqueue/index.ts';
 import { IotlbCache, IotlbMemory } from '../../virtqueue/iotlb.ts';
@@ -147,19 +148,17 @@ for (const kind of ['split', 'packed'] as const) {
     ];
     const seen: string[] = [];
     const res = r.q.drain(
-      (c) => (seen.push(`chain ${c.head}`), 0),
-      64,
-      new Chain(),
-      false,
-      (b) => {
-        if (b.id === ids[3] && !seen.includes('refused')) {
-          seen.push('refused');
-          return false;
-        }
-        seen.push(`direct ${b.id}`);
-        return 0;
-      },
-      createDirectBuffer(false),
+      createDrainPlan((c) => (seen.push(`chain ${c.head}`), 0), 64, {
+        onDirect: (b) => {
+          if (b.id === ids[3] && !seen.includes('refused')) {
+            seen.push('refused');
+            return false;
+          }
+          seen.push(`direct ${b.id}`);
+          return 0;
+        },
+        directBuf: createDirectBuffer(false),
+      }),
     );
     t.deepEqual(seen, [`direct ${ids[0]}`, `chain ${ids[1]}`, `direct ${ids[2]}`, 'refused']);
     t.true(res.stopped);

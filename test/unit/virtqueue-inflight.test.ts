@@ -22,6 +22,7 @@ import {
   VIRTQ_DESC_F_USED,
   VIRTQ_DESC_F_WRITE,
   VirtqError,
+  createDrainPlan,
   inflightQueueOffset,
   inflightQueueSize,
   inflightRegionSize,
@@ -682,7 +683,7 @@ test('split: drain() processes resubmitted chains (hasAvailable is true with an 
   q2.attachInflight(new SplitInflight(bytes, 8));
   t.is(q2.availableCount(), 0, 'nothing new in the ring');
   t.true(q2.hasAvailable());
-  const r = q2.drain((ch) => serve(ch).len, 16);
+  const r = q2.drain(createDrainPlan((ch) => serve(ch).len, 16));
   t.is(r.processed, 1);
   t.deepEqual(drv.readUsed().map((u) => usedTag(t, u)), [7]);
 });
@@ -976,7 +977,7 @@ test('no region: the queues report no inflight state and behave as before', (t) 
   t.is(q.inflight, null);
   t.is(q.resubmitPending, 0);
   drv.addChain(bufsFor(3, 'two').bufs);
-  const r = q.drain((ch) => serve(ch).len, 8);
+  const r = q.drain(createDrainPlan((ch) => serve(ch).len, 8));
   t.is(r.processed, 1);
   t.deepEqual(drv.readUsed().map((u) => usedTag(t, u)), [3]);
   const pm = new FlatMemory(1 << 17);

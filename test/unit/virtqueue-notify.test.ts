@@ -1,5 +1,5 @@
 import test from 'ava';
-import { Chain, ChainWriter, VIRTQ_USED_F_NO_NOTIFY, needEvent } from '../../virtqueue/index.ts';
+import { Chain, ChainWriter, VIRTQ_USED_F_NO_NOTIFY, createDrainPlan, needEvent } from '../../virtqueue/index.ts';
 import type { Chain as ChainT } from '../../virtqueue/index.ts';
 import { rig } from './virtqueue-fixtures.ts';
 
@@ -142,14 +142,15 @@ test('drain: budget, notifications left off while more work remains, re-enabled 
     w.reset(c);
     return w.write(new Uint8Array([c.head]));
   };
-  let r = q.drain(fn, 4);
+  const plan = createDrainPlan(fn, 4);
+  let r = q.drain(plan);
   t.deepEqual(r, { processed: 4, notify: true, more: true, stopped: false });
   t.is(drv.usedFlags, VIRTQ_USED_F_NO_NOTIFY);
   t.is(drv.usedIdx, 4);
-  r = q.drain(fn, 4);
+  r = q.drain(plan);
   t.is(r.processed, 4);
   t.true(r.more);
-  r = q.drain(fn, 4);
+  r = q.drain(plan);
   t.deepEqual(r, { processed: 2, notify: true, more: false, stopped: false });
   t.is(drv.usedFlags, 0);
   const used = drv.readUsed();
@@ -161,7 +162,7 @@ test('drain: budget, notifications left off while more work remains, re-enabled 
 test('drain: exactly budget chains and nothing left ends with notifications enabled', (t) => {
   const { drv, q } = rig(8, { eventIdx: true });
   for (let i = 0; i < 4; i++) drv.addChain([{ byteLen: 4, write: true }]);
-  const r = q.drain(() => 0, 4);
+  const r = q.drain(createDrainPlan(() => 0, 4));
   t.deepEqual(r, { processed: 4, notify: true, more: false, stopped: false });
   t.is(drv.availEvent, 4);
 });
@@ -181,10 +182,12 @@ test('drain re-checks after enabling: a chain that raced with enableNotification
       return orig();
     };
     const heads: number[] = [];
-    const r = q.drain((c) => {
-      heads.push(c.head);
-      return 1;
-    }, 64);
+    const r = q.drain(
+      createDrainPlan((c) => {
+        heads.push(c.head);
+        return 1;
+      }, 64),
+    );
     t.is(r.processed, 2, `eventIdx=${eventIdx}`);
     t.false(r.more);
     t.is(heads.length, 2);
@@ -197,7 +200,7 @@ test('drain: fn returning false gives the chain back, re-enables notifications, 
   const { drv, q } = rig(8);
   const heads = [0, 1, 2].map(() => drv.addChain([{ byteLen: 4, write: true }]));
   let calls = 0;
-  const r = q.drain((c) => (++calls === 2 ? false : c.head), 64);
+  const r = q.drain(createDrainPlan((c) => (++calls === 2 ? false : c.head), 64));
   t.deepEqual(r, { processed: 1, notify: true, more: false, stopped: true });
   t.is(q.lastAvailIdx, 1);
   t.is(q.availableCount(), 2);
@@ -212,9 +215,9 @@ test('drain on a queue that breaks mid-way stops, keeps what was completed, and 
   drv.addChain([{ byteLen: 4, write: true }]);
   drv.pushHead(99);
   drv.addChain([{ byteLen: 4, write: true }]);
-  const r = q.drain(() => 0, 64);
+  const r = q.drain(createDrainPlan(() => 0, 64));
   t.is(r.processed, 1);
   t.is(q.broken?.code, 'VQ_BAD_HEAD');
   t.is(drv.usedIdx, 1);
-  t.deepEqual(q.drain(() => 0, 64), { processed: 0, notify: false, more: false, stopped: false });
+  t.deepEqual(q.drain(createDrainPlan(() => 0, 64)), { processed: 0, notify: false, more: false, stopped: false });
 });

@@ -6,7 +6,7 @@
  */
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
-import { Chain, ChainReader, ChainWriter, SplitDriver, RegionMemory, SplitQueue } from '../../virtqueue/index.ts';
+import { Chain, ChainReader, ChainWriter, SplitDriver, RegionMemory, SplitQueue, createDrainPlan } from '../../virtqueue/index.ts';
 import type { DriverBuffer } from '../../virtqueue/index.ts';
 import { prng } from './virtqueue-fixtures.ts';
 
@@ -175,7 +175,7 @@ function run(t: ExecutionContext, seed: number, eventIdx: boolean, corruptRate: 
       // must produce a kick (no lost wakeup), unless the queue broke.
       while (held.length) push(held.shift()!);
       lastPopHeld = false;
-      const res = q.drain(device, 1 + int(2 * SIZE));
+      const res = q.drain(createDrainPlan(device, 1 + int(2 * SIZE)));
       if (!res.more && !res.stopped && q.broken === null && !tainted) {
         t.true(q.notificationsEnabled);
         const before = drv.freeDescCount;
@@ -189,7 +189,7 @@ function run(t: ExecutionContext, seed: number, eventIdx: boolean, corruptRate: 
   while (held.length) push(held.shift()!);
   q.flushUsed();
   if (q.broken === null && !tainted) {
-    q.drain(device, 1000);
+    q.drain(createDrainPlan(device, 1000));
     checkUsed();
     t.is(expect.size, 0, `seed ${seed}: every chain added was completed`);
     t.is(drv.inFlightCount, 0);

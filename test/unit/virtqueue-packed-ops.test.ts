@@ -7,7 +7,7 @@
  */
 import test from 'ava';
 import type { ExecutionContext } from 'ava';
-import { Chain, ChainReader, ChainWriter, PackedDriver, PackedQueue, RegionMemory } from '../../virtqueue/index.ts';
+import { Chain, ChainReader, ChainWriter, PackedDriver, PackedQueue, RegionMemory, createDrainPlan } from '../../virtqueue/index.ts';
 import type { DriverBuffer, RawPackedDesc } from '../../virtqueue/index.ts';
 import { prng } from './virtqueue-fixtures.ts';
 
@@ -195,7 +195,7 @@ function run(t: ExecutionContext, seed: number, size: number, eventIdx: boolean,
       while (held.length) push(held.shift()!);
       streak = 0;
       drv.publish();
-      const res = q.drain(device, 1 + int(2 * size));
+      const res = q.drain(createDrainPlan(device, 1 + int(2 * size)));
       if (!res.more && !res.stopped && q.broken === null && !tainted) {
         t.true(q.notificationsEnabled);
         t.false(q.hasAvailable());
@@ -213,7 +213,7 @@ function run(t: ExecutionContext, seed: number, size: number, eventIdx: boolean,
   q.flushUsed();
   if (q.broken === null && !tainted) {
     for (let i = 0; i < 4; i++) {
-      q.drain(device, 1000);
+      q.drain(createDrainPlan(device, 1000));
       checkUsed();
     }
     t.is(expect.size, 0, `seed ${seed}: every list added was completed`);

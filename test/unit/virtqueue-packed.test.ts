@@ -18,6 +18,7 @@ import {
   VIRTQ_DESC_F_USED,
   VIRTQ_DESC_F_WRITE,
   VirtqError,
+  createDrainPlan,
   packedBaseFromVhost,
   packedBaseToVhost,
 } from '../../virtqueue/index.ts';
@@ -66,7 +67,7 @@ function expectBroken(t: ExecutionContext, q: PackedQueue, code: VirtqErrorCode)
   t.false(q.hasAvailable());
   t.false(q.enableNotification());
   t.false(q.flushUsed());
-  t.deepEqual(q.drain(() => 0, 8), { processed: 0, notify: false, more: false, stopped: false });
+  t.deepEqual(q.drain(createDrainPlan(() => 0, 8)), { processed: 0, notify: false, more: false, stopped: false });
   t.is(q.broken?.code, code);
 }
 
@@ -753,12 +754,13 @@ test('drain: budget, more, notifications off while work remains, re-enabled at t
     w.reset(c);
     return w.write(new Uint8Array([c.head]));
   };
-  let r = q.drain(fn, 4);
+  const plan = createDrainPlan(fn, 4);
+  let r = q.drain(plan);
   t.deepEqual(r, { processed: 4, notify: true, more: true, stopped: false });
   t.is(drv.deviceEventFlags, RING_EVENT_FLAGS_DISABLE);
-  r = q.drain(fn, 4);
+  r = q.drain(plan);
   t.true(r.more);
-  r = q.drain(fn, 4);
+  r = q.drain(plan);
   t.deepEqual(r, { processed: 2, notify: true, more: false, stopped: false });
   t.is(drv.deviceEventFlags, RING_EVENT_FLAGS_ENABLE);
   const used = drv.readUsed();
@@ -770,7 +772,7 @@ test('drain: fn returning false gives the list back; drain re-checks after enabl
   const { drv, q } = prig(8, { eventIdx: true });
   const ids = [0, 1, 2].map(() => drv.addChain([{ byteLen: 4, write: false }, { byteLen: 4, write: true }]));
   let calls = 0;
-  const r = q.drain((c) => (++calls === 2 ? false : c.head), 64);
+  const r = q.drain(createDrainPlan((c) => (++calls === 2 ? false : c.head), 64));
   t.deepEqual(r, { processed: 1, notify: true, more: false, stopped: true });
   t.is(q.lastAvailIdx, 2);
   const c = new Chain();
@@ -787,7 +789,7 @@ test('drain: fn returning false gives the list back; drain re-checks after enabl
     }
     return orig();
   };
-  const r2 = q.drain(() => 0, 64);
+  const r2 = q.drain(createDrainPlan(() => 0, 64));
   t.is(r2.processed, 3);
   t.false(r2.more);
   t.false(q.hasAvailable());

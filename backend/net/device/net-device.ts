@@ -19,11 +19,13 @@ import {
   copyBytes,
   copyBytesW,
   createDirectBuffer,
+  createDrainPlan,
   DirectBurst,
   BURST_MAX,
   wordsOf,
   createSpan,
   type DirectBuffer,
+  type DrainPlan,
   type GuestMemory,
 } from '../../../virtqueue/index.ts';
 import type { Device, ReadyQueue } from '../../core/device.ts';
@@ -443,6 +445,16 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     return this.txSent(this.uplink!.deliverSpan!(bytes, offset + hl, byteLen, hdr, read ? hl : 0), byteLen);
   }
 
+  /**
+   * processTx's drain plan: built once (drain allocates nothing), its budget, poll and fast-path
+   * handlers set before each call (they depend on the ring and the uplink).
+   */
+  private readonly txPlan: DrainPlan = createDrainPlan(this.txChain, TX_BURST, {
+    chain: this.chain,
+    directBuf: this.txBuf1,
+    burstBuf: this.txBurst,
+  });
+
   private processTx(index: number): void {
     const ring = this.rings[index];
     if (!ring) return;
@@ -463,11 +475,16 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     const direct = uplink !== null && uplink.deliverSpan !== undefined && this.ringTrace === null ? this.txDirect : null;
     // Bursts of TX_BURST: each ends with our used entries published (drain flushes) and the
     // receiver's burst published (endBurst), up to TX_BUDGET chains per turn of the event loop.
+    const plan = this.txPlan;
     do {
       uplink?.beginBurst?.();
       let res;
       try {
-        res = q.drain(this.txChain, burst, this.chain, poll, direct, this.txBuf1, direct !== null ? this.txBurstFn : null, this.txBurst);
+        plan.budget = burst;
+        plan.poll = poll;
+        plan.onDirect = direct;
+        plan.onBurst = direct !== null ? this.txBurstFn : null;
+        res = q.drain(plan);
       } finally {
         uplink?.endBurst?.();
       }
