@@ -15,7 +15,8 @@
         "src/tap.cc",
         "src/poller.cc",
         "src/uffd.cc",
-        "src/vfio.cc"
+        "src/vfio.cc",
+        "src/guard.cc"
       ],
       # `node -p` evaluates as CommonJS even though the repo is "type": "module"; include_dir is relative
       # to the cwd, which gyp sets to this directory.

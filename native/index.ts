@@ -21,6 +21,7 @@ const MEMBERS = [
   'unixListen', 'unixAccept', 'unixConnect', 'socketpair', 'recvmsg', 'sendmsg', 'close', 'dup',
   'read', 'write', 'readv', 'writev',
   'fstat', 'mmap', 'munmap', 'memfdCreate', 'ftruncate', 'mmapAddress', 'madvise',
+  'addSeals', 'getSeals', 'guardMapping', 'unguardMapping', 'onGuestMemoryFault', 'takeGuestMemoryFaults',
   'eventfd', 'eventfdRead', 'eventfdWrite',
   'tapOpen', 'tapSetOffload', 'linkSetUp',
   'Poller',

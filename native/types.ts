@@ -32,6 +32,13 @@ export interface FileStat {
   mode: number;
 }
 
+/**
+ * File seals (fcntl(2) "File Sealing", linux/fcntl.h) for `addSeals` / `getSeals`. A seal can never be removed,
+ * and applies to the file, i.e. to every process that has it open. We add `shrink` (and, on memfds we create,
+ * `grow` and `seal`); never `write` / `futureWrite`, which would stop the frontend (QEMU) writing its own memory.
+ */
+export const F_SEAL = { seal: 0x1, shrink: 0x2, grow: 0x4, write: 0x8, futureWrite: 0x10 } as const;
+
 /** uv_poll event bits, as libuv defines them. */
 export const POLL_READABLE = 1;
 export const POLL_WRITABLE = 2;
@@ -227,8 +234,43 @@ export interface NativeBinding {
    */
   mmap(fd: Fd, offset: number, byteLen: number, writable: boolean): ArrayBuffer;
   munmap(ab: ArrayBuffer): void;
+  /** memfd_create(MFD_CLOEXEC); without `allowSealing` the file is born with F_SEAL_SEAL (no seal can be added). */
   memfdCreate(name: string, allowSealing: boolean): Fd;
   ftruncate(fd: Fd, byteLen: number): void;
+  /**
+   * fcntl(F_ADD_SEALS): add F_SEAL.* bits to a file that supports sealing (memfd, and other shmem/hugetlbfs files
+   * with sealing allowed). Throws a SysError with syscall 'fcntl': EPERM when the file does not allow sealing
+   * (F_SEAL_SEAL is set: a memfd created without MFD_ALLOW_SEALING, or sealed so by its creator) or a seal
+   * forbids it; EINVAL when the file cannot be sealed at all (not a memfd / shmem file: a regular file on disk)
+   * or a bit is unknown; EBUSY for F_SEAL_WRITE while writable shared mappings exist. Adding a seal already
+   * present succeeds.
+   */
+  addSeals(fd: Fd, seals: number): void;
+  /** fcntl(F_GET_SEALS): the F_SEAL.* bits of the file; EINVAL (syscall 'fcntl') for a file without seals support. */
+  getSeals(fd: Fd): number;
+  /**
+   * Registers the mapping behind a buffer returned by `mmap()` with the process's SIGBUS guard and returns its id
+   * (a positive integer, never reused; the same id again for a mapping already guarded). A SIGBUS at an address
+   * inside a guarded mapping (the file was truncated under it: the frontend shrank its memfd) does not kill
+   * the process: the faulting page and every later page of that mapping are replaced by private zero pages
+   * (so the access is retried and reads zeros; writes go nowhere), and the id is reported as poisoned through
+   * `onGuestMemoryFault` / `takeGuestMemoryFaults`. A SIGBUS anywhere else still kills the process (the
+   * previously installed handler, or the default action). The handler (SA_SIGINFO | SA_ONSTACK) is installed
+   * at the first call. `munmap()` and the GC finalizer unregister the mapping themselves. Throws EINVAL
+   * (syscall 'guardMapping') for a buffer that is not a live mapping of ours, ENOSPC when the registry
+   * (16384 mappings) is full. Pattern: libwayland-server's wl_shm SIGBUS guard (native/src/guard.cc).
+   */
+  guardMapping(ab: ArrayBuffer): number;
+  /** Unregisters a guard id; false when it is not registered (already released, or unknown). */
+  unguardMapping(id: number): boolean;
+  /**
+   * The function told, on the event loop, the ids of guarded mappings poisoned since the last report (each id
+   * once). One per process (thread): a new call replaces it; null removes it (faults then wait for
+   * `takeGuestMemoryFaults`). Faults that came while none was set are reported after it is set.
+   */
+  onGuestMemoryFault(callback: ((ids: number[]) => void) | null): void;
+  /** Takes (so they are not reported again) the ids of guarded mappings poisoned and not yet reported. */
+  takeGuestMemoryFaults(): number[];
   /**
    * The virtual address of byte 0 of a buffer returned by `mmap()` (for an unaligned mmap offset: the address of
    * that offset, not of the page below it). Postcopy needs it: vhost-user.rst SET_MEM_TABLE "the back-end replies

@@ -15,12 +15,13 @@ import type { Fd, NativeBinding } from '../../native/types.ts';
 import { DirtyLog } from '../../virtqueue/dirty-log.ts';
 import type { GuestMemory } from '../../virtqueue/index.ts';
 import { BackendError, fail } from './errors.ts';
-import { fdBackedBytes, hex } from './memory-table.ts';
+import { MappingGuards, fdBackedBytes, guardOrRefuse, hex, sealAgainstShrink, type GuardNative } from './memory-table.ts';
 
 const log = createDebug('vhost:migration');
 
 export type MigrationNative = Pick<NativeBinding, 'mmap' | 'munmap' | 'close' | 'eventfdWrite' | 'fstat'> &
-  Partial<Pick<NativeBinding, 'userfaultfd' | 'uffdApi' | 'uffdRegister' | 'madvise' | 'mmapAddress'>>;
+  Partial<Pick<NativeBinding, 'userfaultfd' | 'uffdApi' | 'uffdRegister' | 'madvise' | 'mmapAddress'>> &
+  GuardNative;
 
 /** One mapped guest region as postcopy needs it. */
 export interface MappedView {
@@ -34,6 +35,9 @@ const MAX_LOG_BYTES = 1 << 30;
 
 export class Migration {
   private logMapping: ArrayBuffer | null = null;
+  /** SIGBUS guard of the log mapping (memory-table.ts MappingGuards). */
+  private logGuard: number | null = null;
+  private readonly guards: MappingGuards;
   private dirty: DirtyLog | null = null;
   private logFd: Fd | null = null;
   private signalledMarks = 0;
@@ -52,7 +56,14 @@ export class Migration {
   ackPending: number | null = null;
   private registered = new Set<ArrayBuffer>();
 
-  constructor(private readonly sys: MigrationNative) {}
+  constructor(private readonly sys: MigrationNative) {
+    this.guards = new MappingGuards(sys);
+  }
+
+  /** Told once when the dirty log lost its memory (the frontend shrank the log fd: see MappingGuards). */
+  set onFault(sink: ((reason: string) => void) | null) {
+    this.guards.onFault = sink;
+  }
 
   get log(): DirtyLog | null {
     return this.dirty;
@@ -75,7 +86,9 @@ export class Migration {
         fail('SESSION_BAD_LOG', `log size ${byteLen} is not in 1..${MAX_LOG_BYTES}`);
       }
       if (offset > BigInt(Number.MAX_SAFE_INTEGER)) fail('SESSION_BAD_LOG', `log offset ${offset} out of range`);
-      // A log past the end of its file would SIGBUS on the first mark (same rule as memory-table.ts).
+      // A log past the end of its file would SIGBUS on the first mark (same rules as memory-table.ts:
+      // sealed against shrinking first where it can be, sized, then guarded).
+      const seal = sealAgainstShrink(this.sys, fd);
       const backed = fdBackedBytes(this.sys, fd);
       if (backed !== null && offset + byteLen > BigInt(backed)) {
         fail('SESSION_BAD_LOG', `log [${hex(offset)}, +${hex(byteLen)}) is larger than its fd (${hex(backed)} bytes)`);
@@ -86,8 +99,16 @@ export class Migration {
       } catch (e) {
         throw new BackendError('SESSION_BAD_LOG', `mmap of the dirty log failed: ${(e as Error).message}`, { cause: e });
       }
+      let guard: number | null;
+      try {
+        guard = guardOrRefuse(this.guards, ab, `the dirty log (+${hex(byteLen)})`, seal);
+      } catch (e) {
+        this.sys.munmap(ab);
+        throw new BackendError('SESSION_BAD_LOG', `the dirty log can neither be sealed nor guarded: ${(e as Error).message}`, { cause: e });
+      }
       this.dropLog();
       this.logMapping = ab;
+      this.logGuard = guard;
       this.dirty = new DirtyLog(new Uint8Array(ab));
       log('log mapped: %s bytes at offset %s (covers %s of guest memory)', hex(byteLen), hex(offset), hex(this.dirty.coveredBytes));
     } finally {
@@ -140,6 +161,8 @@ export class Migration {
   }
 
   private dropLog(): void {
+    this.guards.remove(this.logGuard);
+    this.logGuard = null;
     if (this.logMapping !== null) this.sys.munmap(this.logMapping);
     this.logMapping = null;
     this.dirty = null;

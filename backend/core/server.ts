@@ -86,6 +86,7 @@ export class VhostUserEndpoint extends EventEmitter {
         this.socket.reconnectLater();
       },
     });
+    session.onFatal = (reason) => conn.close(`session broken: ${reason}`);
     this.conn = conn;
     this.session = session;
     log('%s: frontend connected (fd %d)', this.label, fd);

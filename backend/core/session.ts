@@ -172,7 +172,19 @@ export class Session implements RingHost {
   /** SET_DEVICE_STATE_FD transfer in progress or finished (DEVICE_STATE). */
   stateTransfer: DeviceStateTransfer | null = null;
   /** GET/SET_INFLIGHT_FD buffer (INFLIGHT_SHMFD), shared with the frontend across our restarts. */
-  inflight: InflightBuffer | null = null;
+  get inflight(): InflightBuffer | null {
+    return this.inflightBuffer;
+  }
+  set inflight(b: InflightBuffer | null) {
+    this.inflightBuffer = b;
+    if (b !== null) b.onFault = (reason) => this.fatal(reason);
+  }
+  private inflightBuffer: InflightBuffer | null = null;
+  /**
+   * Ends this session's connection (set by the endpoint): called when the session cannot go on, e.g. a
+   * mapping of its guest memory, dirty log or inflight buffer lost its memory (memory-table.ts MappingGuards).
+   */
+  onFatal: ((reason: string) => void) | null = null;
   /** The rings: their state, running queues, eventfds and notifications. */
   readonly runtime: RingRuntime;
   private closed = false;
@@ -191,6 +203,7 @@ export class Session implements RingHost {
       opts.device.features | bit(VirtioF.PROTOCOL_FEATURES) | bit(VirtioF.LOG_ALL) | bit(VirtioF.ACCESS_PLATFORM);
     this.memory = new MemoryTable(opts.native);
     this.migration = new Migration(opts.native);
+    this.memory.onFault = this.migration.onFault = (reason) => this.fatal(reason);
     let proto = (opts.protocolFeatures ?? SESSION_PROTOCOL_FEATURES) & SESSION_PROTOCOL_FEATURES;
     if (!this.migration.postcopySupported) proto &= ~bit(ProtoF.PAGEFAULT);
     // Device-dependent features: only what this device can back.
@@ -354,6 +367,14 @@ export class Session implements RingHost {
     if (vf !== undefined && !(req.offeredOnly ? has(this.offeredFeatures, vf) : this.virtioNegotiated(vf))) {
       fail('SESSION_NOT_NEGOTIATED', `${msg.name} needs virtio feature ${req.virtioFeature}, not negotiated`);
     }
+  }
+
+  /** This session is broken beyond repair: log why and end it (its connection); other sessions go on. */
+  fatal(reason: string): void {
+    if (this.closed) return;
+    log('%s: session broken, ending it: %s', this.label, reason);
+    if (this.onFatal !== null) this.onFatal(reason);
+    else this.close();
   }
 
   /** The connection is gone: release every fd and mapping this session owns. */

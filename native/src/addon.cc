@@ -16,6 +16,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vhost::InitPoller(env, exports);
   vhost::InitUffd(env, exports);
   vhost::InitVfio(env, exports);
+  vhost::InitGuard(env, exports);
   return exports;
 }
 

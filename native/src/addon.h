@@ -19,6 +19,7 @@ void InitTap(Napi::Env env, Napi::Object exports);
 void InitPoller(Napi::Env env, Napi::Object exports);
 void InitUffd(Napi::Env env, Napi::Object exports);
 void InitVfio(Napi::Env env, Napi::Object exports);
+void InitGuard(Napi::Env env, Napi::Object exports);
 
 // A live mapping made by mmap() (mmap.cc), as seen through the ArrayBuffer that exposes it.
 struct MappingRef {
@@ -33,6 +34,13 @@ struct MappingRef {
 // the current call: only the JS thread holding the (attached) buffer can munmap it, and the GC cannot
 // finalize a buffer that is an argument of the running call.
 MappingRef LookupMapping(Napi::Env env, Napi::Value v, const char* name, const char* syscall);
+
+// The SIGBUS guard registry (guard.cc). GuardAdd registers [start, start+byteLen) rounded out to whole pages,
+// mapped with `prot`, for the calling environment (installing the handler on first use) and returns its id
+// (never 0, never reused); throws ENOSPC when the registry is full. GuardRemove unregisters an id (false when
+// it is not registered). Both lock a mutex: JS threads only, never from a signal handler.
+uint64_t GuardAdd(Napi::Env env, uint8_t* start, size_t byteLen, int prot);
+bool GuardRemove(uint64_t id);
 
 [[noreturn]] inline void ThrowArgType(Napi::Env env, const std::string& what) {
   Napi::TypeError e = Napi::TypeError::New(env, "The \"" + what + "\" argument has an invalid type");

@@ -15,7 +15,14 @@
 //   - otherwise the GC finalizer munmap()s when the buffer is collected.
 // A registry keyed by the buffer's data pointer lets munmap() find the page-aligned base and length; both
 // paths agree through `Mapping::mapped` / `retired`, so memory is unmapped exactly once.
+//
+// Shrinking files: a frontend that ftruncates a file we mapped makes our next access past its new end SIGBUS.
+// addSeals / getSeals (fcntl F_ADD_SEALS / F_GET_SEALS) let the caller seal it against shrinking where the
+// file allows; guardMapping registers a mapping with the SIGBUS guard (guard.cc) for what cannot be sealed.
+// A guarded mapping is unregistered when it is retired (munmap) or unmapped (finalizer), before its address
+// range can be reused by anything else.
 
+#include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -42,6 +49,7 @@ struct Mapping {
   bool creating;  // finalizer must not free the struct while New() is still using it
   int prot;
   bool retired;   // munmap() replaced the file's pages by private zero pages; the range is still ours
+  uint64_t guard; // SIGBUS guard id (guard.cc), 0 when not guarded
 };
 
 std::mutex g_mu;
@@ -50,6 +58,8 @@ std::unordered_map<void*, Mapping*> g_maps;  // user pointer -> live mapping
 void Release(Mapping* m) {  // caller holds g_mu
   if (!m->mapped) return;
   g_maps.erase(m->user);
+  GuardRemove(m->guard);  // before the range is released and can be reused
+  m->guard = 0;
   munmap(m->base, m->mapLen);
   m->mapped = false;
 }
@@ -92,7 +102,7 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   void* base = mmap(nullptr, mapLen, prot, MAP_SHARED, fd, static_cast<off_t>(aligned));
   if (base == MAP_FAILED) ThrowSysError(env, errno, "mmap");
 
-  Mapping* m = new Mapping{static_cast<uint8_t*>(base), mapLen, static_cast<uint8_t*>(base) + delta, true, true, prot, false};
+  Mapping* m = new Mapping{static_cast<uint8_t*>(base), mapLen, static_cast<uint8_t*>(base) + delta, true, true, prot, false, 0};
   napi_value ab;
   napi_status s = napi_create_external_arraybuffer(env, m->user, static_cast<size_t>(byteLen), Finalize, m, &ab);
   {
@@ -135,6 +145,8 @@ Napi::Value Munmap(const Napi::CallbackInfo& info) {
     void* r = mmap(m->base, m->mapLen, m->prot, MAP_FIXED | MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (r != MAP_FAILED) {
       m->retired = true;  // the finalizer munmap()s the zero pages
+      GuardRemove(m->guard);  // private zero pages cannot SIGBUS
+      m->guard = 0;
       return env.Undefined();
     }
   }
@@ -218,6 +230,49 @@ Napi::Value Ftruncate(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// Registers the whole mapping behind a buffer returned by mmap() with the SIGBUS guard; idempotent (a guarded
+// mapping returns its id again).
+Napi::Value GuardMapping(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsArrayBuffer()) ThrowArgType(env, "ab");
+  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+  void* data = ab.IsDetached() ? nullptr : ab.Data();
+  std::lock_guard<std::mutex> lock(g_mu);
+  auto it = data == nullptr ? g_maps.end() : g_maps.find(data);
+  Mapping* m = it == g_maps.end() ? nullptr : it->second;
+  if (m == nullptr || !m->mapped || m->retired || m->mapLen - static_cast<size_t>(m->user - m->base) != ab.ByteLength()) {
+    ThrowSysError(env, EINVAL, "guardMapping", nullptr, "not a live ArrayBuffer returned by mmap()");
+  }
+  if (m->guard == 0) m->guard = GuardAdd(env, m->base, m->mapLen, m->prot);
+  return Napi::Number::New(env, static_cast<double>(m->guard));
+}
+
+Napi::Value UnguardMapping(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint64_t id = static_cast<uint64_t>(ArgInt(info, 0, "id", 0, INT64_C(1) << 53));
+  std::lock_guard<std::mutex> lock(g_mu);
+  for (auto& kv : g_maps) {
+    if (kv.second->guard == id) kv.second->guard = 0;
+  }
+  return Napi::Boolean::New(env, GuardRemove(id));
+}
+
+Napi::Value AddSeals(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0);
+  int seals = static_cast<int>(ArgInt(info, 1, "seals", 0, INT32_MAX));
+  if (fcntl(fd, F_ADD_SEALS, seals) < 0) ThrowSysError(env, errno, "fcntl", nullptr, "F_ADD_SEALS");
+  return env.Undefined();
+}
+
+Napi::Value GetSeals(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0);
+  int r = fcntl(fd, F_GET_SEALS);
+  if (r < 0) ThrowSysError(env, errno, "fcntl", nullptr, "F_GET_SEALS");
+  return Napi::Number::New(env, r);
+}
+
 }  // namespace
 
 MappingRef LookupMapping(Napi::Env env, Napi::Value v, const char* name, const char* syscall) {
@@ -249,6 +304,10 @@ void InitMmap(Napi::Env env, Napi::Object exports) {
   exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
   exports.Set("ftruncate", Napi::Function::New(env, Ftruncate, "ftruncate"));
+  exports.Set("addSeals", Napi::Function::New(env, AddSeals, "addSeals"));
+  exports.Set("getSeals", Napi::Function::New(env, GetSeals, "getSeals"));
+  exports.Set("guardMapping", Napi::Function::New(env, GuardMapping, "guardMapping"));
+  exports.Set("unguardMapping", Napi::Function::New(env, UnguardMapping, "unguardMapping"));
 }
 
 }  // namespace vhost
