@@ -1,91 +1,62 @@
 /**
- * vhost-user-ts command line.
- *
- *   vhost-user-ts net --socket PATH [--client] [--queues N] [--port tap:NAME|vhost:PATH2[,client]|vfio:PCI[,poll]]
- *                     [--trace FILE] [--protocol-features HEX] [--busy-poll-us N]
- *   vhost-user-ts trace print|diagram|export|replay FILE ...   (backend/tools/trace/cli.ts)
- *   vhost-user-ts proxy (--listen A | --connect-frontend A) --connect B [--trace FILE]
+ * vhost-user-ts command line: `net` (here), `trace print|diagram|export|replay` and `proxy`
+ * (trace/cli.ts), `conform` (conform/cli.ts). Each subcommand's options are a table (options.ts) that
+ * both parses and prints `--help`; the usage text below is made from the same tables.
  *
  * Logging: DEBUG=vhost:* (namespaces vhost:proto, vhost:session, vhost:vq, vhost:net, vhost:tap, ...).
  */
-import { parseArgs } from 'node:util';
-import { BackendError } from '../core/errors.ts';
-import { parsePortSpec, startNet, type NetOptions } from './app.ts';
-import { TRACE_USAGE, runProxyCommand, runTraceCommand } from './trace/cli.ts';
+import { DEFAULT_BUSY_POLL_US } from '../net/device/net-device.ts';
+import { DEFAULT_SNAPLEN, startNet, type NetOptions } from './app.ts';
+import { CONFORM_COMMAND, runConform } from './conform/cli.ts';
+import { ENDPOINT_OPTIONS } from './endpoint-options.ts';
+import { CliHelp, formatOptions, formatSynopses, intRange, parseOptions, usage, type CommandSpec } from './options.ts';
+import { PROXY_COMMAND, TRACE_COMMANDS, runProxyCommand, runTraceCommand } from './trace/cli.ts';
 
-const USAGE = `usage:
-  vhost-user-ts net --socket PATH [--client] [--queues N] [--port tap:NAME|vhost:PATH2[,client]|vfio:PCI[,poll]]
-                    [--trace FILE [--trace-rings] [--snaplen N]] [--protocol-features HEX] [--busy-poll-us N]
-${TRACE_USAGE}
-  vhost-user-ts conform --socket PATH [--report FILE.json|FILE.html]... [--probe iotlb,config,reconnect|none]
-                        [--frontend TEXT] [--queues N] [--port tap:NAME] [--client] [--duration S] [--strict]
+export const NET_COMMAND = {
+  name: 'net',
+  options: {
+    ...ENDPOINT_OPTIONS,
+    trace: { kind: 'string', arg: 'FILE', help: 'record every vhost-user message, both directions, to FILE (msgpack)' },
+    'trace-rings': {
+      kind: 'flag',
+      needs: 'trace',
+      help: 'also record kicks, calls and every chain (head, descriptors, length, the first --snaplen frame bytes)',
+    },
+    snaplen: { kind: 'number', arg: 'N', ...intRange(14, 65536), help: `frame bytes kept per chain by --trace-rings (default ${DEFAULT_SNAPLEN})` },
+    'busy-poll-us': {
+      kind: 'number',
+      arg: 'N',
+      ...intRange(0, 1_000_000),
+      help: `after a TX ring runs empty, poll it N µs before sleeping on kicks (default ${DEFAULT_BUSY_POLL_US}, 0 = off)`,
+    },
+  },
+} as const satisfies CommandSpec;
 
-  --socket PATH     vhost-user socket (we listen; with --client we connect to a frontend listening there)
-  --queues N        queue pairs offered (GET_QUEUE_NUM), default 1
-  --port SPEC       uplink: tap:NAME (kernel tap device) or vhost:PATH2 (switch to a second vhost-user device)
-                    or vfio:0000:00:03.0 (a NIC bound to vfio-pci, see qemu-scripts/vfio-bind.sh; e1000e or virtio-net;
-                    ,poll polls instead of waiting for interrupts)
-  --trace FILE      record every vhost-user message, both directions, to FILE (msgpack)
-  --trace-rings     with --trace: also record kicks, calls and every chain (head, descriptors, length,
-                    the first --snaplen bytes of the frame, default 256)
-  --busy-poll-us N  after a TX ring runs empty, poll it N µs before sleeping on kicks (default 50, 0 = off)
-  DEBUG=vhost:*     debug logging`;
-
-function usage(msg: string): never {
-  throw new BackendError('CLI_USAGE', msg);
-}
+const USAGE = [
+  'usage:',
+  formatSynopses([NET_COMMAND]),
+  formatSynopses(Object.values(TRACE_COMMANDS)),
+  formatSynopses([PROXY_COMMAND]),
+  formatSynopses([CONFORM_COMMAND]),
+  '',
+  formatOptions([NET_COMMAND]),
+  '  DEBUG=vhost:*            debug logging',
+  '',
+  '`vhost-user-ts COMMAND --help` (`trace SUBCOMMAND --help`) describes the options of each command.',
+].join('\n');
 
 export function parseNetArgs(argv: string[]): NetOptions {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      socket: { type: 'string' },
-      client: { type: 'boolean', default: false },
-      queues: { type: 'string', default: '1' },
-      port: { type: 'string' },
-      trace: { type: 'string' },
-      'protocol-features': { type: 'string' },
-      'busy-poll-us': { type: 'string' },
-      'trace-rings': { type: 'boolean', default: false },
-      snaplen: { type: 'string' },
-    },
-    strict: true,
-    allowPositionals: false,
-  });
-  if (!values.socket) usage('--socket is required');
-  const queuePairs = Number(values.queues);
-  if (!Number.isInteger(queuePairs) || queuePairs < 1 || queuePairs > 128) usage(`--queues must be 1..128, got '${values.queues}'`);
-  let protocolFeatures: bigint | undefined;
-  if (values['protocol-features'] !== undefined) {
-    try {
-      protocolFeatures = BigInt(values['protocol-features']);
-    } catch {
-      usage(`--protocol-features must be a number (e.g. 0x8009), got '${values['protocol-features']}'`);
-    }
-  }
-  let busyPollUs: number | undefined;
-  if (values['busy-poll-us'] !== undefined) {
-    busyPollUs = Number(values['busy-poll-us']);
-    if (!Number.isInteger(busyPollUs) || busyPollUs < 0 || busyPollUs > 1_000_000) {
-      usage(`--busy-poll-us must be 0..1000000, got '${values['busy-poll-us']}'`);
-    }
-  }
-  if (values['trace-rings'] && !values.trace) usage('--trace-rings needs --trace FILE');
-  let snaplen: number | undefined;
-  if (values.snaplen !== undefined) {
-    snaplen = Number(values.snaplen);
-    if (!Number.isInteger(snaplen) || snaplen < 14 || snaplen > 65536) usage(`--snaplen must be 14..65536, got '${values.snaplen}'`);
-  }
+  const { values: v } = parseOptions(NET_COMMAND, argv);
   return {
-    socket: values.socket,
-    client: values.client ?? false,
-    queuePairs,
-    port: values.port ? parsePortSpec(values.port) : null,
-    trace: values.trace ?? null,
-    ...(protocolFeatures !== undefined ? { protocolFeatures } : {}),
-    ...(busyPollUs !== undefined ? { busyPollUs } : {}),
-    ...(values['trace-rings'] ? { traceRings: true } : {}),
-    ...(snaplen !== undefined ? { snaplen } : {}),
+    socket: v.socket,
+    client: v.client,
+    queuePairs: v.queues,
+    port: v.port ?? null,
+    trace: v.trace ?? null,
+    ...(v['protocol-features'] !== undefined ? { protocolFeatures: v['protocol-features'] } : {}),
+    ...(v['busy-poll-us'] !== undefined ? { busyPollUs: v['busy-poll-us'] } : {}),
+    ...(v['trace-rings'] ? { traceRings: true } : {}),
+    ...(v.snaplen !== undefined ? { snaplen: v.snaplen } : {}),
   };
 }
 
@@ -117,21 +88,21 @@ async function runNet(argv: string[]): Promise<void> {
   process.on('SIGTERM', () => stop('SIGTERM'));
 }
 
-async function runTrace(argv: string[]): Promise<void> {
-  await runTraceCommand(argv);
-}
-
 export async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
   try {
     if (cmd === 'net') await runNet(rest);
-    else if (cmd === 'trace') await runTrace(rest);
+    else if (cmd === 'trace') await runTraceCommand(rest);
     else if (cmd === 'proxy') await runProxyCommand(rest);
-    else if (cmd === 'conform') await (await import('./conform/cli.ts')).runConform(rest);
+    else if (cmd === 'conform') await runConform(rest);
     else if (cmd === '--help' || cmd === '-h' || cmd === 'help') process.stdout.write(USAGE + '\n');
     else usage(cmd ? `unknown command '${cmd}'` : 'no command given');
     return 0;
   } catch (e) {
+    if (e instanceof CliHelp) {
+      process.stdout.write(e.text);
+      return 0;
+    }
     const err = e as Error & { code?: string; syscall?: string };
     const where = err.syscall ? ` (${err.syscall})` : '';
     // node:util parseArgs reports unknown/ill-typed options with ERR_PARSE_ARGS_* codes.

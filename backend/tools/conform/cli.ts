@@ -3,17 +3,45 @@
  * net device while the conformance engine judges it; the report is written whenever a connection
  * ends and on SIGTERM/SIGINT (then the process exits 0, or 3 with --strict when a MUST rule failed).
  */
-import { parseArgs } from 'node:util';
-import { BackendError } from '../../core/errors.ts';
-import { parsePortSpec } from '../app.ts';
+import { ENDPOINT_OPTIONS } from '../endpoint-options.ts';
+import { parseOptions, type CommandSpec } from '../options.ts';
 import { PROBES, type ProbeName } from './probes.ts';
 import type { ConformOptions } from './runner.ts';
 
-export const CONFORM_USAGE = `  vhost-user-ts conform --socket PATH [--client] [--queues N] [--port tap:NAME] [--protocol-features HEX]
-                        [--report FILE.json|FILE.html]... [--probe iotlb,config,reconnect|none]
-                        [--frontend TEXT] [--duration S] [--strict]
-      serve one frontend and check what it does against the vhost-user spec and the virtio ring rules
-      (spec-notes/conformance.md); the report is written when a connection ends and on SIGTERM`;
+export const CONFORM_COMMAND = {
+  name: 'conform',
+  summary:
+    'serve one frontend and check what it does against the vhost-user spec and the virtio ring rules\n' +
+    '(spec-notes/conformance.md); the report is written when a connection ends and on SIGTERM',
+  options: {
+    ...ENDPOINT_OPTIONS,
+    socket: { ...ENDPOINT_OPTIONS.socket, required: 'conform: --socket is required' },
+    port: { ...ENDPOINT_OPTIONS.port, arg: 'tap:NAME', help: 'uplink: a kernel tap device' },
+    report: { kind: 'repeatable', arg: 'FILE.json|FILE.html', help: 'write the report to FILE, JSON or HTML by its name' },
+    probe: {
+      kind: 'list',
+      arg: `${PROBES.join(',')}|none`,
+      default: ['iotlb', 'config'],
+      none: 'none',
+      checkItem: (p: string) => (PROBES.includes(p as ProbeName) ? undefined : `unknown probe '${p}' (known: ${PROBES.join(', ')}, none)`),
+      help: 'ask the frontend over the back-end channel (IOTLB miss, CONFIG_CHANGE) or force a reconnect',
+    },
+    frontend: { kind: 'string', arg: 'TEXT', default: 'unnamed frontend', help: 'names the frontend in the report' },
+    duration: {
+      kind: 'number',
+      arg: 'S',
+      valid: (n: number) => n > 0,
+      expect: 'a positive number of seconds',
+      help: 'write the report and exit after S seconds',
+    },
+    strict: { kind: 'flag', help: 'exit 3 when a MUST rule failed' },
+    'reconnect-after-ms': {
+      kind: 'number',
+      arg: 'MS',
+      help: 'reconnect probe: drop the connection MS after the first ring started (default 3000)',
+    },
+  },
+} as const satisfies CommandSpec;
 
 export interface ConformCliOptions extends ConformOptions {
   reports: string[];
@@ -22,57 +50,20 @@ export interface ConformCliOptions extends ConformOptions {
   strict: boolean;
 }
 
-function usage(msg: string): never {
-  throw new BackendError('CLI_USAGE', msg);
-}
-
 export function parseConformArgs(argv: string[]): ConformCliOptions {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      socket: { type: 'string' },
-      client: { type: 'boolean', default: false },
-      queues: { type: 'string', default: '1' },
-      port: { type: 'string' },
-      'protocol-features': { type: 'string' },
-      report: { type: 'string', multiple: true },
-      probe: { type: 'string', default: 'iotlb,config' },
-      frontend: { type: 'string', default: 'unnamed frontend' },
-      duration: { type: 'string' },
-      strict: { type: 'boolean', default: false },
-      'reconnect-after-ms': { type: 'string' },
-    },
-    strict: true,
-    allowPositionals: false,
-  });
-  if (!values.socket) usage('conform: --socket is required');
-  const queuePairs = Number(values.queues);
-  if (!Number.isInteger(queuePairs) || queuePairs < 1 || queuePairs > 128) usage(`--queues must be 1..128, got '${values.queues}'`);
-  const probes = values.probe === 'none' ? [] : values.probe!.split(',').filter(Boolean);
-  for (const p of probes) if (!PROBES.includes(p as ProbeName)) usage(`unknown probe '${p}' (known: ${PROBES.join(', ')}, none)`);
-  let protocolFeatures: bigint | undefined;
-  if (values['protocol-features'] !== undefined) {
-    try {
-      protocolFeatures = BigInt(values['protocol-features']);
-    } catch {
-      usage(`--protocol-features must be a number, got '${values['protocol-features']}'`);
-    }
-  }
-  const durationS = values.duration === undefined ? null : Number(values.duration);
-  if (durationS !== null && !(durationS > 0)) usage(`--duration must be a positive number of seconds`);
-  const reconnectAfter = values['reconnect-after-ms'] === undefined ? undefined : Number(values['reconnect-after-ms']);
+  const { values: v } = parseOptions(CONFORM_COMMAND, argv);
   return {
-    socket: values.socket,
-    client: values.client ?? false,
-    queuePairs,
-    port: values.port ? parsePortSpec(values.port) : null,
-    ...(protocolFeatures !== undefined ? { protocolFeatures } : {}),
-    probes: probes as ProbeName[],
-    ...(reconnectAfter !== undefined ? { reconnectAfterMs: reconnectAfter } : {}),
-    reports: values.report ?? [],
-    frontend: values.frontend!,
-    durationS,
-    strict: values.strict ?? false,
+    socket: v.socket,
+    client: v.client,
+    queuePairs: v.queues,
+    port: v.port ?? null,
+    ...(v['protocol-features'] !== undefined ? { protocolFeatures: v['protocol-features'] } : {}),
+    probes: v.probe as ProbeName[],
+    ...(v['reconnect-after-ms'] !== undefined ? { reconnectAfterMs: v['reconnect-after-ms'] } : {}),
+    reports: v.report,
+    frontend: v.frontend,
+    durationS: v.duration ?? null,
+    strict: v.strict,
   };
 }
 

@@ -4,58 +4,106 @@
  *   trace print FILE   [filters]                       one line per record
  *   trace diagram FILE [filters] [--html OUT.html]     sequence diagram (text to stdout, or HTML file)
  *   trace export FILE  [filters] --pcapng OUT.pcapng   ring frames as pcapng (tshark/Wireshark)
- *   trace replay FILE  --socket PATH [--endpoint E] [--timeout-ms N]
+ *   trace replay FILE  --socket PATH [--endpoint E] [--timeout-ms N] [--ignore NAME[,NAME]]
  *   proxy (--listen A | --connect-frontend A) --connect B [--trace FILE]
  *
- * filters: --message NAME[,NAME] --ring N --from MS --to MS --direction rx|tx --kind msg|ring --endpoint NAME
+ * Their options are the tables below (options.ts parses them and prints `--help` from them).
  */
 import { writeFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
-import { BackendError } from '../../core/errors.ts';
+import { CliHelp, formatHelp, parseOptions, usage, type CommandSpec, type OptionTable } from '../options.ts';
 import { filterFromArgs, filterRecords } from './filters.ts';
+import { DEFAULT_REPLY_TIMEOUT_MS } from './replay.ts';
 
-export const TRACE_USAGE = `  vhost-user-ts trace print FILE [filters]
-  vhost-user-ts trace diagram FILE [filters] [--html OUT.html]
-  vhost-user-ts trace export FILE [filters] --pcapng OUT.pcapng
-  vhost-user-ts trace replay FILE --socket PATH [--endpoint NAME] [--timeout-ms N] [--ignore NAME[,NAME]]
-      filters: --message NAME[,NAME] --ring N --from MS --to MS --direction rx|tx --kind msg|ring
-               --endpoint NAME (socket path or proxy connection label)
-  vhost-user-ts proxy (--listen A | --connect-frontend A) --connect B [--trace FILE]
-      sits between a frontend (on A) and a backend (on B), forwards everything and records both
-      directions (and the back-end channel) to FILE`;
+const SUBCOMMANDS = ['print', 'diagram', 'export', 'replay'] as const;
+type TraceSub = (typeof SUBCOMMANDS)[number];
+const FILTERED = ['print', 'diagram', 'export'] as const;
 
-function usage(msg: string): never {
-  throw new BackendError('CLI_USAGE', msg);
+/**
+ * One table for the four trace subcommands: each accepts every option (as it always has), `for` says
+ * which ones it is meant for. The filters are strings here and checked by filterFromArgs (filters.ts).
+ */
+const TRACE_OPTIONS = {
+  message: {
+    kind: 'string',
+    arg: 'NAME[,NAME]',
+    group: 'filters',
+    for: FILTERED,
+    help: 'only these messages (VHOST_USER_ prefix and case optional); drops ring records',
+  },
+  ring: { kind: 'string', arg: 'N', group: 'filters', for: FILTERED, help: 'only ring N: its ring records and the messages about it' },
+  from: { kind: 'string', arg: 'MS', group: 'filters', for: FILTERED, help: 'only records from MS milliseconds after the first one' },
+  to: { kind: 'string', arg: 'MS', group: 'filters', for: FILTERED, help: 'only records up to MS milliseconds after the first one' },
+  direction: {
+    kind: 'string',
+    arg: 'rx|tx',
+    group: 'filters',
+    for: FILTERED,
+    help: 'rx: sent by the frontend, kicks, frames to the guest; tx: sent by the backend, calls, frames from the guest',
+  },
+  kind: { kind: 'string', arg: 'msg|ring', group: 'filters', for: FILTERED, help: 'only messages or only ring events' },
+  html: { kind: 'string', arg: 'OUT.html', for: ['diagram'], help: 'write the diagram as HTML to OUT.html instead of text to stdout' },
+  pcapng: {
+    kind: 'string',
+    arg: 'OUT.pcapng',
+    for: ['export'],
+    required: 'trace export needs --pcapng OUT',
+    help: 'write the ring frames (--trace-rings recordings) as pcapng to OUT.pcapng',
+  },
+  socket: { kind: 'string', arg: 'PATH', for: ['replay'], required: 'trace replay needs --socket PATH', help: 'the backend to replay against' },
+  endpoint: {
+    kind: 'string',
+    arg: 'NAME',
+    for: SUBCOMMANDS,
+    help: 'only records of this endpoint (socket path or proxy connection label); replay: default the first in the file',
+  },
+  'timeout-ms': {
+    kind: 'number',
+    arg: 'N',
+    for: ['replay'],
+    valid: (n: number) => Number.isInteger(n) && n > 0,
+    expect: 'a positive integer',
+    help: `wait N ms for each reply (default ${DEFAULT_REPLY_TIMEOUT_MS})`,
+  },
+  ignore: { kind: 'list', arg: 'NAME[,NAME]', for: ['replay'], help: 'do not compare the reply payloads of these requests (e.g. GET_VRING_BASE)' },
+} as const satisfies OptionTable;
+
+function traceCommand<S extends TraceSub>(sub: S) {
+  return { name: `trace ${sub}`, sub, options: TRACE_OPTIONS, positionals: 'FILE' } as const satisfies CommandSpec;
 }
 
-const FILTER_OPTIONS = {
-  message: { type: 'string' },
-  ring: { type: 'string' },
-  from: { type: 'string' },
-  to: { type: 'string' },
-  direction: { type: 'string' },
-  kind: { type: 'string' },
+export const TRACE_COMMANDS = {
+  print: traceCommand('print'),
+  diagram: traceCommand('diagram'),
+  export: traceCommand('export'),
+  replay: traceCommand('replay'),
 } as const;
+
+export const PROXY_COMMAND = {
+  name: 'proxy',
+  summary:
+    'sits between a frontend (on A) and a backend (on B), forwards everything and records both\n' +
+    'directions (and the back-end channel) to FILE',
+  exactlyOne: [['listen', 'connect-frontend']],
+  options: {
+    listen: { kind: 'string', arg: 'A', help: 'listen for frontends on A' },
+    'connect-frontend': { kind: 'string', arg: 'A', help: 'connect to a frontend listening on A, and again when it goes' },
+    connect: {
+      kind: 'string',
+      arg: 'B',
+      required: 'proxy needs --connect B (the backend socket)',
+      help: 'the backend, connected once per frontend connection',
+    },
+    trace: { kind: 'string', arg: 'FILE', help: 'record every message of both channels, both directions, to FILE' },
+  },
+} as const satisfies CommandSpec;
 
 const NEEDS = 'trace needs: print FILE | diagram FILE | export FILE --pcapng OUT | replay FILE --socket PATH';
 
 export async function runTraceCommand(argv: string[], out: (s: string) => void = (s) => process.stdout.write(s)): Promise<void> {
   const [sub, ...rest] = argv;
-  if (!sub || !['print', 'diagram', 'export', 'replay'].includes(sub)) usage(NEEDS);
-  const { values, positionals } = parseArgs({
-    args: rest,
-    options: {
-      ...FILTER_OPTIONS,
-      html: { type: 'string' },
-      pcapng: { type: 'string' },
-      socket: { type: 'string' },
-      endpoint: { type: 'string' },
-      'timeout-ms': { type: 'string' },
-      ignore: { type: 'string' },
-    },
-    strict: true,
-    allowPositionals: true,
-  });
+  if (sub === '--help' || sub === '-h') throw new CliHelp(formatHelp(Object.values(TRACE_COMMANDS)));
+  if (!sub || !(SUBCOMMANDS as readonly string[]).includes(sub)) usage(NEEDS);
+  const { values, positionals } = parseOptions(TRACE_COMMANDS[sub as TraceSub], rest);
   const file = positionals[0];
   if (!file || positionals.length > 1) usage(NEEDS);
   const filter = filterFromArgs(values);
@@ -76,31 +124,25 @@ export async function runTraceCommand(argv: string[], out: (s: string) => void =
     return;
   }
   if (sub === 'export') {
-    if (!values.pcapng) usage('trace export needs --pcapng OUT');
+    const pcapng = values.pcapng!; // required for export
     const { tracePcapng } = await import('./pcapng.ts');
     const header = await readTraceHeader(file);
     const recs = filterRecords(await readTraceFile(file), filter);
     const res = tracePcapng(recs, header);
-    writeFileSync(values.pcapng, res.bytes);
-    out(`wrote ${res.packets} frame(s) on ${res.interfaces.length} interface(s) to ${values.pcapng}\n`);
+    writeFileSync(pcapng, res.bytes);
+    out(`wrote ${res.packets} frame(s) on ${res.interfaces.length} interface(s) to ${pcapng}\n`);
     if (res.packets === 0) out('(no ring frames in this trace: record with `net --trace FILE --trace-rings`)\n');
     return;
   }
   // replay
-  if (!values.socket) usage('trace replay needs --socket PATH');
-  let timeoutMs: number | undefined;
-  if (values['timeout-ms'] !== undefined) {
-    timeoutMs = Number(values['timeout-ms']);
-    if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) usage(`--timeout-ms must be a positive integer, got '${values['timeout-ms']}'`);
-  }
   const { replayTrace, formatReplay } = await import('./replay.ts');
   const { native } = await import('../../../native/index.ts');
   const res = await replayTrace(await readTraceFile(file), {
     native,
-    socket: values.socket,
+    socket: values.socket!, // required for replay
     ...(values.endpoint !== undefined ? { endpoint: values.endpoint } : {}),
-    ...(timeoutMs !== undefined ? { timeoutMs } : {}),
-    ...(values.ignore !== undefined ? { ignore: values.ignore.split(',').filter(Boolean) } : {}),
+    ...(values['timeout-ms'] !== undefined ? { timeoutMs: values['timeout-ms'] } : {}),
+    ...(values.ignore !== undefined ? { ignore: values.ignore } : {}),
   });
   for (const l of formatReplay(res)) out(l + '\n');
   if (res.divergences.length > 0) {
@@ -111,20 +153,9 @@ export async function runTraceCommand(argv: string[], out: (s: string) => void =
 
 /** `proxy`: runs until SIGINT/SIGTERM. */
 export async function runProxyCommand(argv: string[]): Promise<void> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      listen: { type: 'string' },
-      'connect-frontend': { type: 'string' },
-      connect: { type: 'string' },
-      trace: { type: 'string' },
-    },
-    strict: true,
-    allowPositionals: false,
-  });
-  if (!values.connect) usage('proxy needs --connect B (the backend socket)');
-  if (!values.listen === !values['connect-frontend']) usage('proxy needs exactly one of --listen A or --connect-frontend A');
-  const frontend = (values.listen ?? values['connect-frontend'])!;
+  const { values } = parseOptions(PROXY_COMMAND, argv);
+  // Exactly one of the two is given (PROXY_COMMAND.exactlyOne).
+  const frontend = (values.listen || values['connect-frontend'])!;
   const { native } = await import('../../../native/index.ts');
   const { TraceRecorder } = await import('../../../protocol/index.ts');
   const { VhostUserProxy } = await import('../proxy.ts');
@@ -132,7 +163,7 @@ export async function runProxyCommand(argv: string[]): Promise<void> {
   const proxy = new VhostUserProxy({
     native,
     frontend,
-    client: values['connect-frontend'] !== undefined,
+    client: !values.listen,
     backend: values.connect,
     ...(tracer ? { trace: (rec) => tracer.record(rec) } : {}),
   });

@@ -26,6 +26,8 @@ import {
 } from '../../../protocol/index.ts';
 
 const log = createDebug('vhost:replay');
+/** How long replay waits for each reply unless told (`--timeout-ms`). */
+export const DEFAULT_REPLY_TIMEOUT_MS = 2000;
 const REPLY = 0x4;
 const NEED_REPLY = 0x8;
 
@@ -39,7 +41,7 @@ export interface ReplayOptions {
   socket: string;
   /** Only the records of this endpoint (default: the endpoint of the first message). */
   endpoint?: string;
-  /** How long to wait for each reply (default 2000 ms). */
+  /** How long to wait for each reply (default DEFAULT_REPLY_TIMEOUT_MS). */
   timeoutMs?: number;
   /**
    * Requests whose reply payload is not compared (still awaited). Typically GET_VRING_BASE: replay does
@@ -242,7 +244,7 @@ function freshFds(rec: TraceMessageRecord, sys: ReplayNative, onChannel: (fd: Fd
 /** Replay `records` (a whole trace, as readTraceFile returns it) against the backend at opts.socket. */
 export async function replayTrace(records: readonly TraceRecord[], opts: ReplayOptions): Promise<ReplayResult> {
   const sys = opts.native;
-  const timeoutMs = opts.timeoutMs ?? 2000;
+  const timeoutMs = opts.timeoutMs ?? DEFAULT_REPLY_TIMEOUT_MS;
   const ignore = new Set((opts.ignore ?? []).map((n) => n.toUpperCase().replace(/^VHOST_USER_/, '')));
   const msgs = records.filter((r): r is TraceMessageRecord => r.kind !== 'ring');
   const endpoint = opts.endpoint ?? msgs[0]?.endpoint;
