@@ -51,9 +51,12 @@ export class Connection {
         this.framer.push(got.bytes, got.fds);
         for (let f = this.framer.next(); f && this.sock.isOpen; f = this.framer.next()) this.sink.message(f);
       } catch (e) {
-        // A bad header loses framing: nothing after it can be trusted, so the connection ends.
-        const code = e instanceof ProtocolError ? e.code : 'ERROR';
-        return this.sock.close(`unrecoverable framing error [${code}]: ${(e as Error).message}`);
+        // A bad header loses framing: nothing after it can be trusted, so the connection ends. Any
+        // other exception is a session bug a frontend found: it ends this connection, never the
+        // process (the poller that called us is native code).
+        if (e instanceof ProtocolError) return this.sock.close(`unrecoverable framing error [${e.code}]: ${e.message}`);
+        log('%s: exception from the session: %O', this.fd, e);
+        return this.sock.close(`session failed: ${(e as Error).message}`);
       }
     }
   }

@@ -60,11 +60,21 @@ export class DeviceStateTransfer {
 
   private startLoad(): void {
     const fd = this.fd!;
-    this.poller = new this.sys.Poller(fd, (err) => {
-      if (err) return this.finish(`device state pipe: ${err.message}`);
-      this.drain();
-    });
-    this.poller.start(POLL_READABLE | POLL_DISCONNECT);
+    try {
+      this.poller = new this.sys.Poller(fd, (err) => {
+        if (err) return this.finish(`device state pipe: ${err.message}`);
+        this.drain();
+      });
+      this.poller.start(POLL_READABLE | POLL_DISCONNECT);
+    } catch (e) {
+      // Not pollable (a memfd, a regular file): the transfer fails now, and its fd is closed.
+      this.finish(`device state fd cannot be watched: ${(e as Error).message}`);
+    }
+  }
+
+  /** The transfer already failed (it cannot start, or a SAVE could not be written). */
+  get failed(): boolean {
+    return this.result !== null && this.result !== '';
   }
 
   /** Reads what is there; on EOF applies the state. Safe to call at any time (never blocks: only after readability). */

@@ -61,8 +61,16 @@ export class PolledSocket {
     private readonly sys: PolledSocketNative,
     private readonly opts: PolledSocketOptions,
   ) {
-    this.poller = new sys.Poller(fd, (err, events) => this.onEvents(err, events));
-    this.poller.start(POLL_READABLE | POLL_DISCONNECT);
+    // The socket is ours from here: one that cannot be watched (not pollable: a memfd, /dev/null)
+    // is closed before the refusal goes up, or nobody would close it.
+    try {
+      this.poller = new sys.Poller(fd, (err, events) => this.onEvents(err, events));
+      this.poller.start(POLL_READABLE | POLL_DISCONNECT);
+    } catch (e) {
+      this.open = false;
+      sys.close(fd);
+      throw e;
+    }
   }
 
   get isOpen(): boolean {

@@ -231,7 +231,12 @@ export class RingRuntime {
     r.kickPoller?.stop();
     if (r.pollTimer) clearInterval(r.pollTimer);
     r.pollTimer = null;
-    this.host.device.ringStopped(r.index);
+    // Runs after every message and from close(): the ring is stopped whatever the device does.
+    try {
+      this.host.device.ringStopped(r.index);
+    } catch (e) {
+      asError(e, `device stopping ring ${r.index}`);
+    }
     log('%s: ring %d stopped at avail %d, used %d', this.host.label, r.index, r.base, used);
   }
 

@@ -54,7 +54,8 @@ export const DEVICE_HANDLERS: HandlerTable = {
     }
     this.stateTransfer?.close();
     this.stateTransfer = new DeviceStateTransfer(this.sys, fd, p.transferDirection, this.device, this.label);
-    return { payload: { value: STATE_FD_NO_FD } };
+    // A transfer that failed at once is answered as failed (CHECK_DEVICE_STATE reports it too).
+    return { payload: { value: this.stateTransfer.failed ? STATE_FAILED | STATE_FD_NO_FD : STATE_FD_NO_FD } };
   },
   [FrontendReq.CHECK_DEVICE_STATE]() {
     const t = this.stateTransfer;
