@@ -133,3 +133,36 @@ test('SET_VRING_KICK with a new eventfd on a running ring: kicks on the new fd d
   native.eventfdWrite(kick2, 1n);
   await until('the last frame, on the new fd', () => port.sent.length === 4);
 });
+
+test('a TX header with a gso_type the device does not know or the driver did not negotiate is dropped and counted, never segmented', async (t) => {
+  // Host offloads: checksum and TSO6 only (no HOST_TSO4, no HOST_ECN).
+  const features = FEATURES | bit(VirtioF.NET_F_CSUM) | bit(VirtioF.NET_F_HOST_TSO6);
+  const { dev, tx, port } = await setupLoopback(t, features);
+  const withGso = (gsoType: number, seed: number) => {
+    const b = new Uint8Array(12 + 1514);
+    b[1] = gsoType;
+    b[4] = 0xdc; // gso_size 1500
+    b[5] = 0x05;
+    b.set(frameOf(1514, seed), 12);
+    return b;
+  };
+  const bad = [
+    0x05, // VIRTIO_NET_HDR_GSO_UDP_L4: not a type this device offers
+    0x03, // GSO_UDP: UFO is never offered
+    0x01, // GSO_TCPV4 without HOST_TSO4
+    0x84, // TCPV6 | ECN without HOST_ECN
+    0x41, // a tunnel-style high bit
+  ];
+  let seed = 20;
+  for (const g of bad) {
+    tx.drv.addChain([{ byteLen: 12 + 1514, write: false, data: withGso(g, seed++) }]);
+    native.eventfdWrite(tx.kick, 1n);
+  }
+  await until('all completed', () => tx.drv.readUsed().length === bad.length || dev.stats.txBadGso === bad.length);
+  t.is(dev.stats.txBadGso, bad.length);
+  t.is(port.sent.length, 0, 'nothing reached the uplink');
+  // The ring goes on: a plain frame passes.
+  tx.drv.addChain([{ byteLen: 12 + 60, write: false, data: new Uint8Array([...new Uint8Array(12), ...frameOf(60, 99)]) }]);
+  native.eventfdWrite(tx.kick, 1n);
+  await until('the plain frame sent', () => port.sent.length === 1);
+});

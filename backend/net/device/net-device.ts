@@ -80,6 +80,18 @@ function defaultBusyPollUs(): number {
   return Number.isFinite(n) && n >= 0 ? n : DEFAULT_BUSY_POLL_US;
 }
 
+/** hostGsoMask's bit for HOST_ECN (no gso_type below 32 uses bit 31). */
+const HOST_GSO_ECN = 1 << 31;
+
+/** Bit n set: gso_type n may come from the driver (virtio v1.2 5.1.6.2); HOST_GSO_ECN: with the ECN bit. */
+function hostGsoMask(acked: bigint): number {
+  let m = 0;
+  if (has(acked, VirtioF.NET_F_HOST_TSO4)) m |= 1 << GSO_TCPV4;
+  if (has(acked, VirtioF.NET_F_HOST_TSO6)) m |= 1 << GSO_TCPV6;
+  if (has(acked, VirtioF.NET_F_HOST_ECN)) m |= HOST_GSO_ECN;
+  return m;
+}
+
 /** Bytes of a frame hashed to pick its RX ring: Ethernet + IPv4 addresses. */
 const HASH_BYTES = 34;
 /** The most buffers one mergeable RX frame may take (virtio v1.2 5.1.6.4: num_buffers is a le16). */
@@ -134,6 +146,11 @@ export interface NetStats {
   txFrames: number;
   txBytes: number;
   txDropped: number;
+  /**
+   * TX frames dropped (and counted in txDropped too) because their header asks for segmentation the
+   * device does not know or the driver did not negotiate (virtio v1.2 5.1.6.2): never guessed at.
+   */
+  txBadGso: number;
   /** Offload work done in software for a guest that did not negotiate it. */
   rxSwChecksums: number;
   rxSwSegmented: number;
@@ -158,6 +175,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     txFrames: 0,
     txBytes: 0,
     txDropped: 0,
+    txBadGso: 0,
     rxSwChecksums: 0,
     rxSwSegmented: 0,
     rxDroppedSegments: 0,
@@ -173,6 +191,8 @@ export class NetDevice implements Device, FrameSink, PolledRing {
    * TX header is not read: virtio v1.2 5.1.6.2.1 makes its flags zero and gso_type NONE (D40).
    */
   private hostOffloads = false;
+  /** gso_type values (ECN bit included) the driver may send: per HOST_TSO4 / HOST_TSO6 / HOST_ECN. */
+  private hostGso = 0;
   /** Inside a sender's burst: RX used rings are published at endBurst. */
   private burstDepth = 0;
   private readonly rxDirty: (ReadyQueue | null)[];
@@ -272,6 +292,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       has(acked, VirtioF.NET_F_HOST_TSO4) ||
       has(acked, VirtioF.NET_F_HOST_TSO6) ||
       has(acked, VirtioF.NET_F_HOST_UFO);
+    this.hostGso = hostGsoMask(acked);
     this.uplink?.configure?.(acked);
     this.mergeable = has(acked, VirtioF.NET_F_MRG_RXBUF);
     // virtio v1.2 5.1.6: the header has num_buffers when VERSION_1 or MRG_RXBUF is negotiated.
@@ -342,6 +363,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       this.reader.read(this.hdrBytes, 0, this.hdrLen);
       hdr = this.txHdr.read(this.hdrBytes, 0, be);
     }
+    if (this.txBadHeader(hdr)) return 0;
     const byteLen = total - this.hdrLen;
     // Tracing: snapshot the frame's first bytes before delivery consumes the reader.
     if (this.ringTrace !== null) this.traceSnap(null, byteLen);
@@ -376,6 +398,23 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     } else this.stats.txDropped++;
     this.txDone++;
     return 0;
+  }
+
+  /**
+   * A TX header whose gso_type this device does not know (tunnel or UDP_L4 types, UFO which is never
+   * offered) or the driver did not negotiate (TCPV4 without HOST_TSO4, ECN without HOST_ECN: virtio
+   * v1.2 5.1.6.2 "The driver MUST NOT set gso_type ... unless"): completed unsent and counted, never
+   * segmented as something it is not.
+   */
+  private txBadHeader(hdr: NetHdr): boolean {
+    const gso = hdr.gsoType;
+    if (gso === GSO_NONE) return false;
+    const base = gso & ~GSO_ECN;
+    const known = (base === GSO_TCPV4 || base === GSO_TCPV6) && (this.hostGso & (1 << base)) !== 0;
+    if (known && ((gso & GSO_ECN) === 0 || (this.hostGso & HOST_GSO_ECN) !== 0)) return false;
+    this.stats.txDropped++;
+    this.stats.txBadGso++;
+    return true;
   }
 
   /** A TX buffer too long to be a frame, or shorter than the header: completed unsent (never stalls the ring). */
@@ -442,6 +481,7 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     // so the receiver gets no raw header bytes to copy along either.
     const read = this.hostOffloads;
     const hdr = read ? this.txHdr.read(bytes, offset, false) : PLAIN_HDR;
+    if (this.txBadHeader(hdr)) return 0;
     return this.txSent(this.uplink!.deliverSpan!(bytes, offset + hl, byteLen, hdr, read ? hl : 0), byteLen);
   }
 
@@ -843,7 +883,9 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     if (h.plain) return this.deliverOne(frame, byteLen, h);
     const gso = h.gsoType & ~GSO_ECN;
     if (gso !== GSO_NONE && !this.guestTakesGso(h.gsoType)) {
-      if (gso === GSO_UDP) return this.countBadOffload(); // UFO is never offered, so never produced
+      // Only TCP is segmented in software; UFO is never offered, so never produced, and other types
+      // are not guessed at.
+      if (gso !== GSO_TCPV4 && gso !== GSO_TCPV6) return this.countBadOffload();
       return this.deliverSegmented(frame, byteLen, h);
     }
     if (h.flags & NET_HDR_F_NEEDS_CSUM && !this.guestCsum) {
