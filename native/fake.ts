@@ -69,6 +69,7 @@ import { constants as osConstants } from 'node:os';
 import { getSystemErrorMap } from 'node:util';
 import type {
   FileStat,
+  FdKind,
   Fd,
   NativeBinding,
   Poller,
@@ -783,6 +784,11 @@ export function createFakeNative(): FakeNative {
         case 'pipe':
           return { size: 0, mode: 0o010600 };
       }
+    },
+
+    fdKind(fd: Fd): FdKind {
+      // The descriptions the fake models are exactly these kinds.
+      return lookup(fd, 'fstat').kind;
     },
 
     mmap(fd: Fd, offset: number, byteLen: number, writable: boolean): ArrayBuffer {

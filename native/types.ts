@@ -26,6 +26,12 @@ export interface RecvResult {
   fdsTruncated: boolean;
 }
 
+/**
+ * What an fd refers to (fdKind): 'memfd' and 'file' are regular files (mappable), 'eventfd' and 'anon'
+ * anonymous inodes (anon_inode:[eventfd] / any other), the rest by fstat's file type.
+ */
+export type FdKind = 'eventfd' | 'memfd' | 'file' | 'socket' | 'pipe' | 'char' | 'block' | 'dir' | 'anon' | 'other';
+
 export interface FileStat {
   size: number;
   /** st_mode, to tell a regular/memfd file (S_IFREG) from others. */
@@ -223,6 +229,8 @@ export interface NativeBinding {
 
   // ---- memory ----
   fstat(fd: Fd): FileStat;
+  /** What the fd refers to, for checking fds a frontend passes before they are used. */
+  fdKind(fd: Fd): FdKind;
   /**
    * mmap(MAP_SHARED) of [offset, offset+byteLen) of fd as an external ArrayBuffer. offset need not be page
    * aligned (the addon aligns down and returns a buffer starting at the requested byte). The mapping is

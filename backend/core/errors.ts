@@ -8,6 +8,7 @@
 export type BackendErrorCode =
   | 'SESSION_NOT_NEGOTIATED' // request needs a feature the frontend did not negotiate
   | 'SESSION_BAD_INDEX' // vring index out of range for this device
+  | 'SESSION_BAD_FD' // an fd of the wrong kind (a pipe where an eventfd belongs, a socket where memory belongs)
   | 'SESSION_BAD_REQUEST' // a request the session cannot take at all (e.g. it carries the REPLY flag)
   | 'SESSION_BAD_STATE' // request not valid in the ring's / session's current state
   | 'SESSION_BAD_FEATURES' // frontend acked features we did not offer

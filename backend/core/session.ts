@@ -14,7 +14,7 @@
  * recomputed after every message.
  */
 import createDebug from 'debug';
-import type { NativeBinding, Fd } from '../../native/types.ts';
+import type { NativeBinding, Fd, FdKind } from '../../native/types.ts';
 import {
   BackendReq,
   VirtioF,
@@ -60,7 +60,7 @@ export const MAX_MEM_SLOTS = 509;
 /** REPLY_ACK failure value (vhost-user.rst: "zero on success, non-zero on failure"). */
 const NACK = 1n;
 
-export type SessionNative = Pick<NativeBinding, 'close' | 'mmap' | 'munmap' | 'fstat'> &
+export type SessionNative = Pick<NativeBinding, 'close' | 'mmap' | 'munmap' | 'fstat' | 'fdKind'> &
   RingNative &
   MigrationNative &
   InflightNative &
@@ -126,18 +126,44 @@ export type Handler = (this: Session, msg: VhostMessage, fds: FdClaim) => Handle
 /** The handler of each frontend request id this backend implements; the others are refused. */
 export type HandlerTable = Readonly<Partial<Record<number, Handler>>>;
 
-/** The fds that came with one message; a handler claims the ones it keeps, the rest are closed. */
+/** fd kinds a request may carry where it carries one (checked where the fd arrives, before any use). */
+export const FD_KINDS = {
+  /** Guest memory, the dirty log, the inflight buffer: mappable files (memfd, hugetlbfs, /dev/shm). */
+  mappable: ['memfd', 'file'],
+  /** Kick, call and err fds (vhost-user.rst: "eventfd"), SET_LOG_FD. */
+  eventfd: ['eventfd'],
+  /** The back-end channel (SET_BACKEND_REQ_FD): a unix socket. */
+  socket: ['socket'],
+  /** The device state channel (SET_DEVICE_STATE_FD): "a pipe" or a socket. */
+  stream: ['pipe', 'socket'],
+} as const satisfies Record<string, readonly FdKind[]>;
+
+/**
+ * The fds that came with one message; a handler claims the ones it keeps, the rest are closed. A
+ * claim names the kinds it accepts: an fd of another kind is refused (SESSION_BAD_FD) and, being
+ * unclaimed, closed. A pipe where an eventfd belongs would otherwise break the kick watcher later.
+ */
 export class FdClaim {
   private readonly claimed = new Set<number>();
-  constructor(readonly fds: readonly Fd[]) {}
-  take(i: number): Fd {
+  constructor(
+    readonly fds: readonly Fd[],
+    private readonly kindOf: (fd: Fd) => FdKind,
+  ) {}
+  take(i: number, kinds: readonly FdKind[], what: string): Fd {
     const fd = this.fds[i];
     if (fd === undefined) fail('SESSION_BAD_STATE', `expected an fd at position ${i}`);
+    const kind = this.kindOf(fd);
+    if (!kinds.includes(kind)) fail('SESSION_BAD_FD', `${what}: a ${kind} fd where ${kinds.join(' or ')} belongs`);
     this.claimed.add(i);
     return fd;
   }
-  takeAll(): Fd[] {
-    return this.fds.map((_, i) => this.take(i));
+  /** Every fd, all of the same accepted kinds (checked before any is claimed). */
+  takeAll(kinds: readonly FdKind[], what: string): Fd[] {
+    this.fds.forEach((fd, i) => {
+      const kind = this.kindOf(fd);
+      if (!kinds.includes(kind)) fail('SESSION_BAD_FD', `${what} ${i}: a ${kind} fd where ${kinds.join(' or ')} belongs`);
+    });
+    return this.fds.map((_, i) => this.take(i, kinds, what));
   }
   unclaimed(): Fd[] {
     return this.fds.filter((_, i) => !this.claimed.has(i));
@@ -277,7 +303,7 @@ export class Session implements RingHost {
     if (this.closed) return;
     logProto('%s <- %s', this.label, describe(msg));
     const rec = this.trace ? messageRecord('rx', msg) : null;
-    const claim = new FdClaim(msg.fds);
+    const claim = new FdClaim(msg.fds, (fd) => this.sys.fdKind(fd));
     const replyAck = msg.needReply && this.protoNegotiated(ProtoF.REPLY_ACK);
     const bodyReply = this.bodyReply(msg.def);
     let out: Encoded | null = null;

@@ -23,6 +23,8 @@
 // range can be reused by anything else.
 
 #include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -80,6 +82,39 @@ Napi::Value Fstat(const Napi::CallbackInfo& info) {
   r.Set("size", Napi::Number::New(env, static_cast<double>(st.st_size)));
   r.Set("mode", Napi::Number::New(env, st.st_mode));
   return r;
+}
+
+// What an fd refers to, for the checks of fds a frontend passes (an eventfd where a kick fd belongs, a
+// mappable file where guest memory belongs): fstat's file type; an anonymous inode (no type bits) or a
+// regular file is named by its /proc/self/fd link: anon_inode:[eventfd], /memfd:NAME.
+Napi::Value FdKind(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = ArgFd(info, 0);
+  struct stat st;
+  if (fstat(fd, &st) < 0) ThrowSysError(env, errno, "fstat");
+  const char* kind = "other";
+  switch (st.st_mode & S_IFMT) {
+    case S_IFSOCK: kind = "socket"; break;
+    case S_IFIFO: kind = "pipe"; break;
+    case S_IFCHR: kind = "char"; break;
+    case S_IFBLK: kind = "block"; break;
+    case S_IFDIR: kind = "dir"; break;
+    case S_IFREG: kind = "file"; break;
+    default: break;
+  }
+  if ((st.st_mode & S_IFMT) == S_IFREG || (st.st_mode & S_IFMT) == 0) {
+    char path[40];
+    char target[128];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, target, sizeof target - 1);
+    if (n > 0) {
+      target[n] = 0;
+      if (strncmp(target, "/memfd:", 7) == 0) kind = "memfd";
+      else if (strcmp(target, "anon_inode:[eventfd]") == 0) kind = "eventfd";
+      else if (strncmp(target, "anon_inode:", 11) == 0) kind = "anon";
+    }
+  }
+  return Napi::String::New(env, kind);
 }
 
 Napi::Value Mmap(const Napi::CallbackInfo& info) {
@@ -298,6 +333,7 @@ MappingRef LookupMapping(Napi::Env env, Napi::Value v, const char* name, const c
 
 void InitMmap(Napi::Env env, Napi::Object exports) {
   exports.Set("fstat", Napi::Function::New(env, Fstat, "fstat"));
+  exports.Set("fdKind", Napi::Function::New(env, FdKind, "fdKind"));
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
   exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));
   exports.Set("mmapAddress", Napi::Function::New(env, MmapAddress, "mmapAddress"));

@@ -2,6 +2,7 @@
  * Answers the spec requires of a backend for requests a frontend should not send (issue 15 item 4):
  * each is refused (or answered as the spec says) and nothing of it is executed.
  */
+import { readdirSync } from 'node:fs';
 import test from 'ava';
 import { native } from '../../native/index.ts';
 import { FrontendReq as R, ProtoF, VirtioF, bit, type VhostMessage } from '../../protocol/index.ts';
@@ -165,4 +166,44 @@ test('a TX header with a gso_type the device does not know or the driver did not
   tx.drv.addChain([{ byteLen: 12 + 60, write: false, data: new Uint8Array([...new Uint8Array(12), ...frameOf(60, 99)]) }]);
   native.eventfdWrite(tx.kick, 1n);
   await until('the plain frame sent', () => port.sent.length === 1);
+});
+
+// Serial: it counts this process's fds, which concurrent tests would change.
+test.serial('fds of the wrong kind are refused where they arrive, and closed: a socket or memfd as kick/call/err, an eventfd as memory, a memfd as the back-end channel', async (t) => {
+  const { fe, session, tx, port } = await setupLoopback(t, FEATURES, { protocolFeatures: bit(ProtoF.BACKEND_REQ) });
+  const openFds = () => readdirSync('/proc/self/fd').length;
+  const before = openFds();
+  const cases: [string, () => Promise<VhostMessage | null>][] = [];
+  const [sockA, sockB] = native.socketpair();
+  const memfd = native.memfdCreate('not-an-eventfd', false);
+  native.ftruncate(memfd, 4096);
+  const ev = native.eventfd(0);
+  for (const index of [0, 1]) {
+    cases.push([`socket as kick fd of ring ${index}`, () => fe.request(R.SET_VRING_KICK, { index, noFd: false }, { ...opt, fds: [sockA] })]);
+    cases.push([`memfd as call fd of ring ${index}`, () => fe.request(R.SET_VRING_CALL, { index, noFd: false }, { ...opt, fds: [memfd] })]);
+    cases.push([`socket as err fd of ring ${index}`, () => fe.request(R.SET_VRING_ERR, { index, noFd: false }, { ...opt, fds: [sockA] })]);
+  }
+  cases.push(['memfd as back-end channel', () => fe.request(R.SET_BACKEND_REQ_FD, undefined, { ...opt, fds: [memfd] })]);
+  const region = { guestPhysAddr: 0x10000000n, memorySize: 4096n, userspaceAddr: 0x7f9900000000n, mmapOffset: 0n };
+  cases.push(['eventfd as a memory region', () => fe.request(R.SET_MEM_TABLE, { nregions: 1, padding: 0, regions: [region] }, { ...opt, fds: [ev] })]);
+  for (const [what, run] of cases) t.not(value(await run()), 0n, `${what} refused`);
+  native.close(sockA);
+  native.close(memfd);
+  native.close(ev);
+  // Every refused fd was closed by the session: the far end of the socket sees EOF once ours are gone.
+  await until('EOF at the socket peer', () => {
+    try {
+      return native.recvmsg(sockB, new Uint8Array(8), 0, 8, 0)?.byteLen === 0;
+    } catch {
+      return false;
+    }
+  });
+  native.close(sockB);
+  t.is(openFds(), before, 'no fd leaked');
+  t.is(session.memory.regionCount, 1, 'the memory table was not replaced');
+  t.is(session.backendChannel, null);
+  // The rings kept their own eventfds and still work.
+  tx.drv.addChain([{ byteLen: 72, write: false, data: new Uint8Array([...new Uint8Array(12), ...frameOf(60, 7)]) }]);
+  native.eventfdWrite(tx.kick, 1n);
+  await until('frame sent', () => port.sent.length === 1);
 });

@@ -8,7 +8,7 @@ import createDebug from 'debug';
 import { FrontendReq, type DeviceConfig, type RarpMac, type VhostMessage } from '../../../protocol/index.ts';
 import { DeviceStateTransfer } from '../device-state.ts';
 import { fail } from '../errors.ts';
-import type { HandlerTable } from '../session.ts';
+import { FD_KINDS, type HandlerTable } from '../session.ts';
 
 const log = createDebug('vhost:device-state');
 
@@ -44,7 +44,7 @@ export const DEVICE_HANDLERS: HandlerTable = {
   // request, so these handlers answer instead of throwing.
   [FrontendReq.SET_DEVICE_STATE_FD](msg: VhostMessage, fds) {
     const p = msg.payload as { transferDirection: number; migrationPhase: number };
-    const fd = fds.take(0);
+    const fd = fds.take(0, FD_KINDS.stream, 'device state fd');
     // "the back-end ... must stop all rings" before the state is transferred (phase STOPPED only,
     // the codec checked it).
     if (this.rings.some((r) => r.queue !== null)) {

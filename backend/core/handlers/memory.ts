@@ -13,13 +13,13 @@ import {
 } from '../../../protocol/index.ts';
 import { fail } from '../errors.ts';
 import { InflightBuffer, type InflightShape } from '../inflight-buffer.ts';
-import { MAX_MEM_SLOTS, type HandlerTable } from '../session.ts';
+import { FD_KINDS, MAX_MEM_SLOTS, type HandlerTable } from '../session.ts';
 import { regionOf } from './payload.ts';
 
 export const MEMORY_HANDLERS: HandlerTable = {
   [FrontendReq.SET_MEM_TABLE](msg, fds) {
     const p = msg.payload as MemoryTablePayload;
-    this.setMemory(p.regions.map(regionOf), fds.takeAll());
+    this.setMemory(p.regions.map(regionOf), fds.takeAll(FD_KINDS.mappable, 'memory region'));
     if (!this.migration.listening) return;
     // vhost-user.rst SET_MEM_TABLE: in postcopy "the back-end replies with the bases of the memory
     // mapped regions"; the frontend then acks (Session.postcopyAck).
@@ -37,7 +37,7 @@ export const MEMORY_HANDLERS: HandlerTable = {
   },
   [FrontendReq.ADD_MEM_REG](msg, fds) {
     const p = msg.payload as SingleMemoryRegion;
-    const index = this.addMemory(regionOf(p.region), fds.take(0));
+    const index = this.addMemory(regionOf(p.region), fds.take(0, FD_KINDS.mappable, 'memory region'));
     if (!this.migration.listening) return;
     // Postcopy (QEMU send_add_regions): each region is answered with our mapping's address; one
     // ack follows the last one.
@@ -55,12 +55,12 @@ export const MEMORY_HANDLERS: HandlerTable = {
     if (!this.protoNegotiated(ProtoF.LOG_SHMFD) || fds.fds.length === 0) {
       fail('SESSION_UNSUPPORTED', 'SET_LOG_BASE without a log fd (LOG_SHMFD) is not supported');
     }
-    this.migration.setLogBase(fds.take(0), p.mmapSize, p.mmapOffset);
+    this.migration.setLogBase(fds.take(0, FD_KINDS.mappable, 'dirty log'), p.mmapSize, p.mmapOffset);
     // Reply body: see protocol/messages.ts logBaseReply (empty, like DPDK).
     return { payload: { bytes: new Uint8Array(0) } };
   },
   [FrontendReq.SET_LOG_FD](_msg, fds) {
-    this.migration.setLogFd(fds.take(0));
+    this.migration.setLogFd(fds.take(0, FD_KINDS.eventfd, 'log fd'));
   },
   [FrontendReq.POSTCOPY_ADVISE]() {
     return { payload: null, fds: [this.migration.advise()] };
@@ -82,7 +82,7 @@ export const MEMORY_HANDLERS: HandlerTable = {
   },
   [FrontendReq.SET_INFLIGHT_FD](msg, fds) {
     const p = msg.payload as InflightShape;
-    const buf = InflightBuffer.adopt(this.sys, fds.take(0), this.packed ? 'packed' : 'split', p);
+    const buf = InflightBuffer.adopt(this.sys, fds.take(0, FD_KINDS.mappable, 'inflight buffer'), this.packed ? 'packed' : 'split', p);
     this.inflight?.close();
     this.inflight = buf;
   },

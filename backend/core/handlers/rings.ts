@@ -8,7 +8,7 @@ import createDebug from 'debug';
 import { FrontendReq, ProtoF, VirtioF, has, type VringAddr, type VringFd, type VringState } from '../../../protocol/index.ts';
 import { BackendChannel } from '../backend-channel.ts';
 import { fail } from '../errors.ts';
-import type { HandlerTable } from '../session.ts';
+import { FD_KINDS, type HandlerTable } from '../session.ts';
 
 const log = createDebug('vhost:session');
 
@@ -55,16 +55,16 @@ export const RING_HANDLERS: HandlerTable = {
   [FrontendReq.SET_VRING_KICK](msg, fds) {
     const p = msg.payload as VringFd;
     const ring = this.runtime.ring(p.index);
-    this.runtime.replaceKick(ring, p.noFd ? null : fds.take(0));
+    this.runtime.replaceKick(ring, p.noFd ? null : fds.take(0, FD_KINDS.eventfd, 'kick fd'));
     this.runtime.start(ring);
   },
   [FrontendReq.SET_VRING_CALL](msg, fds) {
     const p = msg.payload as VringFd;
-    this.runtime.setCall(this.runtime.ring(p.index), p.noFd ? null : fds.take(0));
+    this.runtime.setCall(this.runtime.ring(p.index), p.noFd ? null : fds.take(0, FD_KINDS.eventfd, 'call fd'));
   },
   [FrontendReq.SET_VRING_ERR](msg, fds) {
     const p = msg.payload as VringFd;
-    this.runtime.setErr(this.runtime.ring(p.index), p.noFd ? null : fds.take(0));
+    this.runtime.setErr(this.runtime.ring(p.index), p.noFd ? null : fds.take(0, FD_KINDS.eventfd, 'err fd'));
   },
   [FrontendReq.SET_VRING_ENDIAN](msg) {
     // vhost-user.rst SET_VRING_ENDIAN (CROSS_ENDIAN and num 0/1 are checked by the table row). Taken
@@ -90,8 +90,9 @@ export const RING_HANDLERS: HandlerTable = {
     this.runtime.inbandKick(this.runtime.ring(p.index));
   },
   [FrontendReq.SET_BACKEND_REQ_FD](_msg, fds) {
+    const fd = fds.take(0, FD_KINDS.socket, 'back-end channel');
     this.backendChannel?.close();
-    this.backendChannel = new BackendChannel(fds.take(0), this.sys, {
+    this.backendChannel = new BackendChannel(fd, this.sys, {
       replyAck: () => this.protoNegotiated(ProtoF.REPLY_ACK),
       ...(this.trace ? { trace: this.trace } : {}),
       label: this.label,
