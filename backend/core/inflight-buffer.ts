@@ -23,7 +23,7 @@ import {
   type InflightRegion,
 } from '../../virtqueue/index.ts';
 import { BackendError, fail } from './errors.ts';
-import { MappingGuards, guardOrRefuse, sealAgainstShrink, type GuardNative, type SealOutcome } from './memory-table.ts';
+import { MappingGuards, guardOrRefuse, sealAgainstShrink, type GuardNative, type SealOutcome } from './mapping-guard.ts';
 
 const log = createDebug('vhost:inflight');
 

@@ -15,7 +15,8 @@ import type { Fd, NativeBinding } from '../../native/types.ts';
 import { DirtyLog } from '../../virtqueue/dirty-log.ts';
 import type { GuestMemory } from '../../virtqueue/index.ts';
 import { BackendError, fail } from './errors.ts';
-import { MappingGuards, fdBackedBytes, guardOrRefuse, hex, sealAgainstShrink, type GuardNative } from './memory-table.ts';
+import { hex } from './hex.ts';
+import { MappingGuards, fdBackedBytes, guardOrRefuse, sealAgainstShrink, type GuardNative } from './mapping-guard.ts';
 
 const log = createDebug('vhost:migration');
 

@@ -30,7 +30,8 @@ import type { Device, ReadyQueue } from './device.ts';
 import { fail } from './errors.ts';
 import type { InflightBuffer } from './inflight-buffer.ts';
 import type { Iommu } from './iommu.ts';
-import { hex, type MemoryTable } from './memory-table.ts';
+import { hex } from './hex.ts';
+import type { MemoryTable } from './memory-table.ts';
 import type { Migration } from './migration.ts';
 import { RingState } from './ring-state.ts';
 

@@ -43,7 +43,8 @@ import {
 import { VirtqError } from '../../virtqueue/index.ts';
 import type { Device } from './device.ts';
 import { BackendError, fail } from './errors.ts';
-import { MemoryTable, hex, type RegionSpec } from './memory-table.ts';
+import { hex } from './hex.ts';
+import { MemoryTable, type RegionSpec } from './memory-table.ts';
 import { Migration, type MigrationNative } from './migration.ts';
 import { type InflightBuffer, type InflightNative } from './inflight-buffer.ts';
 import { type BackendChannel, type BackendChannelNative } from './backend-channel.ts';

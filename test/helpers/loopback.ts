@@ -73,6 +73,8 @@ export interface LoopbackOptions {
   protocolFeatures?: bigint;
   /** Runs after SET_FEATURES, before the memory table and the rings (e.g. SET_BACKEND_REQ_FD). */
   beforeRings?: (fe: ScriptedFrontend) => Promise<void>;
+  /** Runs after SET_MEM_TABLE, before the rings are configured (IOTLB updates name its user addresses). */
+  afterMemory?: (fe: ScriptedFrontend) => Promise<void>;
   /** Kick, call and err all NOFD (in-band notifications). */
   noFdNotify?: boolean;
   /** Ring addresses as sent in SET_VRING_ADDR (default: the user address UVA_BASE + gpa; IOVAs with a vIOMMU). */
@@ -111,6 +113,7 @@ export async function setupLoopback(t: ExecutionContext, features: bigint, opts:
   await opts.beforeRings?.(fe);
   const region = { guestPhysAddr: 0n, memorySize: BigInt(MEM_BYTES), userspaceAddr: BigInt(UVA_BASE), mmapOffset: 0n };
   t.is(ack(await fe.request(R.SET_MEM_TABLE, { nregions: 1, padding: 0, regions: [region] }, { needReply: true, fds: [memfd] })), 0n);
+  await opts.afterMemory?.(fe);
 
   const ringAddr = opts.ringAddr ?? ((gpa: number) => BigInt(UVA_BASE + gpa));
   const rings: Ring[] = [];

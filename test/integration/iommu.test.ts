@@ -10,7 +10,7 @@ import { native } from '../../native/index.ts';
 import { FrontendReq as R, IotlbType, ProtoF, VirtioF, bit, type IotlbMsg, type ScriptedFrontend } from '../../protocol/index.ts';
 import { NetHdr } from '../../backend/net/frame/net-hdr.ts';
 import { BackendPeer, PendingRequests } from '../helpers/backend-peer.ts';
-import { UVA_BASE, frameOf, setupLoopback, until } from '../helpers/loopback.ts';
+import { MEM_BYTES, UVA_BASE, frameOf, setupLoopback, until } from '../helpers/loopback.ts';
 
 const FEATURES = bit(VirtioF.VERSION_1) | bit(VirtioF.NET_F_MRG_RXBUF) | bit(VirtioF.ACCESS_PLATFORM);
 const PROTO = bit(ProtoF.BACKEND_REQ);
@@ -48,7 +48,11 @@ async function rig(t: ExecutionContext, opts: { serveMisses?: boolean; heapPerm?
       frontend = fe;
       await fe.request(R.SET_BACKEND_REQ_FD, undefined, { fds: [peer.remote], needReply: true });
       native.close(peer.remote);
-      await update(fe, 0, 0x100000);
+    },
+    // QEMU's order too: the memory table, then IOTLB updates of its user addresses.
+    afterMemory: async (fe) => {
+      const ack = await update(fe, 0, 0x100000);
+      t.is((ack!.payload as { value: bigint }).value, 0n, "the rings' IOVA window is mapped");
     },
   });
   // Registered after setupLoopback's, so it runs first (ava runs teardowns in reverse): a miss served
@@ -128,4 +132,19 @@ test('IOTLB_MSG without ACCESS_PLATFORM negotiated is refused', async (t) => {
   const { fe } = await setupLoopback(t, bit(VirtioF.VERSION_1));
   const r = await update(fe, 0, PAGE);
   t.is((r!.payload as { value: bigint }).value, 1n);
+});
+
+test('IOTLB: an UPDATE whose user addresses are not (all) in the memory table gets a non-zero reply and is not applied', async (t) => {
+  const { fe, session } = await rig(t);
+  const entries = () => session.iommu!.cache.entries().length;
+  const before = entries();
+  const nack = async (iova: number, size: number, uaddr: bigint) => {
+    const msg: IotlbMsg = { iova: BigInt(iova), size: BigInt(size), userAddr: uaddr, perm: RW, type: IotlbType.UPDATE };
+    return ((await fe.request(R.IOTLB_MSG, msg, { needReply: true }))!.payload as { value: bigint }).value;
+  };
+  t.not(await nack(0x800000, PAGE, 0x1000n), 0n, 'nowhere near the table');
+  t.not(await nack(0x800000, 2 * PAGE, BigInt(UVA_BASE + MEM_BYTES - PAGE)), 0n, 'runs past the end of the region');
+  t.not(await nack(0x800000, 0, BigInt(UVA_BASE)), 0n, 'size 0');
+  t.is(entries(), before, 'nothing applied');
+  t.is(await nack(0x800000, PAGE, BigInt(UVA_BASE + 0x200000)), 0n, 'inside the table: applied');
 });

@@ -207,3 +207,19 @@ test.serial('fds of the wrong kind are refused where they arrive, and closed: a 
   native.eventfdWrite(tx.kick, 1n);
   await until('frame sent', () => port.sent.length === 1);
 });
+
+test('SET_MEM_TABLE whose regions overlap in user address space is refused; the old table stays', async (t) => {
+  const { fe, session, tx, port } = await setupLoopback(t, FEATURES);
+  const fd = native.memfdCreate('overlap', false);
+  native.ftruncate(fd, 2 << 20);
+  t.teardown(() => native.close(fd));
+  const regions = [
+    { guestPhysAddr: 0x10000000n, memorySize: 1n << 20n, userspaceAddr: 0x7f5500000000n, mmapOffset: 0n },
+    { guestPhysAddr: 0x20000000n, memorySize: 1n << 20n, userspaceAddr: 0x7f5500080000n, mmapOffset: 1n << 20n },
+  ];
+  t.not(value(await fe.request(R.SET_MEM_TABLE, { nregions: 2, padding: 0, regions }, { ...opt, fds: [fd, fd] })), 0n);
+  t.is(session.memory.regionCount, 1, 'the old table stays');
+  tx.drv.addChain([{ byteLen: 72, write: false, data: new Uint8Array([...new Uint8Array(12), ...frameOf(60, 8)]) }]);
+  native.eventfdWrite(tx.kick, 1n);
+  await until('frame sent on the old table', () => port.sent.length === 1);
+});

@@ -228,7 +228,7 @@ test.serial('every request this backend does not implement gets a clear error re
   t.is(fdCount(), before, 'no fd leaked by refused requests');
 });
 
-test('CONFIGURE_MEM_SLOTS: GET_MAX_MEM_SLOTS, ADD_MEM_REG twice, REM_MEM_REG of one; overlap refused', async (t) => {
+test('CONFIGURE_MEM_SLOTS: GET_MAX_MEM_SLOTS, ADD_MEM_REG twice, REM_MEM_REG of one; overlap refused (guest physical or user addresses)', async (t) => {
   const r = await rig(t);
   await negotiate(r, bit(ProtoF.REPLY_ACK) | bit(ProtoF.CONFIGURE_MEM_SLOTS));
   t.is(u64(await r.fe.fe.request(R.GET_MAX_MEM_SLOTS)), 509n);
@@ -245,6 +245,9 @@ test('CONFIGURE_MEM_SLOTS: GET_MAX_MEM_SLOTS, ADD_MEM_REG twice, REM_MEM_REG of 
   t.is(u64(await r.fe.fe.request(R.ADD_MEM_REG, b, { needReply: true, fds: [fd] })), 0n);
   t.is(r.session().memory.regionCount, 2);
   t.not(u64(await r.fe.fe.request(R.ADD_MEM_REG, reg(0x80000, 0x7f0000200000, 0), { needReply: true, fds: [fd] })), 0n, 'overlap');
+  // Guest addresses apart, user addresses overlapping (D47): refused too.
+  t.not(u64(await r.fe.fe.request(R.ADD_MEM_REG, reg(0x400000, 0x7f0000180000, 0), { needReply: true, fds: [fd] })), 0n, 'user address overlap');
+  t.is(r.session().memory.regionCount, 2);
   t.is(u64(await r.fe.fe.request(R.REM_MEM_REG, a, { needReply: true, fds: [fd] })), 0n);
   t.is(r.session().memory.regionCount, 1);
   t.is(r.session().memory.uvaToGpa(0x7f0000100010), 0x100010);

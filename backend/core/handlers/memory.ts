@@ -5,6 +5,7 @@
  */
 import {
   FrontendReq,
+  IotlbType,
   ProtoF,
   type IotlbMsg,
   type LogDescription,
@@ -12,6 +13,8 @@ import {
   type SingleMemoryRegion,
 } from '../../../protocol/index.ts';
 import { fail } from '../errors.ts';
+import { hex } from '../hex.ts';
+import type { MemoryTable } from '../memory-table.ts';
 import { InflightBuffer, type InflightShape } from '../inflight-buffer.ts';
 import { FD_KINDS, MAX_MEM_SLOTS, type HandlerTable } from '../session.ts';
 import { regionOf } from './payload.ts';
@@ -89,8 +92,18 @@ export const MEMORY_HANDLERS: HandlerTable = {
   [FrontendReq.IOTLB_MSG](msg) {
     const p = msg.payload as IotlbMsg;
     if (this.iommu === null) fail('SESSION_BAD_STATE', 'IOTLB_MSG without ACCESS_PLATFORM negotiated');
+    // An UPDATE maps IOVAs onto the frontend's user addresses: they must be memory we were given
+    // (vhost-user.rst "IOMMU support": uaddr is a user address of the memory table; D47).
+    if (p.type === IotlbType.UPDATE && !uvaInTable(this.memory, p.userAddr, p.size)) {
+      fail('SESSION_BAD_MEMORY', `IOTLB UPDATE of user addresses ${hex(p.userAddr)} (+${hex(p.size)}) outside the memory table`);
+    }
     const err = this.iommu.apply(p);
     if (err !== null) fail('SESSION_BAD_STATE', `IOTLB_MSG refused: ${err}`);
     this.runtime.iotlbChanged(p);
   },
 };
+
+function uvaInTable(memory: MemoryTable, uaddr: bigint, size: bigint): boolean {
+  if (size === 0n || uaddr + size > BigInt(Number.MAX_SAFE_INTEGER)) return false;
+  return memory.coversUva(Number(uaddr), Number(size));
+}

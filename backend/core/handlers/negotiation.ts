@@ -4,7 +4,7 @@
  */
 import { FrontendReq, ProtoF, has } from '../../../protocol/index.ts';
 import { fail } from '../errors.ts';
-import { hex } from '../memory-table.ts';
+import { hex } from '../hex.ts';
 import type { HandlerTable } from '../session.ts';
 import { u64 } from './payload.ts';
 
