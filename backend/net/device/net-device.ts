@@ -8,6 +8,10 @@
  * Frames move between the guest and one uplink Port. Backpressure is honoured both ways: when the
  * uplink is 'busy' the TX chain is given back (unpop) and TX resumes when the uplink has room; when
  * the guest has no RX buffers we answer 'busy' and call the waiters on the next RX kick.
+ *
+ * Why one file of about a thousand lines: TX and RX of a device share its ring table, header state,
+ * RX reservoir and burst brackets, and the per-frame path is methods of one class so that TurboFan
+ * inlines it whole (spec-notes/performance.md); pure frame work lives in ../frame/.
  */
 import createDebug from 'debug';
 import { VirtioF, bit, chainRecord, has, type TraceRingRecord } from '../../../protocol/index.ts';
@@ -44,6 +48,7 @@ import {
   PLAIN_HDR,
 } from '../frame/net-hdr.ts';
 import { completeChecksum, segmentTcp } from '../frame/offload.ts';
+import { rarpFrame } from '../frame/rarp.ts';
 import { BusyPoller, type PolledRing } from './busy-poll.ts';
 import { NetConfig } from './net-config.ts';
 
@@ -1104,21 +1109,4 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     }
     return false;
   }
-}
-
-/** A RARP announcement for `mac` (RFC 903), as sent after migration so switches learn the port. */
-export function rarpFrame(mac: Uint8Array): Uint8Array {
-  const f = new Uint8Array(60);
-  f.fill(0xff, 0, 6); // broadcast
-  f.set(mac, 6);
-  const dv = new DataView(f.buffer);
-  dv.setUint16(12, 0x8035); // ETH_P_RARP
-  dv.setUint16(14, 1); // hardware type Ethernet
-  dv.setUint16(16, 0x0800); // protocol IPv4
-  f[18] = 6;
-  f[19] = 4;
-  dv.setUint16(20, 3); // reverse request
-  f.set(mac, 22);
-  f.set(mac, 32);
-  return f;
 }

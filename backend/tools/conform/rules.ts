@@ -15,6 +15,9 @@
  *
  * Outcome of a rule over a run (engine.ts): fail if any violation, else divergence if a divergent
  * reading was observed, else pass if the rule was exercised at least once, else not-applicable.
+ *
+ * One file because it is one table: each rule is a spec quote and a check of a few lines, read in
+ * order against spec-notes/conformance.md; the helpers the checks share live in model.ts.
  */
 import {
   FrontendReq as R,
