@@ -104,6 +104,13 @@ export class Framer {
     return this.groups.flatMap((g) => g.fds);
   }
 
+  /** The pending fds, handed over: the framer forgets them (a caller that forwards them owns them now). */
+  takePendingFds(): number[] {
+    const fds = this.pendingFds();
+    for (const g of this.groups) g.fds = [];
+    return fds;
+  }
+
   /** Bytes buffered but not yet returned as a message. */
   get bufferedBytes(): number {
     return this.end - this.start;

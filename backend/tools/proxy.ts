@@ -134,7 +134,7 @@ class Link {
         this.raw = true;
         const code = e instanceof ProtocolError ? e.code : 'ERROR';
         const rest = all.subarray(all.length - this.framer.bufferedBytes);
-        this.sink.raw(rest, this.framer.pendingFds(), `framing lost [${code}]: ${(e as Error).message}`, t);
+        this.sink.raw(rest, this.framer.takePendingFds(), `framing lost [${code}]: ${(e as Error).message}`, t);
         this.unframed = new Uint8Array(0);
         continue;
       }

@@ -107,6 +107,15 @@ test('chunk = tail of one message + head of the next with the next one\'s fds', 
   t.deepEqual(f.next()!.fds, [50]);
 });
 
+test('takePendingFds hands the pending fds over: the framer forgets them (the proxy forwards them when framing is lost)', (t) => {
+  const f = new Framer();
+  f.push(memTable.bytes.subarray(0, 5), memTable.fds);
+  t.deepEqual(f.takePendingFds(), [40, 41]);
+  t.deepEqual(f.pendingFds(), [], 'not closed a second time when the connection goes away');
+  f.push(memTable.bytes.subarray(5));
+  t.deepEqual(f.next()!.fds, [], 'nor handed out with the message');
+});
+
 test('fds on a continuation chunk (no message starts in it) go to the message in progress', (t) => {
   const f = new Framer();
   f.push(kick.bytes.subarray(0, 4));
