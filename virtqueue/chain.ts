@@ -1,6 +1,7 @@
 /**
- * Descriptor chains: the walker that turns a split-ring chain into resolved segments, and the
- * ChainReader / ChainWriter cursors devices use to move bytes.
+ * Descriptor chains as devices see them: the resolved `Chain`, and the ChainReader / ChainWriter
+ * cursors (with the copy helpers under them) devices use to move bytes. The walkers that resolve
+ * descriptors into a Chain are in walk.ts.
  *
  * Segment representation (the design choice): segments are RESOLVED at pop time and stored
  * struct-of-arrays in a caller-owned, reused `Chain` — for segment i: `segAddr[i]` (gpa, used for
@@ -16,48 +17,8 @@
  * must be completed (pushUsed) in the turn that popped it; after REM_MEM_REG / SET_MEM_TABLE the
  * native layer detaches unmapped buffers, so a stale chain fails loudly (zero-length views) instead
  * of touching unmapped memory.
- *
- * Rules enforced by the split walker (virtio v1.2):
- * - 2.7.5: `next` must index the table; a chain has at most as many descriptors as its table
- *   (ttl guard; more means a loop). Same for an indirect table, whose ttl is its entry count.
- * - 2.7.5.2: total length at most 2^32 bytes.
- * - 2.7.5.3.1: INDIRECT only if negotiated, never with NEXT, never inside an indirect table; the
- *   table length is a non-zero multiple of 16 (we also cap it at MAX_INDIRECT_DESCS entries).
- *   2.7.5.3.2: zero or more direct descriptors may precede the single indirect one, and the WRITE
- *   flag of the descriptor pointing to the table is ignored.
- * - 2.7.4.2: device-writable descriptors after all device-readable ones; otherwise the chain is
- *   refused (VQ_WRITE_BEFORE_READ) rather than guessed at.
- * - A zero-length descriptor contributes no segment and its address is not checked.
- *
- * Descriptors are read field by field into locals exactly once (the guest may rewrite them
- * concurrently; it can only hurt its own buffers, and the ttl guarantees termination).
  */
 import type { GuestMemory, Span } from './memory.ts';
-import { createSpan } from './memory.ts';
-import {
-  DESC_BYTES,
-  MAX_CHAIN_BYTES,
-  MAX_INDIRECT_DESCS,
-  VIRTQ_DESC_F_INDIRECT,
-  VIRTQ_DESC_F_NEXT,
-  VIRTQ_DESC_F_WRITE,
-  bswap16,
-  bswap32,
-} from './defs.ts';
-import type { VirtqErrorCode } from './errors.ts';
-import { hexAddr } from './errors.ts';
-
-// Module-local copies: under tsx (esbuild CJS output) every imported binding is a getter call,
-// which shows up in profiles of the per-descriptor loop. Locals are plain constants.
-const F_NEXT = VIRTQ_DESC_F_NEXT;
-const F_WRITE = VIRTQ_DESC_F_WRITE;
-const F_INDIRECT = VIRTQ_DESC_F_INDIRECT;
-const CHAIN_CAP = MAX_CHAIN_BYTES;
-const TWO_32 = 2 ** 32;
-/** hi halves >= this make a 64-bit address >= 2^53 (see joinAddr). */
-const HI_LIMIT = 2 ** 21;
-const swap16 = bswap16;
-const swap32 = bswap32;
 
 /** A segment as a plain object: only for tests and diagnostics (`Chain.segment()` allocates). */
 export interface Segment {
@@ -67,8 +28,8 @@ export interface Segment {
 }
 
 /**
- * One descriptor chain, as produced by `SplitQueue.pop()` (and later a packed queue). Reuse one
- * instance: `pop()` resets it. Fields are public for speed; treat them as read-only.
+ * One descriptor chain, as produced by `pop()` (SplitQueue, PackedQueue). Reuse one instance:
+ * `pop()` resets it. Fields are public for speed; treat them as read-only.
  */
 export class Chain {
   /** Id to return in the used element (split: head descriptor index; packed: buffer id). */
@@ -138,296 +99,6 @@ export class Chain {
     return out;
   }
 }
-
-/**
- * Appends a guest buffer to a chain, split at region boundaries. Returns null or an error code; the
- * ordering rule (readable before writable) is the caller's, since it depends on descriptor flags.
- * Shared by the split walker and (later) the packed one.
- */
-export function appendBuffer(
-  chain: Chain,
-  mem: GuestMemory,
-  addr: number,
-  byteLen: number,
-  write: boolean,
-  span: Span,
-): VirtqErrorCode | null {
-  if (byteLen === 0) return null;
-  if (chain.readByteLen + chain.writeByteLen + byteLen > CHAIN_CAP) return 'VQ_CHAIN_TOO_LONG';
-  if (addr < 0) return 'VQ_UNMAPPED';
-  let done = 0;
-  while (done < byteLen) {
-    const a = addr + done;
-    if (!mem.translate(a, byteLen - done, write, span) || span.byteLen <= 0) return 'VQ_UNMAPPED';
-    chain.pushSegment(a, span.byteLen, span.bytes, span.offset, write);
-    done += span.byteLen;
-  }
-  return null;
-}
-
-function le32(b: Uint8Array, o: number): number {
-  return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
-}
-function be32(b: Uint8Array, o: number): number {
-  return ((b[o]! << 24) | (b[o + 1]! << 16) | (b[o + 2]! << 8) | b[o + 3]!) >>> 0;
-}
-
-/** An indirect descriptor table resolved for reading: its bytes and the offset of entry 0 in them. */
-export class IndirectTable {
-  bytes: Uint8Array = new Uint8Array(0);
-  base = 0;
-  private readonly span = createSpan();
-  /** Tables crossing a region boundary (rare) are gathered here; grown on demand. */
-  private scratch = new Uint8Array(0);
-
-  /**
-   * Validates the table's length (virtio v1.2 2.7.5.3 / 2.8.7: a non-zero multiple of the descriptor
-   * size, at most maxEntries) and maps it. Returns null, or the error code and message for the walker.
-   */
-  map(mem: GuestMemory, addr: number, byteLen: number, descBytes: number, maxEntries: number, where: string): [VirtqErrorCode, string] | null {
-    if (byteLen === 0 || byteLen % descBytes !== 0 || byteLen / descBytes > maxEntries) {
-      return ['VQ_BAD_INDIRECT', `${where}: indirect table length ${byteLen} is invalid`];
-    }
-    if (addr < 0) return ['VQ_UNMAPPED', `${where}: indirect table address >= 2^53`];
-    const ts = this.span;
-    const unmapped: [VirtqErrorCode, string] = ['VQ_UNMAPPED', `${where}: indirect table ${hexAddr(addr)} +${byteLen} unmapped`];
-    if (!mem.translate(addr, byteLen, false, ts)) return unmapped;
-    if (ts.byteLen >= byteLen) {
-      this.bytes = ts.bytes;
-      this.base = ts.offset;
-      return null;
-    }
-    if (this.scratch.length < byteLen) this.scratch = new Uint8Array(Math.max(byteLen, 256));
-    const sc = this.scratch;
-    let done = 0;
-    while (done < byteLen) {
-      if (!mem.translate(addr + done, byteLen - done, false, ts) || ts.byteLen <= 0) return unmapped;
-      sc.set(ts.bytes.subarray(ts.offset, ts.offset + ts.byteLen), done);
-      done += ts.byteLen;
-    }
-    this.bytes = sc;
-    this.base = 0;
-    return null;
-  }
-}
-
-/**
- * Walks split-ring chains for one queue. Holds the descriptor table view and scratch state; on
- * failure `walk()` returns false and leaves `errCode` / `errMessage` (allocation only on error).
- */
-export class SplitChainWalker {
-  errCode: VirtqErrorCode | null = null;
-  errMessage = '';
-  protected readonly span = createSpan();
-  protected readonly table = new IndirectTable();
-
-  constructor(
-    protected mem: GuestMemory,
-    /** The descriptor table as u32 words: [addr lo, addr hi, len, flags | next << 16] per entry. */
-    protected desc: Uint32Array,
-    protected readonly size: number,
-    protected readonly indirectAllowed: boolean,
-  ) {}
-
-  /** Point at a new memory table / descriptor table view (SET_MEM_TABLE). */
-  rebind(mem: GuestMemory, desc: Uint32Array): void {
-    this.mem = mem;
-    this.desc = desc;
-  }
-
-  protected fail(code: VirtqErrorCode, message: string): false {
-    this.errCode = code;
-    this.errMessage = message;
-    return false;
-  }
-
-  /** Resolves the chain starting at `head` into `chain`. */
-  walk(chain: Chain, head: number): boolean {
-    chain.reset();
-    chain.head = head;
-    chain.mem = this.mem;
-    const size = this.size;
-    if (head >= size) return this.fail('VQ_BAD_HEAD', `head index ${head} >= queue size ${size}`);
-    const d = this.desc;
-    const mem = this.mem;
-    const span = this.span;
-    let i = head;
-    let ttl = size;
-    let sawWrite = false;
-    for (;;) {
-      if (ttl-- === 0) return this.fail('VQ_LOOP', `chain from head ${head} is longer than the queue (${size})`);
-      chain.descCount++;
-      const w = i << 2;
-      const lo = d[w]!;
-      const hi = d[w + 1]!;
-      const len = d[w + 2]!;
-      const fn = d[w + 3]!;
-      const flags = fn & 0xffff;
-      if ((flags & F_INDIRECT) !== 0) {
-        if (!this.indirectAllowed) {
-          return this.fail('VQ_INDIRECT_NOT_NEGOTIATED', `descriptor ${i}: INDIRECT without VIRTIO_F_INDIRECT_DESC`);
-        }
-        if ((flags & F_NEXT) !== 0) {
-          return this.fail('VQ_BAD_INDIRECT', `descriptor ${i}: INDIRECT together with NEXT`);
-        }
-        return this.walkIndirect(chain, hi >= HI_LIMIT ? -1 : hi * TWO_32 + lo, len, sawWrite, i);
-      }
-      const write = (flags & F_WRITE) !== 0;
-      if (write) sawWrite = true;
-      else if (sawWrite) return this.fail('VQ_WRITE_BEFORE_READ', `descriptor ${i}: readable after writable`);
-      const addr = hi >= HI_LIMIT ? -1 : hi * TWO_32 + lo;
-      const err = appendBuffer(chain, mem, addr, len, write, span);
-      if (err !== null) return this.fail(err, this.bufferMessage(err, i, lo, hi, len, write, false));
-      if ((flags & F_NEXT) === 0) return true;
-      const next = fn >>> 16;
-      if (next >= size) return this.fail('VQ_BAD_NEXT', `descriptor ${i}: next ${next} >= queue size ${size}`);
-      i = next;
-    }
-  }
-
-  protected walkIndirect(chain: Chain, tableAddr: number, tableLen: number, sawWrite: boolean, at: number): boolean {
-    const err = this.table.map(this.mem, tableAddr, tableLen, DESC_BYTES, MAX_INDIRECT_DESCS, `descriptor ${at}`);
-    if (err) return this.fail(err[0], err[1]);
-    const n = tableLen / DESC_BYTES;
-    const b = this.table.bytes;
-    const base = this.table.base;
-    const mem = this.mem;
-    chain.indirect = true;
-    const span = this.span;
-    let i = 0;
-    let ttl = n;
-    for (;;) {
-      if (ttl-- === 0) return this.fail('VQ_LOOP', `indirect table at ${hexAddr(tableAddr)}: chain longer than ${n}`);
-      const o = base + i * DESC_BYTES;
-      const lo = le32(b, o);
-      const hi = le32(b, o + 4);
-      const len = le32(b, o + 8);
-      const flags = b[o + 12]! | (b[o + 13]! << 8);
-      if ((flags & F_INDIRECT) !== 0) {
-        return this.fail('VQ_NESTED_INDIRECT', `indirect table at ${hexAddr(tableAddr)}: entry ${i} is INDIRECT`);
-      }
-      const write = (flags & F_WRITE) !== 0;
-      if (write) sawWrite = true;
-      else if (sawWrite) {
-        return this.fail('VQ_WRITE_BEFORE_READ', `indirect table at ${hexAddr(tableAddr)}: entry ${i} readable after writable`);
-      }
-      const addr = hi >= HI_LIMIT ? -1 : hi * TWO_32 + lo;
-      const err = appendBuffer(chain, mem, addr, len, write, span);
-      if (err !== null) return this.fail(err, this.bufferMessage(err, i, lo, hi, len, write, true));
-      if ((flags & F_NEXT) === 0) return true;
-      const next = b[o + 14]! | (b[o + 15]! << 8);
-      if (next >= n) return this.fail('VQ_BAD_NEXT', `indirect table at ${hexAddr(tableAddr)}: entry ${i} next ${next} >= ${n}`);
-      i = next;
-    }
-  }
-
-  protected bufferMessage(
-    code: VirtqErrorCode,
-    i: number,
-    lo: number,
-    hi: number,
-    len: number,
-    write: boolean,
-    inIndirect: boolean,
-  ): string {
-    const where = inIndirect ? `indirect entry ${i}` : `descriptor ${i}`;
-    const addr = '0x' + ((BigInt(hi) << 32n) | BigInt(lo)).toString(16);
-    if (code === 'VQ_CHAIN_TOO_LONG') return `${where}: chain longer than 2^32 bytes`;
-    return `${where}: buffer ${addr} +${len} is not mapped${write ? ' writable' : ''}`;
-  }
-}
-
-/**
- * The walker for a legacy big-endian split ring (SplitQueue `bigEndian`, vhost-user.rst
- * SET_VRING_ENDIAN): the same rules and the same checks as SplitChainWalker, with every descriptor
- * field, in the ring and in indirect tables, read big-endian. A subclass rather than a flag so the
- * little-endian walk keeps its code and its inline caches (no per-field branch).
- *
- * Seen as little-endian u32 words, a big-endian descriptor is [bswap(addr hi), bswap(addr lo),
- * bswap(len), bswap16(flags) | bswap16(next) << 16].
- */
-export class SplitChainWalkerBE extends SplitChainWalker {
-  override walk(chain: Chain, head: number): boolean {
-    chain.reset();
-    chain.head = head;
-    chain.mem = this.mem;
-    const size = this.size;
-    if (head >= size) return this.fail('VQ_BAD_HEAD', `head index ${head} >= queue size ${size}`);
-    const d = this.desc;
-    const mem = this.mem;
-    const span = this.span;
-    let i = head;
-    let ttl = size;
-    let sawWrite = false;
-    for (;;) {
-      if (ttl-- === 0) return this.fail('VQ_LOOP', `chain from head ${head} is longer than the queue (${size})`);
-      chain.descCount++;
-      const w = i << 2;
-      const hi = swap32(d[w]!);
-      const lo = swap32(d[w + 1]!);
-      const len = swap32(d[w + 2]!);
-      const fn = d[w + 3]!;
-      const flags = swap16(fn & 0xffff);
-      if ((flags & F_INDIRECT) !== 0) {
-        if (!this.indirectAllowed) {
-          return this.fail('VQ_INDIRECT_NOT_NEGOTIATED', `descriptor ${i}: INDIRECT without VIRTIO_F_INDIRECT_DESC`);
-        }
-        if ((flags & F_NEXT) !== 0) {
-          return this.fail('VQ_BAD_INDIRECT', `descriptor ${i}: INDIRECT together with NEXT`);
-        }
-        return this.walkIndirect(chain, hi >= HI_LIMIT ? -1 : hi * TWO_32 + lo, len, sawWrite, i);
-      }
-      const write = (flags & F_WRITE) !== 0;
-      if (write) sawWrite = true;
-      else if (sawWrite) return this.fail('VQ_WRITE_BEFORE_READ', `descriptor ${i}: readable after writable`);
-      const addr = hi >= HI_LIMIT ? -1 : hi * TWO_32 + lo;
-      const err = appendBuffer(chain, mem, addr, len, write, span);
-      if (err !== null) return this.fail(err, this.bufferMessage(err, i, lo, hi, len, write, false));
-      if ((flags & F_NEXT) === 0) return true;
-      const next = swap16(fn >>> 16);
-      if (next >= size) return this.fail('VQ_BAD_NEXT', `descriptor ${i}: next ${next} >= queue size ${size}`);
-      i = next;
-    }
-  }
-
-  protected override walkIndirect(chain: Chain, tableAddr: number, tableLen: number, sawWrite: boolean, at: number): boolean {
-    const err = this.table.map(this.mem, tableAddr, tableLen, DESC_BYTES, MAX_INDIRECT_DESCS, `descriptor ${at}`);
-    if (err) return this.fail(err[0], err[1]);
-    const n = tableLen / DESC_BYTES;
-    const b = this.table.bytes;
-    const base = this.table.base;
-    const mem = this.mem;
-    chain.indirect = true;
-    const span = this.span;
-    let i = 0;
-    let ttl = n;
-    for (;;) {
-      if (ttl-- === 0) return this.fail('VQ_LOOP', `indirect table at ${hexAddr(tableAddr)}: chain longer than ${n}`);
-      const o = base + i * DESC_BYTES;
-      const hi = be32(b, o);
-      const lo = be32(b, o + 4);
-      const len = be32(b, o + 8);
-      const flags = (b[o + 12]! << 8) | b[o + 13]!;
-      if ((flags & F_INDIRECT) !== 0) {
-        return this.fail('VQ_NESTED_INDIRECT', `indirect table at ${hexAddr(tableAddr)}: entry ${i} is INDIRECT`);
-      }
-      const write = (flags & F_WRITE) !== 0;
-      if (write) sawWrite = true;
-      else if (sawWrite) {
-        return this.fail('VQ_WRITE_BEFORE_READ', `indirect table at ${hexAddr(tableAddr)}: entry ${i} readable after writable`);
-      }
-      const addr = hi >= HI_LIMIT ? -1 : hi * TWO_32 + lo;
-      const err = appendBuffer(chain, mem, addr, len, write, span);
-      if (err !== null) return this.fail(err, this.bufferMessage(err, i, lo, hi, len, write, true));
-      if ((flags & F_NEXT) === 0) return true;
-      const next = (b[o + 14]! << 8) | b[o + 15]!;
-      if (next >= n) return this.fail('VQ_BAD_NEXT', `indirect table at ${hexAddr(tableAddr)}: entry ${i} next ${next} >= ${n}`);
-      i = next;
-    }
-  }
-}
-
-// -------------------------------------------------------------------------------------------------
 
 /**
  * Copies between guest buffers (and host buffers) without allocating for the sizes that dominate
@@ -551,9 +222,12 @@ export function copyBytesW(
 }
 
 /**
- * Cursor over a chain's device-readable bytes. `reset(chain)` then `read` / `skip` / `nextSpan`.
+ * What ChainReader and ChainWriter share: a cursor over one side of a chain's segments (the readable
+ * ones [0, readSegCount), or the writable ones after them): byte `pos` of `total`, at `segPos` in
+ * segment `seg`. The byte-moving loops stay in each class: they copy in opposite directions and only
+ * the writer reports to the dirty log.
  */
-export class ChainReader {
+export abstract class ChainCursor {
   // Not private: ChainWriter.copyFrom moves both cursors (module-internal; treat as read-only).
   /** @internal */ chain: Chain | null = null;
   /** @internal */ seg = 0;
@@ -561,23 +235,94 @@ export class ChainReader {
   /** @internal */ pos = 0;
   /** @internal */ total = 0;
 
-  /** Starts reading `chain` from its first readable byte. `mem` is accepted for symmetry and unused. */
-  reset(chain: Chain, _mem?: GuestMemory): this {
-    this.chain = chain;
-    this.seg = 0;
-    this.segPos = 0;
-    this.pos = 0;
-    this.total = chain.readByteLen;
-    return this;
-  }
-
-  /** Readable bytes left. */
+  /** Bytes left from the cursor. */
   get remaining(): number {
     return this.total - this.pos;
   }
-  /** Bytes consumed so far. */
+  /** Bytes moved past so far (read, written or skipped). */
   get position(): number {
     return this.pos;
+  }
+
+  /** Points at byte 0 of segment `seg` of `chain`, `total` bytes ahead. */
+  protected start(chain: Chain, seg: number, total: number): void {
+    this.chain = chain;
+    this.seg = seg;
+    this.segPos = 0;
+    this.pos = 0;
+    this.total = total;
+  }
+
+  /**
+   * The contiguous piece at the cursor, without consuming it: `out` gets its view, offset and length
+   * (0 when nothing is left). For parsing or writing in place (e.g. a header); then skip / commit.
+   */
+  current(out: Span): number {
+    const c = this.chain;
+    if (c === null || this.pos >= this.total) {
+      out.byteLen = 0;
+      return 0;
+    }
+    out.bytes = c.segBytes[this.seg]!;
+    out.offset = c.segOffset[this.seg]! + this.segPos;
+    out.byteLen = c.segLen[this.seg]! - this.segPos;
+    return out.byteLen;
+  }
+
+  /** Moves forward up to n bytes without touching them; returns the count skipped (n <= 0: none). */
+  skip(n: number): number {
+    const c = this.chain;
+    if (c === null) return 0;
+    const k = Math.min(n, this.total - this.pos);
+    let want = k;
+    while (want > 0) {
+      const room = c.segLen[this.seg]! - this.segPos;
+      if (want < room) {
+        this.segPos += want;
+        break;
+      }
+      want -= room;
+      this.seg++;
+      this.segPos = 0;
+    }
+    if (k > 0) this.pos += k;
+    return k;
+  }
+
+  /**
+   * nextSpan's first half: the next contiguous piece (at most `maxLen` bytes) into `out`, not consumed
+   * yet; its length, 0 when nothing is left.
+   */
+  protected piece(maxLen: number, out: Span): number {
+    const c = this.chain;
+    if (c === null || this.pos >= this.total || maxLen <= 0) return 0;
+    const room = c.segLen[this.seg]! - this.segPos;
+    const n = room < maxLen ? room : maxLen;
+    out.bytes = c.segBytes[this.seg]!;
+    out.offset = c.segOffset[this.seg]! + this.segPos;
+    out.byteLen = n;
+    return n;
+  }
+
+  /** Advances within the current segment (k <= its room). */
+  protected advance(k: number): void {
+    this.segPos += k;
+    this.pos += k;
+    if (this.segPos === this.chain!.segLen[this.seg]) {
+      this.seg++;
+      this.segPos = 0;
+    }
+  }
+}
+
+/**
+ * Cursor over a chain's device-readable bytes. `reset(chain)` then `read` / `skip` / `nextSpan`.
+ */
+export class ChainReader extends ChainCursor {
+  /** Starts reading `chain` from its first readable byte. `mem` is accepted for symmetry and unused. */
+  reset(chain: Chain, _mem?: GuestMemory): this {
+    this.start(chain, 0, chain.readByteLen);
+    return this;
   }
 
   /** Copies up to `byteLen` bytes into `dst` at `dstOffset`; returns the count copied. */
@@ -609,22 +354,6 @@ export class ChainReader {
     return copied;
   }
 
-  /**
-   * The contiguous readable piece at the cursor, without consuming it (0 when nothing is left):
-   * for parsing in place (e.g. a header), then `skip(n)`.
-   */
-  current(out: Span): number {
-    const c = this.chain;
-    if (c === null || this.pos >= this.total) {
-      out.byteLen = 0;
-      return 0;
-    }
-    out.bytes = c.segBytes[this.seg]!;
-    out.offset = c.segOffset[this.seg]! + this.segPos;
-    out.byteLen = c.segLen[this.seg]! - this.segPos;
-    return out.byteLen;
-  }
-
   /** Like read(), but the cursor stays where it was (e.g. to hash a frame's first bytes). */
   peek(dst: Uint8Array, dstOffset = 0, byteLen: number = dst.length - dstOffset): number {
     const seg = this.seg;
@@ -637,39 +366,14 @@ export class ChainReader {
     return n;
   }
 
-  /** Skips up to n readable bytes; returns the count skipped. */
-  skip(n: number): number {
-    const c = this.chain;
-    if (c === null) return 0;
-    let want = Math.min(n, this.total - this.pos);
-    const skipped = want;
-    while (want > 0) {
-      const room = c.segLen[this.seg]! - this.segPos;
-      if (want < room) {
-        this.segPos += want;
-        break;
-      }
-      want -= room;
-      this.seg++;
-      this.segPos = 0;
-    }
-    this.pos += skipped;
-    return skipped;
-  }
-
   /**
    * Zero-copy: the next contiguous readable piece (at most `maxLen` bytes) into `out`, consuming it.
    * False when nothing is left.
    */
   nextSpan(maxLen: number, out: Span): boolean {
-    const c = this.chain;
-    if (c === null || this.pos >= this.total || maxLen <= 0) return false;
-    const room = c.segLen[this.seg]! - this.segPos;
-    const n = room < maxLen ? room : maxLen;
-    out.bytes = c.segBytes[this.seg]!;
-    out.offset = c.segOffset[this.seg]! + this.segPos;
-    out.byteLen = n;
-    this.skip(n);
+    const n = this.piece(maxLen, out);
+    if (n === 0) return false;
+    this.advance(n);
     return true;
   }
 }
@@ -683,34 +387,18 @@ export class ChainReader {
  * device-writable buffer). Bytes jumped over with `skip` and never written stay out of it unless a
  * later write lies beyond them (the caller must then fill the gap, e.g. a header written last).
  */
-export class ChainWriter {
-  private chain: Chain | null = null;
+export class ChainWriter extends ChainCursor {
   private mem: GuestMemory | null = null;
-  private seg = 0;
-  private segPos = 0;
-  private pos = 0;
-  private total = 0;
   private high = 0;
 
   /** Starts at the first writable byte of `chain`. `mem` (default: the chain's) supplies `onWrite`. */
   reset(chain: Chain, mem?: GuestMemory): this {
-    this.chain = chain;
+    this.start(chain, chain.readSegCount, chain.writeByteLen);
     this.mem = mem ?? chain.mem;
-    this.seg = chain.readSegCount;
-    this.segPos = 0;
-    this.pos = 0;
     this.high = 0;
-    this.total = chain.writeByteLen;
     return this;
   }
 
-  /** Writable bytes left from the current position. */
-  get remaining(): number {
-    return this.total - this.pos;
-  }
-  get position(): number {
-    return this.pos;
-  }
   /** Bytes written (high-water mark): the used length to report. */
   get written(): number {
     return this.high;
@@ -826,19 +514,6 @@ export class ChainWriter {
     return done;
   }
 
-  /** Moves forward n bytes without writing (see `written`); returns the count skipped. */
-  skip(n: number): number {
-    const k = Math.min(n, this.total - this.pos);
-    let want = k;
-    while (want > 0) {
-      const room = this.chain!.segLen[this.seg]! - this.segPos;
-      const step = room < want ? room : want;
-      this.advance(step);
-      want -= step;
-    }
-    return k;
-  }
-
   /** Repositions the cursor at writable byte `position` (0 .. writeByteLen). */
   seek(position: number): void {
     const c = this.chain;
@@ -855,13 +530,9 @@ export class ChainWriter {
    * as written (it is reported to onWrite now, so fill it before the chain is pushed).
    */
   nextSpan(maxLen: number, out: Span): boolean {
-    const c = this.chain;
-    if (c === null || this.pos >= this.total || maxLen <= 0) return false;
-    const room = c.segLen[this.seg]! - this.segPos;
-    const n = room < maxLen ? room : maxLen;
-    out.bytes = c.segBytes[this.seg]!;
-    out.offset = c.segOffset[this.seg]! + this.segPos;
-    out.byteLen = n;
+    const n = this.piece(maxLen, out);
+    if (n === 0) return false;
+    const c = this.chain!;
     const mem = this.mem;
     const hook = mem === null ? undefined : mem.onWrite;
     if (hook !== undefined) hook.call(mem, c.segAddr[this.seg]! + this.segPos, n);
@@ -871,23 +542,9 @@ export class ChainWriter {
   }
 
   /**
-   * The contiguous writable piece at the cursor, without consuming it: `out` gets its view, offset
-   * and length (0 when nothing is left). For writing in place (e.g. a header encoded straight into
-   * guest memory); then `commit(n)` moves on and reports the bytes, after they were written.
+   * After writing n bytes in place at `current()` (n <= its length; e.g. a header encoded straight
+   * into guest memory): reports them to onWrite and advances.
    */
-  current(out: Span): number {
-    const c = this.chain;
-    if (c === null || this.pos >= this.total) {
-      out.byteLen = 0;
-      return 0;
-    }
-    out.bytes = c.segBytes[this.seg]!;
-    out.offset = c.segOffset[this.seg]! + this.segPos;
-    out.byteLen = c.segLen[this.seg]! - this.segPos;
-    return out.byteLen;
-  }
-
-  /** After writing n bytes in place at `current()` (n <= its length): reports them to onWrite and advances. */
   commit(n: number): void {
     const c = this.chain;
     if (c === null || !(n > 0)) return;
@@ -898,15 +555,5 @@ export class ChainWriter {
     if (hook !== undefined) hook.call(mem, c.segAddr[this.seg]! + this.segPos, n);
     this.advance(n);
     if (this.pos > this.high) this.high = this.pos;
-  }
-
-  /** Advances within the current segment (k <= room). */
-  private advance(k: number): void {
-    this.segPos += k;
-    this.pos += k;
-    if (this.segPos === this.chain!.segLen[this.seg]) {
-      this.seg++;
-      this.segPos = 0;
-    }
   }
 }

@@ -56,7 +56,8 @@ export {
   ringDataView,
 } from './memory.ts';
 export type { Segment } from './chain.ts';
-export { Chain, ChainReader, ChainWriter, SplitChainWalker, SplitChainWalkerBE, appendBuffer, copyBytes, copyBytesW, wordsOf } from './chain.ts';
+export { Chain, ChainReader, ChainWriter, copyBytes, copyBytesW, wordsOf } from './chain.ts';
+export { SplitChainWalker, SplitChainWalkerBE, appendBuffer } from './walk.ts';
 export type { Virtqueue, VirtqueueStats, DrainPlan, DrainResult, ChainHandler, DirectBuffer, DirectHandler, BurstHandler } from './queue.ts';
 export { createDrainPlan, createDirectBuffer, DirectBurst, BURST_MAX, DIRECT_CHAIN, DIRECT_EMPTY, DIRECT_OK } from './queue.ts';
 export type { SplitQueueConfig, SplitQueueStats } from './split.ts';

@@ -60,15 +60,20 @@
  * Dirty log: descriptor writes (used elements) are logged at their own address; the device event
  * suppression area, the packed ring's "used" area of SET_VRING_ADDR, at `usedLogAddr` + offset when
  * given (log_guest_addr with VHOST_VRING_F_LOG), at its own address otherwise.
+ *
+ * Length: over 1000 lines because it is one class, the whole device side of the format (pop and its
+ * one-descriptor / burst fast paths, used publication, event suppression, inflight resubmission),
+ * whose paths share private per-position state and are kept inline for speed; what both formats
+ * share is elsewhere (queue-core.ts, walk.ts).
  */
 import type { GuestMemory } from './memory.ts';
 import { createSpan, createWindow, ringU16, ringU32, type MemWindow } from './memory.ts';
-import { Chain, IndirectTable, appendBuffer } from './chain.ts';
+import { Chain } from './chain.ts';
+import { IndirectTable, TABLE_PACKED, appendBuffer, bufferMessage } from './walk.ts';
 import {
   DESC_BYTES,
   EVENT_SUPPRESS_ALIGN,
   EVENT_SUPPRESS_BYTES,
-  MAX_INDIRECT_DESCS,
   MAX_PACKED_QUEUE_SIZE,
   PLAIN_LOAD_ACQUIRES,
   RING_EVENT_FLAGS_DESC,
@@ -101,7 +106,6 @@ const EV_ENABLE = RING_EVENT_FLAGS_ENABLE;
 const EV_DISABLE = RING_EVENT_FLAGS_DISABLE;
 const EV_DESC = RING_EVENT_FLAGS_DESC;
 const DESC_SZ = DESC_BYTES;
-const MAX_IND = MAX_INDIRECT_DESCS;
 const appendBuf = appendBuffer;
 const PLAIN_ACQ = PLAIN_LOAD_ACQUIRES;
 const TWO_32 = 2 ** 32;
@@ -791,7 +795,7 @@ export class PackedQueue extends QueueCore implements Virtqueue {
       }
       const err = appendBuf(chain, mem, addr, len, write, span);
       if (err !== null) {
-        this.fail(err, bufferMessage(err, `position ${pos}`, lo, hi, len, write));
+        this.fail(err, bufferMessage(err, `position ${pos}`, 'list', lo, hi, len, write));
         return 0;
       }
       if ((flags & F_NEXT) === 0) {
@@ -802,38 +806,10 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     }
   }
 
+  /** The table of an INDIRECT descriptor at position `at` (IndirectTable.walk: 2.8.7, entries in order). */
   private walkIndirect(chain: Chain, tableAddr: number, tableLen: number, at: number): boolean {
-    const err = this.table.map(this.mem, tableAddr, tableLen, DESC_SZ, MAX_IND, `position ${at}`);
-    if (err) return this.fail(err[0], err[1]);
-    const n = tableLen / DESC_SZ;
-    const b = this.table.bytes;
-    const base = this.table.base;
-    const mem = this.mem;
-    chain.indirect = true;
-    const span = this.span;
-    let sawWrite = false;
-    // 2.8.7: entries follow one another; NEXT and id are reserved in a table and ignored.
-    for (let i = 0; i < n; i++) {
-      const o = base + i * DESC_SZ;
-      const lo = le32(b, o);
-      const hi = le32(b, o + 4);
-      const len = le32(b, o + 8);
-      const flags = b[o + 14]! | (b[o + 15]! << 8);
-      if ((flags & F_INDIRECT) !== 0) {
-        return this.fail('VQ_NESTED_INDIRECT', `indirect table at ${hexAddr(tableAddr)}: entry ${i} is INDIRECT`);
-      }
-      const write = (flags & F_WRITE) !== 0;
-      if (write) sawWrite = true;
-      else if (sawWrite) {
-        return this.fail('VQ_WRITE_BEFORE_READ', `indirect table at ${hexAddr(tableAddr)}: entry ${i} readable after writable`);
-      }
-      const addr = hi >= HI_LIMIT ? -1 : hi * TWO_32 + lo;
-      const err = appendBuf(chain, mem, addr, len, write, span);
-      if (err !== null) {
-        return this.fail(err, bufferMessage(err, `indirect table at ${hexAddr(tableAddr)} entry ${i}`, lo, hi, len, write));
-      }
-    }
-    return true;
+    const t = this.table;
+    return t.walk(chain, this.mem, tableAddr, tableLen, false, at, TABLE_PACKED) || this.fail(t.errCode!, t.errMessage);
   }
 
   /**
@@ -1111,15 +1087,5 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     this.stats.popped++;
     return true;
   }
-
 }
 
-function le32(b: Uint8Array, o: number): number {
-  return (b[o]! | (b[o + 1]! << 8) | (b[o + 2]! << 16) | (b[o + 3]! << 24)) >>> 0;
-}
-
-function bufferMessage(code: VirtqErrorCode, where: string, lo: number, hi: number, len: number, write: boolean): string {
-  const addr = '0x' + ((BigInt(hi) << 32n) | BigInt(lo)).toString(16);
-  if (code === 'VQ_CHAIN_TOO_LONG') return `${where}: list longer than 2^32 bytes`;
-  return `${where}: buffer ${addr} +${len} is not mapped${write ? ' writable' : ''}`;
-}

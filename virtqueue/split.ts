@@ -50,7 +50,8 @@
  */
 import type { GuestMemory } from './memory.ts';
 import { ringU16, ringU32 } from './memory.ts';
-import { Chain, SplitChainWalker, SplitChainWalkerBE } from './chain.ts';
+import { Chain } from './chain.ts';
+import { SplitChainWalker, SplitChainWalkerBE } from './walk.ts';
 import {
   AVAIL_ALIGN,
   DESC_ALIGN,
