@@ -97,7 +97,7 @@ export function readBytes(mem: GuestMemory, addr: number, dst: Uint8Array): void
 /**
  * Copies `src` into guest memory at `addr`, across regions. Throws VQ_UNMAPPED (nothing is partially
  * rolled back: ranges before the hole are written). `dirty` (default true) reports the write to
- * `mem.onWrite`; the mock driver passes false because driver writes are not device writes.
+ * `mem.onWrite`; the driver half (split-driver.ts, packed-driver.ts) passes false: driver writes are not device writes.
  */
 export function writeBytes(mem: GuestMemory, addr: number, src: Uint8Array, dirty = true): void {
   const s = scratchSpan;

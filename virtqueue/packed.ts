@@ -228,6 +228,11 @@ export class PackedQueue extends QueueCore implements Virtqueue {
   private shadowUsedL: number;
   /** Pending (pushed, unpublished) elements; the first one's flags are stored at flush. */
   private pending = 0;
+  /**
+   * A notification decided by a flush a push made on its own (`size` elements pending: a hostile
+   * driver marking descriptors available again while we drain), owed to the next flushUsed's answer.
+   */
+  private notifyOwed = false;
   private firstFlagsAt = 0;
   private firstFlags = 0;
   /** Ring positions of the pending elements (dirty logging after publication). */
@@ -634,7 +639,8 @@ export class PackedQueue extends QueueCore implements Virtqueue {
    */
   override pushUsedBurst(b: DirectBurst, n: number): void {
     if (!this.ringsMapped || n === 0) return;
-    if (this.inflightRegion !== null) return super.pushUsedBurst(b, n);
+    if (this.pending + n > this.size) this.flushEarly();
+    if (this.inflightRegion !== null || n > this.size) return super.pushUsedBurst(b, n);
     const tbl = this.idCount;
     const S = this.size;
     const twoS = this.twoSize;
@@ -692,6 +698,7 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     const ids = b.id;
     const lens = b.usedLen;
     for (let k = 0; k < n; k++) if (lens[k] !== 0 || tbl[ids[k]!] !== 1) return false;
+    if (this.pending >= this.size) this.flushEarly();
     const histCount = this.histCount;
     const idSlot = this.idSlot;
     for (let k = 0; k < n; k++) {
@@ -864,6 +871,8 @@ export class PackedQueue extends QueueCore implements Virtqueue {
    */
   pushUsed(head: number, byteLen: number): void {
     if (!this.ringsMapped) return;
+    // pendPos holds `size` positions: a full batch is published first (never an exception a guest provokes).
+    if (this.pending >= this.size) this.flushEarly();
     const tbl = this.idCount;
     const cnt = head >= 0 && head < tbl.length ? tbl[head]! : 0;
     if (cnt === 0 || !Number.isInteger(head)) throw new RangeError(`pushUsed: buffer id ${head} is not in flight`);
@@ -884,9 +893,21 @@ export class PackedQueue extends QueueCore implements Virtqueue {
    * whether the driver must be notified (driver event suppression, 2.8.10). Each true must be acted
    * on (the next flush only considers its own range).
    */
+  /** Publishes now what is pending (a full batch); its notification is owed to the next flushUsed. */
+  private flushEarly(): void {
+    if (this.flushUsed()) this.notifyOwed = true;
+  }
+
+  /** An owed notification (flushEarly), taken once. */
+  private takeOwed(): boolean {
+    if (!this.notifyOwed) return false;
+    this.notifyOwed = false;
+    return true;
+  }
+
   flushUsed(): boolean {
     const n = this.pending;
-    if (n === 0 || !this.ringsMapped) return false;
+    if (n === 0 || !this.ringsMapped) return this.takeOwed();
     Atomics.store(this.descU16, this.firstFlagsAt, this.firstFlags);
     // Inflight: the batch is committed only once it is published (a crash in between is recovered).
     if (this.inflightRegion !== null) this.inflightRegion.commitUsed(this.pendEntry, n);
@@ -913,7 +934,7 @@ export class PackedQueue extends QueueCore implements Virtqueue {
     } else notify = ev !== EV_DISABLE;
     if (notify) this.stats.notifies++;
     else this.stats.suppressed++;
-    return notify;
+    return notify || this.takeOwed();
   }
 
   /** Asks the driver not to send available-buffer notifications: device area flags := DISABLE. */

@@ -167,6 +167,11 @@ export class SplitQueue extends QueueCore implements Virtqueue {
   protected seenAvail: number;
   /** Published used.idx. */
   protected used: number;
+  /**
+   * A notification decided by a flush pushUsed made on its own (more than `size` elements pending: a
+   * driver that made buffers available again while we drained), owed to the next flushUsed's answer.
+   */
+  protected notifyOwed = false;
   /** Next used slot (published + pending). */
   protected shadowUsed: number;
   protected pending = 0;
@@ -381,15 +386,16 @@ export class SplitQueue extends QueueCore implements Virtqueue {
    * Records a completed chain: used element {id: head, len: byteLen} in the next used slot. Not
    * visible to the driver until flushUsed(). Still allowed on a broken queue, so chains completed
    * before the error reach the driver (only popping stops); ignored once the rings are unmapped.
-   * Throws RangeError on a head outside the ring or more than `size` unpublished elements (device
-   * bugs, not guest errors).
+   * Throws RangeError on a head outside the ring (a device bug). A driver that keeps making buffers
+   * available while we drain can bring more than `size` completions before a flush: the ones pending
+   * are published first (the used ring holds `size`), never an exception the guest could provoke.
    */
   pushUsed(head: number, byteLen: number): void {
     if (!this.ringsMapped) return;
     if (!(head >= 0 && head < this.size && Number.isInteger(head))) {
       throw new RangeError(`pushUsed: head ${head} outside 0..${this.size - 1}`);
     }
-    if (this.pending >= this.size) throw new RangeError(`pushUsed: more than ${this.size} unpublished used elements`);
+    if (this.pending >= this.size) this.flushEarly();
     if (this.inflightRegion !== null) {
       this.inflightRegion.beginUsed(head);
       this.pendHeads[this.pending] = head;
@@ -410,9 +416,14 @@ export class SplitQueue extends QueueCore implements Virtqueue {
    * otherwise unless avail.flags has VIRTQ_AVAIL_F_NO_INTERRUPT. Each true must be acted on (the
    * next flush only considers its own range).
    */
+  /** Publishes now what is pending (pushUsed, a full batch); its notification is owed to the next flushUsed. */
+  protected flushEarly(): void {
+    if (this.flushUsed()) this.notifyOwed = true;
+  }
+
   flushUsed(): boolean {
     const n = this.pending;
-    if (n === 0 || !this.ringsMapped) return false;
+    if (n === 0 || !this.ringsMapped) return this.takeOwed();
     const old = this.used;
     const next = this.shadowUsed;
     // Release: the element stores above become visible before the new index.
@@ -430,7 +441,14 @@ export class SplitQueue extends QueueCore implements Virtqueue {
     else notify = (Atomics.load(this.avail, 0) & AVAIL_F_NO_INTERRUPT) === 0;
     if (notify) this.stats.notifies++;
     else this.stats.suppressed++;
-    return notify;
+    return notify || this.takeOwed();
+  }
+
+  /** An owed notification (flushEarly), taken once. */
+  protected takeOwed(): boolean {
+    if (!this.notifyOwed) return false;
+    this.notifyOwed = false;
+    return true;
   }
 
   protected logUsed(hook: (gpa: number, byteLen: number) => void, old: number, n: number): void {
@@ -650,7 +668,7 @@ export class SplitQueueBE extends SplitQueue {
     if (!(head >= 0 && head < this.size && Number.isInteger(head))) {
       throw new RangeError(`pushUsed: head ${head} outside 0..${this.size - 1}`);
     }
-    if (this.pending >= this.size) throw new RangeError(`pushUsed: more than ${this.size} unpublished used elements`);
+    if (this.pending >= this.size) this.flushEarly();
     if (this.inflightRegion !== null) {
       this.inflightRegion.beginUsed(head);
       this.pendHeads[this.pending] = head;
@@ -666,7 +684,7 @@ export class SplitQueueBE extends SplitQueue {
 
   override flushUsed(): boolean {
     const n = this.pending;
-    if (n === 0 || !this.ringsMapped) return false;
+    if (n === 0 || !this.ringsMapped) return this.takeOwed();
     const old = this.used;
     const next = this.shadowUsed;
     Atomics.store(this.usedU16, 1, swap16(next));
@@ -681,7 +699,7 @@ export class SplitQueueBE extends SplitQueue {
     else notify = (swap16(Atomics.load(this.avail, 0)) & AVAIL_F_NO_INTERRUPT) === 0;
     if (notify) this.stats.notifies++;
     else this.stats.suppressed++;
-    return notify;
+    return notify || this.takeOwed();
   }
 
   override disableNotification(): void {

@@ -14,6 +14,7 @@ import {
   VirtqError,
   createSpan,
   readU16,
+  writeBytes,
 } from '../../virtqueue/index.ts';
 import type { GuestMemory, Span, VirtqErrorCode } from '../../virtqueue/index.ts';
 import { bytes, rig } from './virtqueue-fixtures.ts';
@@ -484,6 +485,30 @@ test('unpop rewinds lastAvailIdx: the same chains come back in order', (t) => {
   t.is(chain.head, heads[2]!);
   t.throws(() => q.unpop(4), { instanceOf: RangeError });
   t.is(q.lastAvailIdx, 3);
+});
+
+test('a driver racing the drain: more completions than the ring holds before a flush are published in batches, never a throw (the notification is kept)', (t) => {
+  const { mem, drv, q, chain } = rig(2);
+  drv.addChain([{ byteLen: 4, write: true }]);
+  // The driver re-offers head 0 again and again without waiting to see it used (a hostile or racing
+  // driver: avail.idx moved while we drain), so five completions come before the device flushes.
+  const put16 = (addr: number, v: number) => writeBytes(mem, addr, new Uint8Array(new Uint16Array([v]).buffer), false);
+  let pushed = 0;
+  for (let lap = 0; lap < 5; lap++) {
+    if (lap > 0) {
+      put16(drv.availAddr + 4 + 2 * (lap % 2), 0);
+      put16(drv.availAddr + 2, lap + 1);
+    }
+    t.true(q.pop(chain), `pop ${lap}`);
+    t.notThrows(() => q.pushUsed(chain.head, lap));
+    pushed++;
+    t.true(q.pendingUsed <= 2, 'never more pending than the used ring holds');
+    t.is(q.usedIdx + q.pendingUsed, pushed, 'published plus pending is every completion');
+  }
+  t.true(q.usedIdx >= 4, 'full batches were published on the way');
+  t.true(q.flushUsed(), 'a notification decided by an early publication is not lost');
+  t.is(q.usedIdx, 5);
+  t.is(q.broken, null);
 });
 
 test('batched pushUsed / flushUsed publishes used.idx once, elements first', (t) => {
