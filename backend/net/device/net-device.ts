@@ -500,9 +500,24 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     burstBuf: this.txBurst,
   });
 
+  /**
+   * TX of ring `index`. Reached from kicks, timers, the busy poller and the uplink's onSpace (which
+   * another session's ring may run): an exception here, a bug a guest found, breaks this ring only,
+   * whoever called.
+   */
   private processTx(index: number): void {
     const ring = this.rings[index];
     if (!ring) return;
+    try {
+      this.drainTx(index, ring);
+    } catch (e) {
+      this.txRing = null;
+      log('%s: tx ring %d: %O', this.label, index, e);
+      ring.fail(e instanceof Error ? e : new Error(String(e)));
+    }
+  }
+
+  private drainTx(index: number, ring: ReadyQueue): void {
     const q = ring.queue;
     const uplink = this.uplink;
     this.txRing = ring;
@@ -595,7 +610,14 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     if (this.spaceWaiters.length === 0) return;
     const w = this.spaceWaiters;
     this.spaceWaiters = [];
-    for (const cb of w) cb();
+    // Each waiter is another sender (a port, a paired device): its failure is its own, not this ring's.
+    for (const cb of w) {
+      try {
+        cb();
+      } catch (e) {
+        log('%s: a sender waiting for RX space failed: %O', this.label, e);
+      }
+    }
   }
 
   /** RX rings ready, and the first of them (pickRx needs no scan per frame). */
