@@ -219,7 +219,16 @@ test.serial('pcapng export: one interface per ring and direction, every frame wi
   const r = cli('trace', 'export', s.backendTrace, '--pcapng', out);
   t.is(r.status, 0, r.stderr);
   t.regex(r.stdout, /wrote 6 frame\(s\) on 2 interface\(s\)/);
-  if (!HAVE_TSHARK) return t.log('tshark not installed: tshark check skipped');
+});
+
+// tshark reads what we wrote. qemu-scripts/setup.sh installs tshark; where it is missing this test is
+// skipped (reported as skipped, not passed).
+if (!HAVE_TSHARK) console.log('trace-proxy: tshark not installed: the tshark read-back test is skipped');
+(HAVE_TSHARK ? test.serial : test.serial.skip)('pcapng export read back by tshark: every frame with its original and captured length', async (t) => {
+  const s = await session();
+  const out = join(dir, 'loop-tshark.pcapng');
+  const r = cli('trace', 'export', s.backendTrace, '--pcapng', out);
+  t.is(r.status, 0, r.stderr);
   const lens = execFileSync('tshark', ['-r', out, '-T', 'fields', '-e', 'frame.len', '-e', 'frame.cap_len'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
   t.deepEqual(lens.trim().split('\n').map((l) => l.trim().split(/\s+/).join('/')).sort(), ['1000/64', '1000/64', '200/64', '200/64', '60/60', '60/60']);
 });

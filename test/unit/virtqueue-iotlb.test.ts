@@ -334,45 +334,8 @@ test('a flood of 1e5 random overlapping UPDATEs keeps the cache bounded and look
     `random lookup after it ${nsPer.toFixed(0)} ns; 4096/64-entry lookup time ratio ${ratios[1]!.toFixed(2)}`);
 });
 
-test('benchmark: lookups/s with 1, 64 and 4096 entries, ring-like and random access', (t) => {
-  const lines: string[] = [];
-  for (const n of [1, 64, 4096]) {
-    for (const pattern of ['ring', 'random'] as const) {
-      const { c, addrs } = filled(n, 200_000, n);
-      if (pattern === 'ring') {
-        // Runs of 16 consecutive accesses in one entry (descriptor table, avail ring, a buffer).
-        for (let i = 0; i < addrs.length; i++) addrs[i] = addrs[i - (i % 16)]! - (addrs[i - (i % 16)]! % PAGE) + (i % 16) * 64;
-      }
-      timeLookups(c, addrs);
-      const before = c.stats();
-      const ms = timeLookups(c, addrs);
-      const after = c.stats();
-      const lookups = after.lookups - before.lookups;
-      const rate = after.lastHits - before.lastHits;
-      t.is(after.hits - before.hits, lookups, 'every lookup hits');
-      lines.push(
-        `${String(n).padStart(4)} entries, ${pattern.padEnd(6)}: ${((lookups / ms) * 1000 / 1e6).toFixed(1)} M lookups/s, ` +
-          `last-hit ${((100 * rate) / lookups).toFixed(1)}%`,
-      );
-    }
-  }
-  // The whole path the engine takes: IotlbMemory.translate (IOTLB + region by uaddr) vs RegionMemory.
-  const r = regions();
-  const c = new IotlbCache();
-  for (let i = 0; i < 16; i++) c.update(IOVA + i * 2 * PAGE, PAGE, UVA + i * PAGE, 'rw');
-  const im = new IotlbMemory(c, r.mem);
-  const span = createSpan();
-  const rate = (f: (i: number) => boolean): number => {
-    for (let i = 0; i < 50_000; i++) f(i);
-    const t0 = performance.now();
-    for (let i = 0; i < 200_000; i++) if (!f(i)) throw new Error('translate failed');
-    return 200_000 / (performance.now() - t0) / 1000;
-  };
-  const viaIotlb = rate((i) => im.translate(IOVA + ((i >> 4) & 15) * 2 * PAGE + (i & 15) * 64, 64, true, span));
-  const direct = rate((i) => r.mem.translate(((i >> 4) & 15) * PAGE + (i & 15) * 64, 64, true, span));
-  lines.push(`translate, ring-like: IotlbMemory ${viaIotlb.toFixed(1)} M/s, RegionMemory ${direct.toFixed(1)} M/s`);
-  t.log('\n' + lines.join('\n'));
-});
+// The lookup / translate benchmark (not a test: it asserts nothing a regression could fail) is
+// test/bench/iotlb.ts: `node --import tsx test/bench/iotlb.ts`.
 
 // ---- pending misses -----------------------------------------------------------------------------
 
