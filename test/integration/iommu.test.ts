@@ -87,6 +87,13 @@ test('IOTLB: rings at IOVAs start from the UPDATEs; a buffer miss is sent on the
     if (rx.drv.usedIdx === 0) dev.deliver(frameOf(100, 4), new NetHdr());
     return rx.drv.usedIdx === 1;
   }, 5000);
+  // The buffer the guest got holds the frame (after the virtio-net header), written through the IOVA
+  // mapping the UPDATE installed: not just a used index that moved.
+  const used = rx.drv.readUsed();
+  t.is(used.length, 1);
+  const hdrLen = used[0]!.len - 100;
+  t.true(hdrLen === 10 || hdrLen === 12, `used length ${used[0]!.len}: a 100-byte frame and a virtio-net header`);
+  t.deepEqual(used[0]!.data!.subarray(hdrLen, hdrLen + 100), frameOf(100, 4), 'the RX bytes are the frame delivered');
   t.true(peer.named('IOTLB_MSG').some((m) => (m.payload as IotlbMsg).perm === 2 || (m.payload as IotlbMsg).perm === RW), 'write miss');
   t.is(session.rings[0]!.broken, null);
   t.is(session.rings[1]!.broken, null);
