@@ -9,6 +9,7 @@ import { VIRTQ_DESC_F_NEXT } from '../../virtqueue/index.ts';
 import { NetHdr } from '../../backend/net/frame/net-hdr.ts';
 import { BackendPeer } from '../helpers/backend-peer.ts';
 import { frameOf, setupLoopback, until } from '../helpers/loopback.ts';
+import { quiet } from '../helpers/quiet.ts';
 
 const FEATURES = bit(VirtioF.VERSION_1) | bit(VirtioF.NET_F_MRG_RXBUF);
 const INBAND = bit(ProtoF.BACKEND_REQ) | bit(ProtoF.INBAND_NOTIFICATIONS);
@@ -33,7 +34,7 @@ test('in-band notifications: VRING_KICK messages drive the TX ring, used buffers
     { byteLen: 12, write: false, data: new Uint8Array(12) },
     { byteLen: 60, write: false, data: frameOf(60, 1) },
   ]);
-  await new Promise((r) => setTimeout(r, 50));
+  await quiet();
   t.is(port.sent.length, 0, 'no kick, no polling: nothing moves');
   const ack = await fe.request(R.VRING_KICK, { index: 1, num: 0 }, { needReply: true });
   t.is((ack!.payload as { value: bigint }).value, 0n);
@@ -53,13 +54,13 @@ test('in-band calls collapse while one is unacknowledged, and resume after the a
     await new Promise((r) => setTimeout(r, 5));
   }
   await until('first call', () => peer.named('VRING_CALL').length >= 1);
-  await new Promise((r) => setTimeout(r, 50));
+  await quiet();
   t.is(peer.named('VRING_CALL').length, 1, 'one call in flight, the rest collapsed');
   t.is(rx.drv.usedIdx, 5, 'the data path itself never waited');
   peer.answer = () => 0n;
   peer.reply(peer.unanswered.shift()!, 0n);
   await until('the collapsed call follows the ack', () => peer.named('VRING_CALL').length === 2);
-  await new Promise((r) => setTimeout(r, 50));
+  await quiet();
   t.is(peer.named('VRING_CALL').length, 2, 'exactly one more');
 });
 

@@ -26,6 +26,7 @@ import { FlatMemory, SplitDriver, inflightQueueOffset, inflightQueueSize } from 
 import { startBackend } from '../helpers/backend.ts';
 import { connectFrontend, type SocketFrontend, vringAddrAt } from '../helpers/frontend-socket.ts';
 import { frameOf, setupLoopback, until } from '../helpers/loopback.ts';
+import { quiet } from '../helpers/quiet.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'vut-infl-'));
 test.after.always(() => rmSync(dir, { recursive: true, force: true }));
@@ -189,7 +190,7 @@ test('backend SIGKILLed inside a TX chain: the restarted backend resubmits it fr
   })();
   t.is(fault.event, 'pagefault');
   await until('frames before the stuck chain delivered', () => b.rx.usedIdx === STUCK);
-  await new Promise((r) => setTimeout(r, 100));
+  await quiet();
   t.is(a.tx.usedIdx, STUCK, 'chains before the stuck one completed (published one by one with inflight tracking)');
   t.is(b.rx.usedIdx, STUCK, 'nothing past the stuck chain was sent');
 

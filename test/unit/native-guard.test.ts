@@ -15,6 +15,7 @@ import { MemoryTable } from '../../backend/core/memory-table.ts';
 import { Migration } from '../../backend/core/migration.ts';
 import { InflightBuffer } from '../../backend/core/inflight-buffer.ts';
 import { readU32, type SplitInflight } from '../../virtqueue/index.ts';
+import { quiet } from '../helpers/quiet.ts';
 
 const PAGE = 4096;
 
@@ -293,7 +294,7 @@ test.serial('MemoryTable: a released region is no longer guarded (REM_MEM_REG, r
   table.close();
   native.ftruncate(fd, 0);
   t.is(view[PAGE], 0, 'a stale view reads the private zero pages munmap left, no fault');
-  await new Promise((r) => setTimeout(r, 50));
+  await quiet();
   t.deepEqual(reasons, []);
   t.deepEqual(native.takeGuestMemoryFaults(), []);
 });
