@@ -15,7 +15,8 @@ if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json
 fi
 if [[ "${1:-}" == "--unit" ]]; then
   npx tsc --noEmit -p .
-  npx ava 'test/unit/**/*.test.ts'
+  # product unit tests, the document checks, and the rig tests that need no peer
+  npx ava 'test/unit/**/*.test.ts' 'test/docs/**/*.test.ts' test/rig/trace-check.test.ts test/rig/test-titles.test.ts
 else
   npm test
 fi

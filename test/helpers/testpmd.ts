@@ -9,7 +9,7 @@
  * ## Facts this module is built on (measured on the 2-core rig, see test-rig-facts.md §3)
  * - Memory: `--no-huge -m 512 --total-num-mbufs=32768` on both sides. `--no-huge` memory is memfd-backed
  *   (legacy mem), so a net_vhost backend *can* map a no-huge virtio-user's memory: verified by
- *   test/integration/dpdk-harness.test.ts (frames pass both ways). `--in-memory` is incompatible with `--no-huge`.
+ *   test/rig/dpdk-harness.test.ts (frames pass both ways). `--in-memory` is incompatible with `--no-huge`.
  * - stdout is a pipe, so glibc would fully buffer testpmd's printf output while the `testpmd> ` prompt
  *   (written with write(2) by librte_cmdline) arrives at once: a command's output would show up *after* the
  *   next prompt. We therefore run testpmd under `stdbuf -o0 -e0` (LD_PRELOAD; testpmd is dynamically linked),
@@ -31,7 +31,7 @@
  *   measured 7-17 Mpps here (bimodal, see the facts file), so never gate on absolute rates.
  * - Two-socket topology (backend with ports on s0 and s1 ⇄ frontend A on s0 (sender) + frontend B on s1
  *   (receiver)): three processes, so A's and B's forwarding lcores both go on cpu 0 (main lcores on cpu 1), the
- *   backend's poller owns cpu 1. Measured on this machine (test/integration/dpdk-harness.test.ts):
+ *   backend's poller owns cpu 1. Measured on this machine (test/rig/dpdk-harness.test.ts):
  *   1. store-and-drain (fully deterministic, never two spinning pollers on a core): B stopped, started with
  *      `noFlushRx` (`--no-flush-rx`: testpmd's `start` otherwise frees what is already queued, uncounted);
  *      A `sendBursts(n)`; the backend forwards into B's RX ring; then B `start`, wait for its count, `stop`.
