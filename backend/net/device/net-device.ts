@@ -334,7 +334,11 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     this.rings.fill(null);
     this.countRx();
     this.txWaiting.fill(false);
-    this.spaceWaiters = [];
+    // Senders waiting for RX space (the TAP poller, a paired guest's TX) are woken, not forgotten: with
+    // no RX ring now they get 'dropped' and go on; forgotten, they would wait for a kick that never
+    // comes and stay stopped for every later guest of this backend. After this turn: reset runs
+    // inside a session's close.
+    if (this.spaceWaiters.length > 0) setImmediate(() => this.wakeSpaceWaiters());
   }
 
   sendRarp(mac: Uint8Array): void {
