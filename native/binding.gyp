@@ -16,7 +16,8 @@
         "src/poller.cc",
         "src/uffd.cc",
         "src/vfio.cc",
-        "src/guard.cc"
+        "src/guard.cc",
+        "src/prefault.cc"
       ],
       # `node -p` evaluates as CommonJS even though the repo is "type": "module"; include_dir is relative
       # to the cwd, which gyp sets to this directory.

@@ -60,9 +60,9 @@
  *     mapping); fake addresses (mmapAddress) and guard ids are per window, not per mmap call;
  *   - process liveness: an idle started Poller does not keep Node alive (only pending callbacks do);
  *   - everything a session never needs throws ENOSYS naming the call: unix listen/accept/connect, TAP,
- *     VFIO, userfaultfd (so POSTCOPY_ADVISE is refused). Note the session withdraws PAGEFAULT only for a
- *     binding that LACKS the userfaultfd members (backend/core/migration.ts postcopySupported checks
- *     presence): `without('userfaultfd', ...)` gives such a binding;
+ *     VFIO, userfaultfd and the postcopy page calls (so POSTCOPY_ADVISE is refused). Note the session
+ *     withdraws PAGEFAULT only for a binding that LACKS the userfaultfd members (backend/core/migration.ts
+ *     postcopySupported checks presence): `without('userfaultfd', ...)` gives such a binding;
  *   - permissions, O_NONBLOCK/O_CLOEXEC flags, credentials, SIGPIPE, seals.
  */
 import { constants as osConstants } from 'node:os';
@@ -107,10 +107,13 @@ export interface FakePollerInfo {
   events: number;
 }
 
-/** The userfaultfd members (ENOSYS in the fake): `without(...FAKE_UFFD_MEMBERS)` is a binding without postcopy. */
+/**
+ * The userfaultfd members and the postcopy page calls (ENOSYS in the fake): `without(...FAKE_UFFD_MEMBERS)` is a
+ * binding without postcopy.
+ */
 export const FAKE_UFFD_MEMBERS = [
   'userfaultfd', 'uffdApi', 'uffdRegister', 'uffdUnregister', 'uffdCopy', 'uffdZeropage', 'uffdContinue',
-  'uffdWriteProtect', 'uffdWake', 'uffdRead',
+  'uffdWriteProtect', 'uffdWake', 'uffdRead', 'mmapAlias', 'mincore', 'prefault',
 ] as const satisfies readonly (keyof NativeBinding)[];
 
 export interface FakeNative {
@@ -993,6 +996,9 @@ export function createFakeNative(): FakeNative {
     uffdWriteProtect: enosys('uffdWriteProtect'),
     uffdWake: enosys('uffdWake'),
     uffdRead: enosys('uffdRead'),
+    mmapAlias: enosys('mmapAlias'),
+    mincore: enosys('mincore'),
+    prefault: enosys('prefault'),
 
     vfioOpenContainer: enosys('vfioOpenContainer'),
     vfioOpenGroup: enosys('vfioOpenGroup'),

@@ -20,7 +20,8 @@ export const DEFAULT_NATIVE_PATH = fileURLToPath(new URL('./build/Release/vhost_
 const MEMBERS = [
   'unixListen', 'unixAccept', 'unixConnect', 'socketpair', 'recvmsg', 'sendmsg', 'close', 'dup',
   'read', 'write', 'readv', 'writev',
-  'fstat', 'fdKind', 'mmap', 'munmap', 'memfdCreate', 'ftruncate', 'mmapAddress', 'madvise',
+  'fstat', 'fdKind', 'mmap', 'munmap', 'memfdCreate', 'ftruncate', 'mmapAddress', 'madvise', 'mmapAlias',
+  'mincore', 'prefault',
   'addSeals', 'getSeals', 'guardMapping', 'unguardMapping', 'onGuestMemoryFault', 'takeGuestMemoryFaults',
   'eventfd', 'eventfdRead', 'eventfdWrite',
   'tapOpen', 'tapSetOffload', 'linkSetUp',

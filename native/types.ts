@@ -297,6 +297,38 @@ export interface NativeBinding {
    * Failures throw with syscall 'madvise'.
    */
   madvise(ab: ArrayBuffer, offset: number, byteLen: number, advice: 'dontneed' | 'remove' | 'willneed'): number;
+  /**
+   * A second mapping of the same pages as a buffer returned by `mmap()` (mremap(2) with old_size 0 of a
+   * MAP_SHARED mapping), at another address: same length, protection and sub-page offset, guarded by the SIGBUS
+   * guard when the source is; release it with `munmap()` like any mapping. Postcopy registers only the alias
+   * with the userfaultfd, so the source, which the event loop reads, never blocks on a missing page (an access
+   * to a missing page through it allocates the page instead: check `mincore` first). EINVAL for a buffer that
+   * is not a live mapping of ours; mremap's error (syscall 'mremap') when the kernel cannot alias it.
+   */
+  mmapAlias(ab: ArrayBuffer): ArrayBuffer;
+
+  // ---- postcopy without blocking the event loop (native/src/prefault.cc) ----
+  /**
+   * mincore(2) over [offset, offset+byteLen) of a buffer returned by `mmap()` (bounds checked: ERR_OUT_OF_RANGE):
+   * -1 when every page of the range is resident, else the offset in `ab` of the first byte of the range that
+   * lies on a page that is not (`offset` itself when it is the first page). For a MAP_SHARED mapping of
+   * shmem/memfd this is page-cache residency: a page placed with UFFDIO_COPY / UFFDIO_ZEROPAGE (into any mapping
+   * of the file) is resident in every mapping of it, a page the frontend has not placed yet is not. Never
+   * faults, never blocks. EINVAL (syscall 'mincore') for a buffer that is not a live mapping of ours.
+   */
+  mincore(ab: ArrayBuffer, offset: number, byteLen: number): number;
+  /**
+   * Reads one byte of every page of [offset, offset+byteLen) (byteLen >= 1; bounds checked: ERR_OUT_OF_RANGE) of
+   * a buffer returned by `mmap()` on a helper thread of its own, then calls `callback` on the event loop. A page
+   * missing under a userfaultfd blocks that thread, never the loop, until the frontend places it (or the range
+   * is woken); the touch is what raises the fault the frontend serves. The mapping is pinned until the callback:
+   * `munmap()` still retires it (the thread then reads zero pages once woken) and the GC may drop the buffer,
+   * but the address range is released only after the thread is done. Pending prefaults do not keep the process
+   * alive. One thread per call (not libuv's pool, which blocked prefaults would starve): callers bound how many
+   * they start. EINVAL for a buffer that is not a live mapping; EAGAIN (syscall 'pthread_create') when no thread
+   * can be started.
+   */
+  prefault(ab: ArrayBuffer, offset: number, byteLen: number, callback: () => void): void;
 
   // ---- eventfd (EFD_CLOEXEC | EFD_NONBLOCK) ----
   eventfd(initval: number): Fd;

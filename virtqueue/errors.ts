@@ -64,7 +64,13 @@ export type VirtqErrorCode =
    * IotlbMemory: the IOTLB entry forbids the access (a device write to a read-only mapping, a device
    * read of a write-only one): vhost-user.rst "IOMMU support", the access failure event.
    */
-  | 'VQ_IOTLB_PERM';
+  | 'VQ_IOTLB_PERM'
+  /**
+   * Postcopy (backend/core/postcopy-memory.ts): the guest page has not been migrated yet. Not a guest
+   * error: like an IOTLB miss, the queue waits (nothing consumed) while the page is fetched, and is
+   * kicked again when it is there.
+   */
+  | 'VQ_PAGE_MISSING';
 
 export class VirtqError extends Error {
   readonly code: VirtqErrorCode;

@@ -62,12 +62,13 @@ export abstract class QueueCore {
   /**
    * A translation fault thrown while walking a chain (ACCESS_PLATFORM, virtqueue/iotlb.ts): a miss
    * leaves the queue as it was (nothing consumed; the session asks the frontend for the mapping and
-   * kicks the ring when it arrives), a denied access is the guest's error and breaks the queue.
-   * Anything else is a bug and propagates.
+   * kicks the ring when it arrives), a denied access is the guest's error and breaks the queue. A page
+   * not migrated yet (postcopy, VQ_PAGE_MISSING) is a miss too. Anything else is a bug and propagates.
    */
   protected walkFault(e: unknown): false {
-    if (e instanceof VirtqError && e.code === 'VQ_IOTLB_MISS') {
-      this.iotlbMisses++;
+    if (e instanceof VirtqError && (e.code === 'VQ_IOTLB_MISS' || e.code === 'VQ_PAGE_MISSING')) {
+      if (e.code === 'VQ_IOTLB_MISS') this.iotlbMisses++;
+      else this.pageMisses++;
       return false;
     }
     if (e instanceof VirtqError && e.code === 'VQ_IOTLB_PERM') {
@@ -149,6 +150,8 @@ export abstract class QueueCore {
 
   /** Pops that stopped on an IOTLB miss (diagnostics, tests). */
   iotlbMisses = 0;
+  /** Pops that stopped on a page not migrated yet (postcopy; diagnostics, tests). */
+  pageMisses = 0;
 
   /**
    * What attachInflight checks before touching anything (both ring formats): the region's layout

@@ -25,6 +25,7 @@ import {
   type Virtqueue,
 } from '../../virtqueue/index.ts';
 import { IotlbFault } from '../../virtqueue/iotlb.ts';
+import { PageMissing } from './postcopy-memory.ts';
 import type { BackendChannel } from './backend-channel.ts';
 import type { Device, ReadyQueue } from './device.ts';
 import { fail } from './errors.ts';
@@ -70,6 +71,8 @@ export class RingRuntime {
   readonly bigEndian: boolean[] = [];
   /** Bumped by every change of the memory table: a queue built against an older one is rebuilt. */
   private memGeneration = 0;
+  /** The memory queues are built on (postcopy's wrapper comes and goes: queues follow). */
+  private builtOn: GuestMemory | null = null;
 
   constructor(
     private readonly host: RingHost,
@@ -121,16 +124,25 @@ export class RingRuntime {
     return !this.host.protoNegotiated(ProtoF.STATUS) || (this.host.status & STATUS_DRIVER_OK) !== 0;
   }
 
-  /** What the rings address: guest physical memory, or IOVAs through the IOTLB (ACCESS_PLATFORM). */
+  /**
+   * What the rings address: guest physical memory, or IOVAs through the IOTLB (ACCESS_PLATFORM); while
+   * postcopy is live, seen through the wrapper that parks a ring on a page not migrated yet
+   * (postcopy-memory.ts).
+   */
   private queueMemory(): GuestMemory {
-    const { iommu, memory } = this.host;
-    if (iommu === null) return memory.memory;
+    const { iommu, memory, migration } = this.host;
+    if (iommu === null) return migration.ringMemory(memory.memory);
     iommu.memory.backing = memory.memory;
-    return iommu.memory;
+    return migration.ringMemory(iommu.memory);
   }
 
   update(): void {
-    this.host.migration.attach(this.queueMemory());
+    const mem = this.queueMemory();
+    if (mem !== this.builtOn) {
+      this.builtOn = mem;
+      this.memGeneration++;
+    }
+    this.host.migration.attach(mem);
     for (const r of this.rings) {
       const want = this.isReady(r);
       if (r.queue && (!want || r.memGeneration !== this.memGeneration)) this.stopQueue(r);
@@ -198,6 +210,11 @@ export class RingRuntime {
       // starts when the UPDATE arrives (update() runs after every message).
       if (e instanceof IotlbFault && e.code === 'VQ_IOTLB_MISS') {
         log('%s: ring %d waits for an IOTLB update (%s)', host.label, r.index, e.message);
+        return;
+      }
+      // A ring area on a page not migrated yet (postcopy): it is being fetched; resume() starts the ring.
+      if (e instanceof PageMissing) {
+        log('%s: ring %d waits for a page (%s)', host.label, r.index, e.message);
         return;
       }
       this.fail(r, e as Error);
@@ -468,6 +485,15 @@ export class RingRuntime {
       [Number(a.availUva), packed ? 4 : availRingBytes(n)],
       [Number(a.usedUva), packed ? 4 : usedRingBytes(n)],
     ];
+  }
+
+  /**
+   * Postcopy pages arrived (or postcopy ended): start the rings whose areas were missing, and let every
+   * ready ring try again what it parked on. From setImmediate (migration.ts).
+   */
+  resume(): void {
+    this.update();
+    for (const r of this.rings) this.kickDevice(r);
   }
 
   /** IOTLB_MSG applied: restart rings whose areas an invalidation hit; resume rings parked on a miss. */

@@ -242,6 +242,10 @@ export class Session implements RingHost {
     this.offeredProtocolFeatures = proto;
     if (dev.config) dev.config.onChange = () => this.configChanged();
     this.runtime = new RingRuntime(this, opts.native, opts.device.maxRings);
+    // Postcopy: a page a ring waited for is there (postcopy-memory.ts).
+    this.migration.onPagesArrived = () => {
+      if (!this.closed) this.runtime.resume();
+    };
   }
 
   /** Per-ring state, by ring index. */

@@ -17,6 +17,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   vhost::InitUffd(env, exports);
   vhost::InitVfio(env, exports);
   vhost::InitGuard(env, exports);
+  vhost::InitPrefault(env, exports);
   return exports;
 }
 

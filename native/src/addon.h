@@ -20,6 +20,7 @@ void InitPoller(Napi::Env env, Napi::Object exports);
 void InitUffd(Napi::Env env, Napi::Object exports);
 void InitVfio(Napi::Env env, Napi::Object exports);
 void InitGuard(Napi::Env env, Napi::Object exports);
+void InitPrefault(Napi::Env env, Napi::Object exports);
 
 // A live mapping made by mmap() (mmap.cc), as seen through the ArrayBuffer that exposes it.
 struct MappingRef {
@@ -34,6 +35,20 @@ struct MappingRef {
 // the current call: only the JS thread holding the (attached) buffer can munmap it, and the GC cannot
 // finalize a buffer that is an argument of the running call.
 MappingRef LookupMapping(Napi::Env env, Napi::Value v, const char* name, const char* syscall);
+
+// A mapping pinned for a helper thread (prefault.cc): [user, user + byteLen) stays mapped (the file's pages, or
+// the zero pages munmap() retires it with) until UnpinMapping(mapping), whatever munmap() or the GC do meanwhile.
+struct MappingPin {
+  void* mapping;
+  uint8_t* user;
+  size_t byteLen;
+};
+
+// Pins the mapping behind `v` (a live, non-retired ArrayBuffer returned by mmap(), else EINVAL naming `syscall`).
+// JS thread.
+MappingPin PinMapping(Napi::Env env, Napi::Value v, const char* name, const char* syscall);
+// Drops one pin; the last one does what the finalizer or munmap() deferred. Any thread (never a signal handler).
+void UnpinMapping(void* mapping);
 
 // The SIGBUS guard registry (guard.cc). GuardAdd registers [start, start+byteLen) rounded out to whole pages,
 // mapped with `prot`, for the calling environment (installing the handler on first use) and returns its id

@@ -16,6 +16,16 @@
 // A registry keyed by the buffer's data pointer lets munmap() find the page-aligned base and length; both
 // paths agree through `Mapping::mapped` / `retired`, so memory is unmapped exactly once.
 //
+// Pins (postcopy, prefault.cc): a helper thread that reads a mapping outside any JS call pins it first
+// (PinMapping). While pinned, the address range stays ours: munmap() still retires it (the zero pages it maps
+// are as readable as the file's), but the finalizer and munmap()'s detach-and-unmap fallback leave the range
+// mapped and the last UnpinMapping releases it. So the thread never touches an address that was given back.
+//
+// Aliases (postcopy): mmapAlias(ab) maps the same pages a second time (mremap with old_size 0, which a
+// MAP_SHARED mapping allows: "create a new mapping of the same pages"), at another address, as its own
+// buffer. Registering only the alias with a userfaultfd keeps the source mapping, which the event loop
+// reads, free of userfaults: nothing the loop does can block on a page the frontend never places.
+//
 // Shrinking files: a frontend that ftruncates a file we mapped makes our next access past its new end SIGBUS.
 // addSeals / getSeals (fcntl F_ADD_SEALS / F_GET_SEALS) let the caller seal it against shrinking where the
 // file allows; guardMapping registers a mapping with the SIGBUS guard (guard.cc) for what cannot be sealed.
@@ -52,6 +62,9 @@ struct Mapping {
   int prot;
   bool retired;   // munmap() replaced the file's pages by private zero pages; the range is still ours
   uint64_t guard; // SIGBUS guard id (guard.cc), 0 when not guarded
+  int pins = 0;                  // PinMapping count (prefault threads); under g_mu
+  bool finalized = false;        // the finalizer ran while pinned: the last unpin releases and frees
+  bool releaseDeferred = false;  // munmap()'s fallback ran while pinned: the last unpin releases
 };
 
 std::mutex g_mu;
@@ -69,8 +82,37 @@ void Release(Mapping* m) {  // caller holds g_mu
 void Finalize(napi_env, void*, void* hint) {
   Mapping* m = static_cast<Mapping*>(hint);
   std::lock_guard<std::mutex> lock(g_mu);
+  if (m->pins > 0) {
+    m->finalized = true;  // a helper thread still reads it: UnpinMapping releases and frees
+    return;
+  }
   Release(m);
   if (!m->creating) delete m;
+}
+
+// Exposes a fresh mapping (m->creating set) as an external ArrayBuffer of byteLen bytes and registers it; on
+// failure the mapping is released and the pending JS exception (or ENOMEM) is thrown, naming `syscall`.
+Napi::Value Expose(Napi::Env env, Mapping* m, size_t byteLen, const char* syscall) {
+  napi_value ab;
+  napi_status s = napi_create_external_arraybuffer(env, m->user, byteLen, Finalize, m, &ab);
+  {
+    std::lock_guard<std::mutex> lock(g_mu);
+    m->creating = false;
+    if (s != napi_ok) {
+      // Node may or may not run (or later schedule) the finalizer for a failed creation; Release() unmaps
+      // exactly once either way, and the small struct is deliberately leaked rather than risk a use-after-free.
+      Release(m);
+    } else if (m->mapped) {
+      g_maps[m->user] = m;
+    }
+  }
+  if (s != napi_ok) {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (pending) throw Napi::Error::New(env);
+    ThrowSysError(env, ENOMEM, syscall, nullptr, "napi_create_external_arraybuffer failed");
+  }
+  return Napi::Value(env, ab);
 }
 
 Napi::Value Fstat(const Napi::CallbackInfo& info) {
@@ -138,26 +180,51 @@ Napi::Value Mmap(const Napi::CallbackInfo& info) {
   if (base == MAP_FAILED) ThrowSysError(env, errno, "mmap");
 
   Mapping* m = new Mapping{static_cast<uint8_t*>(base), mapLen, static_cast<uint8_t*>(base) + delta, true, true, prot, false, 0};
-  napi_value ab;
-  napi_status s = napi_create_external_arraybuffer(env, m->user, static_cast<size_t>(byteLen), Finalize, m, &ab);
+  return Expose(env, m, static_cast<size_t>(byteLen), "mmap");
+}
+
+// mmapAlias(ab): the same pages mapped once more (see the header comment). Same length, protection and
+// sub-page offset as the source; guarded by the SIGBUS guard when the source is (the file can shrink under
+// the alias as well). Throws EINVAL for a buffer that is not a live mapping of ours, and mremap's error
+// (EINVAL for a mapping the kernel cannot alias, e.g. hugetlbfs on older kernels) otherwise.
+Napi::Value MmapAlias(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsArrayBuffer()) ThrowArgType(env, "ab");
+  Napi::ArrayBuffer ab = info[0].As<Napi::ArrayBuffer>();
+  void* data = ab.IsDetached() ? nullptr : ab.Data();
+  uint8_t* srcBase;
+  size_t mapLen;
+  size_t delta;
+  int prot;
+  bool guarded;
   {
     std::lock_guard<std::mutex> lock(g_mu);
-    m->creating = false;
-    if (s != napi_ok) {
-      // Node may or may not run (or later schedule) the finalizer for a failed creation; Release() unmaps
-      // exactly once either way, and the small struct is deliberately leaked rather than risk a use-after-free.
-      Release(m);
-    } else if (m->mapped) {
-      g_maps[m->user] = m;
+    auto it = data == nullptr ? g_maps.end() : g_maps.find(data);
+    const Mapping* src = it == g_maps.end() ? nullptr : it->second;
+    if (src == nullptr || !src->mapped || src->retired || src->mapLen - static_cast<size_t>(src->user - src->base) != ab.ByteLength()) {
+      ThrowSysError(env, EINVAL, "mmapAlias", nullptr, "not a live ArrayBuffer returned by mmap()");
+    }
+    srcBase = src->base;
+    mapLen = src->mapLen;
+    delta = static_cast<size_t>(src->user - src->base);
+    prot = src->prot;
+    guarded = src->guard != 0;
+    // Under g_mu: the source cannot be retired or released meanwhile (both take g_mu).
+    void* base = mremap(srcBase, 0, mapLen, MREMAP_MAYMOVE);
+    if (base == MAP_FAILED) ThrowSysError(env, errno, "mremap", nullptr, "alias of a mapping");
+    srcBase = static_cast<uint8_t*>(base);
+  }
+  Mapping* m = new Mapping{srcBase, mapLen, srcBase + delta, true, true, prot, false, 0};
+  if (guarded) {
+    try {
+      m->guard = GuardAdd(env, m->base, m->mapLen, m->prot);
+    } catch (...) {
+      munmap(m->base, m->mapLen);
+      delete m;
+      throw;
     }
   }
-  if (s != napi_ok) {
-    bool pending = false;
-    napi_is_exception_pending(env, &pending);
-    if (pending) throw Napi::Error::New(env);
-    ThrowSysError(env, ENOMEM, "mmap", nullptr, "napi_create_external_arraybuffer failed");
-  }
-  return Napi::Value(env, ab);
+  return Expose(env, m, mapLen - delta, "mmapAlias");
 }
 
 Napi::Value Munmap(const Napi::CallbackInfo& info) {
@@ -188,7 +255,8 @@ Napi::Value Munmap(const Napi::CallbackInfo& info) {
   // No replacement (ENOMEM): detach before unmapping, so no live view is left over unmapped memory.
   ab.Detach();
   std::lock_guard<std::mutex> lock(g_mu);
-  Release(m);  // the finalizer later sees mapped == false and only frees the struct
+  if (m->pins > 0) m->releaseDeferred = true;  // a helper thread reads it: the last UnpinMapping releases
+  else Release(m);  // the finalizer later sees mapped == false and only frees the struct
   return env.Undefined();
 }
 
@@ -331,12 +399,39 @@ MappingRef LookupMapping(Napi::Env env, Napi::Value v, const char* name, const c
   return r;
 }
 
+MappingPin PinMapping(Napi::Env env, Napi::Value v, const char* name, const char* syscall) {
+  if (!v.IsArrayBuffer()) ThrowArgType(env, name);
+  Napi::ArrayBuffer ab = v.As<Napi::ArrayBuffer>();
+  void* data = ab.IsDetached() ? nullptr : ab.Data();
+  std::lock_guard<std::mutex> lock(g_mu);
+  auto it = data == nullptr ? g_maps.end() : g_maps.find(data);
+  Mapping* m = it == g_maps.end() ? nullptr : it->second;
+  if (m == nullptr || !m->mapped || m->retired || m->mapLen - static_cast<size_t>(m->user - m->base) != ab.ByteLength()) {
+    ThrowSysError(env, EINVAL, syscall, nullptr, "not a live ArrayBuffer returned by mmap()");
+  }
+  m->pins++;
+  return MappingPin{m, m->user, m->mapLen - static_cast<size_t>(m->user - m->base)};
+}
+
+void UnpinMapping(void* mapping) {
+  Mapping* m = static_cast<Mapping*>(mapping);
+  std::lock_guard<std::mutex> lock(g_mu);
+  if (--m->pins > 0) return;
+  if (m->finalized) {
+    Release(m);
+    delete m;
+  } else if (m->releaseDeferred) {
+    Release(m);
+  }
+}
+
 void InitMmap(Napi::Env env, Napi::Object exports) {
   exports.Set("fstat", Napi::Function::New(env, Fstat, "fstat"));
   exports.Set("fdKind", Napi::Function::New(env, FdKind, "fdKind"));
   exports.Set("mmap", Napi::Function::New(env, Mmap, "mmap"));
   exports.Set("munmap", Napi::Function::New(env, Munmap, "munmap"));
   exports.Set("mmapAddress", Napi::Function::New(env, MmapAddress, "mmapAddress"));
+  exports.Set("mmapAlias", Napi::Function::New(env, MmapAlias, "mmapAlias"));
   exports.Set("madvise", Napi::Function::New(env, Madvise, "madvise"));
   exports.Set("memfdCreate", Napi::Function::New(env, MemfdCreate, "memfdCreate"));
   exports.Set("ftruncate", Napi::Function::New(env, Ftruncate, "ftruncate"));
