@@ -67,7 +67,15 @@ class Guest {
    * index in guest memory (QEMU's restore when GET_VRING_BASE failed).
    */
   async connect(path: string, opts: { inflight?: boolean; postcopy?: boolean } = {}): Promise<{ sf: SocketFrontend; kick: number[]; ufd: number | null }> {
-    const sf = connectFrontend(native, { path }, { timeoutMs: 5000 });
+    // The socket file exists from bind(), before listen(): a refused connect is retried briefly.
+    let sf: SocketFrontend | null = null;
+    for (const end = Date.now() + 3000; sf === null; await new Promise((r) => setTimeout(r, 20))) {
+      try {
+        sf = connectFrontend(native, { path }, { timeoutMs: 5000 });
+      } catch (e) {
+        if ((e as { code?: string }).code !== 'ECONNREFUSED' || Date.now() > end) throw e;
+      }
+    }
     const fe = sf.fe;
     let proto = bit(ProtoF.REPLY_ACK);
     if (opts.inflight) proto |= bit(ProtoF.INFLIGHT_SHMFD);

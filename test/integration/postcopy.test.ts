@@ -334,7 +334,8 @@ test('postcopy: a TX buffer page that never arrives parks only that ring; anothe
   // The other session (and A's own control plane) answer promptly while the page is missing.
   for (let i = 0; i < 5; i++) t.true((await roundTrip(b.sf.fe)) < 1000, 'session B answers GET_FEATURES');
   t.true((await roundTrip(g.fe)) < 1000, "session A's control plane answers too");
-  t.is(inUserfault(pid), 1, 'one helper thread waits in the kernel for the page');
+  // (wchan reads 0 for a thread that is not asleep at that instant: polled.)
+  await until('one helper thread waits in the kernel for the page', () => inUserfault(pid) === 1, 2000);
   t.not(wchans(pid)[0], 'handle_userfault', 'never the event loop');
   native.eventfdWrite(g.kick, 1n);
   await new Promise((r) => setTimeout(r, 200));
@@ -348,7 +349,7 @@ test('postcopy: a TX buffer page that never arrives parks only that ring; anothe
   g.place(0);
   await until('TX completed', () => g.drv.usedIdx === 1, 5000);
   t.deepEqual((await b.receive(1, 5000))[0], g.frame);
-  t.is(inUserfault(pid), 0);
+  await until('no thread left in a userfault', () => inUserfault(pid) === 0, 2000);
   t.notRegex(be.log, /broken/);
 
   // POSTCOPY_END: plain memory again; frames keep flowing.
@@ -390,7 +391,7 @@ test('postcopy: a session closed while a helper waits for a page that never come
   const pid = be.proc.pid!;
   const g = await postcopyGuest(t, a, () => [0x100000]);
   await faultAt(g.ufd, g.at(0x100000));
-  t.is(inUserfault(pid), 1);
+  await until('a helper waits in the kernel', () => inUserfault(pid) === 1, 2000);
   // The frontend goes away without placing the page (its userfaultfd copy stays open here).
   g.sf.close();
   await until('helper released', () => inUserfault(pid) === 0, 5000);
