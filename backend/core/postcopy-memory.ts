@@ -1,6 +1,6 @@
 /**
  * Guest memory as the rings see it while a session's postcopy is live (POSTCOPY_LISTEN .. POSTCOPY_END):
- * a page the frontend has not placed yet parks the ring instead of blocking the process.
+ * a page the frontend has not placed yet parks the ring instead of blocking the process (decisions.md D48).
  *
  * Without this, the event loop's thread touches the missing page and sleeps in the kernel until the
  * frontend places it: every session of the process freezes with it (issue 15), and a frontend that never

@@ -160,7 +160,7 @@ test('GET_INFLIGHT_FD returns a zeroed buffer sized for the queues (DPDK sizes);
   t.is(value(await fe.request(R.SET_INFLIGHT_FD, p, { fds: [fd], needReply: true })), 0n, 'our own buffer is accepted back');
 });
 
-test('backend SIGKILLed inside a TX chain: the restarted backend resubmits it from the inflight buffer; every frame reaches the peer exactly once', async (t) => {
+test('backend SIGKILLed with a TX chain recorded in flight: the restarted backend resubmits it from the inflight buffer; every frame reaches the peer exactly once', async (t) => {
   t_is = (a, b, m) => t.is(a, b, m);
   const sockA = join(dir, 'a.sock');
   const sockB = join(dir, 'b.sock');

@@ -73,7 +73,7 @@ async function destination(t: import('ava').ExecutionContext, name: string) {
   return { be, fe, memfd, mem: new FlatMemory(ab, 0), ab };
 }
 
-test('postcopy: ADVISE hands out a userfaultfd, SET_MEM_TABLE answers with our mapping, a missing page blocks the backend until the frontend places it', async (t) => {
+test('postcopy: ADVISE hands out a userfaultfd, SET_MEM_TABLE answers with our mapping, a missing page holds its ring (nothing consumed) until the frontend places it', async (t) => {
   const { be, fe, memfd, mem, ab } = await destination(t, 'a');
 
   const advise = await fe.request(R.POSTCOPY_ADVISE);
@@ -135,7 +135,7 @@ test('postcopy: ADVISE hands out a userfaultfd, SET_MEM_TABLE answers with our m
   t.is(fault!.event, 'pagefault');
   t.is(fault!.address & ~BigInt(PAGE - 1), base + BigInt(bufPage), 'fault at our mapping of the missing page');
   await new Promise((r) => setTimeout(r, 200));
-  t.is(drv.usedIdx, 0, 'the backend waits for the page');
+  t.is(drv.usedIdx, 0, 'the ring waits for the page');
   t.true(be.proc.exitCode === null);
 
   // Place the page (QEMU: UFFDIO_COPY into its own mapping, then wake the backend's range).
