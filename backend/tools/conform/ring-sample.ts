@@ -241,6 +241,10 @@ function splitChain(rd: GuestReader, descBase: number, num: number, head: number
 /** One sample of ring `r` (the model's addresses), or null when the ring is not configured. */
 export function sampleRing(session: Session, model: SessionModel, r: ModelRing): RingSample | null {
   if (r.addr === null || r.num === 0 || !r.started || model.regions.length === 0) return null;
+  // While postcopy is live guest memory is not sampled: a read of a page not migrated yet through our
+  // own mapping would populate it with zeros under the frontend, whose placement of the real page then
+  // fails (EEXIST: QEMU pauses the migration). The rings themselves read only pages known present (D48).
+  if (session.migration.listening) return null;
   const packed = model.packed;
   const eventIdx = model.featureAcked(29);
   const indirect = model.featureAcked(28);
