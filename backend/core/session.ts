@@ -153,18 +153,19 @@ export class FdClaim {
   take(i: number, kinds: readonly FdKind[], what: string): Fd {
     const fd = this.fds[i];
     if (fd === undefined) fail('SESSION_BAD_STATE', `expected an fd at position ${i}`);
-    const kind = this.kindOf(fd);
-    if (!kinds.includes(kind)) fail('SESSION_BAD_FD', `${what}: a ${kind} fd where ${kinds.join(' or ')} belongs`);
+    this.check(fd, kinds, what);
     this.claimed.add(i);
     return fd;
   }
-  /** Every fd, all of the same accepted kinds (checked before any is claimed). */
+  /** Every fd, all of the accepted kinds (all checked before any is claimed). */
   takeAll(kinds: readonly FdKind[], what: string): Fd[] {
-    this.fds.forEach((fd, i) => {
-      const kind = this.kindOf(fd);
-      if (!kinds.includes(kind)) fail('SESSION_BAD_FD', `${what} ${i}: a ${kind} fd where ${kinds.join(' or ')} belongs`);
-    });
-    return this.fds.map((_, i) => this.take(i, kinds, what));
+    this.fds.forEach((fd, i) => this.check(fd, kinds, `${what} ${i}`));
+    this.fds.forEach((_, i) => this.claimed.add(i));
+    return [...this.fds];
+  }
+  private check(fd: Fd, kinds: readonly FdKind[], what: string): void {
+    const kind = this.kindOf(fd);
+    if (!kinds.includes(kind)) fail('SESSION_BAD_FD', `${what}: a ${kind} fd where ${kinds.join(' or ')} belongs`);
   }
   unclaimed(): Fd[] {
     return this.fds.filter((_, i) => !this.claimed.has(i));
