@@ -166,7 +166,7 @@ test('postcopy: LISTEN before ADVISE, or with memory already mapped, is refused;
   t.true(value(await fe.request(R.GET_FEATURES)) > 0n);
 });
 
-test('postcopy with CONFIGURE_MEM_SLOTS (what QEMU 7.2 sends): each ADD_MEM_REG is answered with our address, one ack registers them all', async (t) => {
+test('postcopy with CONFIGURE_MEM_SLOTS (what QEMU 7.2 sends): each ADD_MEM_REG is answered with our address, one ack registers them all, and a fault in the second region is served there', async (t) => {
   const sock = join(dir, 'c.sock');
   const be = await startBackend(['net', '--socket', sock], { waitSockets: [sock], debug: 'vhost:migration' });
   t.teardown(() => be.stop());
@@ -179,10 +179,25 @@ test('postcopy with CONFIGURE_MEM_SLOTS (what QEMU 7.2 sends): each ADD_MEM_REG 
   const ufd = advise!.fds[0]!;
   t.teardown(() => native.close(ufd));
   t.is(value(await fe.request(R.POSTCOPY_LISTEN, undefined, { needReply: true })), 0n);
+  t.is(value(await fe.request(R.SET_FEATURES, FEATURES, { needReply: true })), 0n);
   const memfd = native.memfdCreate('guest', false);
   native.ftruncate(memfd, MEM);
-  t.teardown(() => native.close(memfd));
+  const ab = native.mmap(memfd, 0, MEM, true);
+  t.teardown(() => {
+    native.munmap(ab);
+    native.close(memfd);
+  });
   const half = MEM / 2;
+  // The TX ring in the first region, its frame in the second, on a page that has not arrived.
+  const drv = new SplitDriver(new FlatMemory(ab, 0), { size: QSIZE, base: 0, heapAddr: half, heapByteLen: 0x10000 });
+  const frame = frameOf(200, 9);
+  drv.addChain([
+    { byteLen: 12, write: false, data: new Uint8Array(12) },
+    { byteLen: frame.length, write: false, data: frame },
+  ]);
+  const saved = new Uint8Array(ab, half, PAGE).slice();
+  t.true(saved.some((x) => x !== 0), 'the frame lives in that page');
+  t.is(native.madvise(ab, half, PAGE, 'remove'), PAGE, 'page punched out (not arrived)');
   const bases: bigint[] = [];
   for (const i of [0, 1]) {
     const region = {
@@ -202,6 +217,25 @@ test('postcopy with CONFIGURE_MEM_SLOTS (what QEMU 7.2 sends): each ADD_MEM_REG 
   fe.sendRaw(encodeRaw(R.ADD_MEM_REG, VHOST_USER_VERSION, new Uint8Array(8)));
   await be.waitForLog(/registered gpa 0x100000 \+0x100000/, 5000);
   t.regex(be.log, /registered gpa 0x0 \+0x100000/);
+
+  // Registration proven by a fault served: the ring runs, its frame's page is missing, the fault arrives
+  // on our userfaultfd at the address we answered for the second region; placed, the frame is consumed.
+  const kick = native.eventfd(0);
+  const call = native.eventfd(0);
+  t.teardown(() => [kick, call].forEach((fd) => native.close(fd)));
+  const opt = { needReply: true };
+  await fe.request(R.SET_VRING_NUM, { index: 1, num: QSIZE }, opt);
+  await fe.request(R.SET_VRING_BASE, { index: 1, num: 0 }, opt);
+  await fe.request(R.SET_VRING_ADDR, vringAddrAt(1, UVA, drv.descAddr, drv.availAddr, drv.usedAddr), opt);
+  await fe.request(R.SET_VRING_CALL, { index: 1, noFd: false }, { ...opt, fds: [call] });
+  await fe.request(R.SET_VRING_KICK, { index: 1, noFd: false }, { ...opt, fds: [kick] });
+  await fe.request(R.SET_VRING_ENABLE, { index: 1, num: 1 }, opt);
+  native.eventfdWrite(kick, 1n);
+  await faultAt(ufd, bases[1]!);
+  t.is(drv.usedIdx, 0, 'the ring waits for the page');
+  new Uint8Array(ab, half, PAGE).set(saved);
+  native.uffdWake(ufd, bases[1]!, 0, PAGE);
+  await until('TX completed once the page is placed', () => drv.usedIdx === 1, 5000);
   t.is(value(await fe.request(R.POSTCOPY_END)), 0n);
 });
 
