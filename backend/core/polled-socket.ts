@@ -17,6 +17,14 @@ import { POLL_DISCONNECT, POLL_READABLE, POLL_WRITABLE } from '../../native/type
 const RECV_BUF_BYTES = 64 * 1024;
 /** SET_MEM_TABLE carries at most VHOST_MEMORY_BASELINE_NREGIONS (8) fds; leave room for misbehaviour. */
 const MAX_FDS_PER_RECV = 32;
+/**
+ * Messages (or bytes) queued for a peer that does not read them: beyond either it is closed. A
+ * vhost-user peer reads each reply before it sends the next request that wants one, so a handful wait
+ * at most; one that floods requests and reads nothing would otherwise grow our memory without bound
+ * (a queued reply costs about 200 bytes of heap, whatever its size).
+ */
+export const MAX_QUEUED_MESSAGES = 1024;
+export const MAX_QUEUED_BYTES = 1 << 20;
 
 export type PolledSocketNative = Pick<NativeBinding, 'recvmsg' | 'sendmsg' | 'close' | 'Poller'>;
 
@@ -52,6 +60,8 @@ export class PolledSocket {
   private readonly poller: Poller;
   private readonly buf = new Uint8Array(RECV_BUF_BYTES);
   private readonly queue: Pending[] = [];
+  private queuedBytes = 0;
+  private overflowed = false;
   private open = true;
   /** closeAfterFlush() was called: no more reading, close once the queue is empty. */
   private closing = false;
@@ -109,12 +119,24 @@ export class PolledSocket {
 
   /** Queue one message (one sendmsg where the socket takes it whole; its fds go with the first byte). */
   send(bytes: Uint8Array, fds: readonly Fd[]): void {
-    if (!this.open) {
+    if (!this.open || this.overflowed) {
       if (this.opts.ownsFds) for (const fd of fds) this.sys.close(fd);
       return;
     }
     this.queue.push({ bytes, offset: 0, fds });
+    this.queuedBytes += bytes.length;
     if (this.queue.length === 1) this.flush();
+    else if (this.queue.length > MAX_QUEUED_MESSAGES || this.queuedBytes > MAX_QUEUED_BYTES) {
+      // Closed after the current turn (the caller is in the middle of a message); nothing more is queued.
+      this.overflowed = true;
+      queueMicrotask(() => {
+        try {
+          this.close(`the peer reads nothing: ${this.queue.length} messages (${this.queuedBytes} bytes) queued for it`);
+        } catch (e) {
+          this.opts.log('%s: closing failed: %O', this.opts.name, e);
+        }
+      });
+    }
   }
 
   private flush(): void {
@@ -131,6 +153,7 @@ export class PolledSocket {
         return;
       }
       p.offset += n;
+      this.queuedBytes -= n;
       if (this.opts.ownsFds) for (const fd of p.fds) this.sys.close(fd);
       p.fds = []; // fds travel with the first byte only
       if (p.offset === p.bytes.length) this.queue.shift();
@@ -154,6 +177,7 @@ export class PolledSocket {
     this.poller.close();
     if (this.opts.ownsFds) for (const p of this.queue) for (const fd of p.fds) this.sys.close(fd);
     this.queue.length = 0;
+    this.queuedBytes = 0;
     this.sys.close(this.fd);
     this.opts.closed(reason);
   }

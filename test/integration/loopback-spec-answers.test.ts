@@ -2,10 +2,14 @@
  * Answers the spec requires of a backend for requests a frontend should not send (issue 15 item 4):
  * each is refused (or answered as the spec says) and nothing of it is executed.
  */
-import { readdirSync } from 'node:fs';
+import { mkdtempSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import test from 'ava';
 import { native } from '../../native/index.ts';
-import { FrontendReq as R, ProtoF, VirtioF, bit, type VhostMessage } from '../../protocol/index.ts';
+import { FrontendReq as R, ProtoF, VHOST_USER_VERSION, VirtioF, bit, encodeRaw, type VhostMessage } from '../../protocol/index.ts';
+import { VhostUserEndpoint } from '../../backend/core/server.ts';
+import { NetDevice } from '../../backend/net/device/net-device.ts';
 import { BackendPeer } from '../helpers/backend-peer.ts';
 import { frameOf, setupLoopback, until } from '../helpers/loopback.ts';
 
@@ -222,4 +226,33 @@ test('SET_MEM_TABLE whose regions overlap in user address space is refused; the 
   tx.drv.addChain([{ byteLen: 72, write: false, data: new Uint8Array([...new Uint8Array(12), ...frameOf(60, 8)]) }]);
   native.eventfdWrite(tx.kick, 1n);
   await until('frame sent on the old table', () => port.sent.length === 1);
+});
+
+test('a frontend that floods requests and reads no reply is closed once 1024 replies wait for it; memory stays bounded', async (t) => {
+  const path = join(mkdtempSync(join(tmpdir(), 'vut-flood-')), 'flood.sock');
+  const ep = new VhostUserEndpoint({ path, device: new NetDevice({ queuePairs: 1, label: 'flood' }), native });
+  ep.start();
+  t.teardown(() => ep.close());
+  const gone = new Promise<string>((r) => ep.once('disconnect', (reason: string) => r(reason)));
+  const fd = native.unixConnect(path);
+  t.teardown(() => native.close(fd));
+  // GET_FEATURES, 12 bytes each, many per sendmsg; never a recvmsg.
+  const one = encodeRaw(R.GET_FEATURES, VHOST_USER_VERSION);
+  const batch = new Uint8Array(one.length * 1024);
+  for (let i = 0; i < 1024; i++) batch.set(one, i * one.length);
+  let reason: string | null = null;
+  void gone.then((r) => (reason = r));
+  const rssBefore = process.memoryUsage().rss;
+  for (let sent = 0; reason === null && sent < 64 << 20; ) {
+    let n: number | null = null;
+    try {
+      n = native.sendmsg(fd, batch, 0, batch.length, []);
+    } catch {
+      break; // the backend closed its end
+    }
+    if (n === null) await new Promise((r) => setImmediate(r));
+    else sent += n;
+  }
+  t.regex(await gone, /reads nothing/, 'closed for not reading its replies');
+  t.true(process.memoryUsage().rss - rssBefore < 32 << 20, `memory stayed bounded (${(process.memoryUsage().rss - rssBefore) >> 20} MiB more)`);
 });
