@@ -18,6 +18,7 @@ import {
   encodeRaw,
   VHOST_USER_VERSION,
   type MemoryTable,
+  type ScriptedFrontend,
   type VhostMessage,
 } from '../../protocol/index.ts';
 import { FlatMemory, SplitDriver } from '../../virtqueue/index.ts';
@@ -50,6 +51,17 @@ async function retryRefused<T>(connect: () => T, ms = 3000): Promise<T> {
       if ((e as { code?: string }).code !== 'ECONNREFUSED' || Date.now() > end) throw e;
     }
   }
+}
+
+/** The TX ring (index 1) of `drv` configured, started and enabled, its rings at user address UVA + gpa. */
+async function txRing(fe: ScriptedFrontend, drv: SplitDriver, kick: number, call: number): Promise<void> {
+  const opt = { needReply: true };
+  await fe.request(R.SET_VRING_NUM, { index: 1, num: QSIZE }, opt);
+  await fe.request(R.SET_VRING_BASE, { index: 1, num: 0 }, opt);
+  await fe.request(R.SET_VRING_ADDR, vringAddrAt(1, UVA, drv.descAddr, drv.availAddr, drv.usedAddr), opt);
+  await fe.request(R.SET_VRING_CALL, { index: 1, noFd: false }, { ...opt, fds: [call] });
+  await fe.request(R.SET_VRING_KICK, { index: 1, noFd: false }, { ...opt, fds: [kick] });
+  await fe.request(R.SET_VRING_ENABLE, { index: 1, num: 1 }, opt);
 }
 
 async function destination(t: import('ava').ExecutionContext, name: string) {
@@ -109,17 +121,7 @@ test('postcopy: ADVISE hands out a userfaultfd, SET_MEM_TABLE answers with our m
   const kick = native.eventfd(0);
   const call = native.eventfd(0);
   t.teardown(() => [kick, call].forEach((fd) => native.close(fd)));
-  const opt = { needReply: true };
-  await fe.request(R.SET_VRING_NUM, { index: 1, num: QSIZE }, opt);
-  await fe.request(R.SET_VRING_BASE, { index: 1, num: 0 }, opt);
-  await fe.request(
-    R.SET_VRING_ADDR,
-    vringAddrAt(1, UVA, drv.descAddr, drv.availAddr, drv.usedAddr),
-    opt,
-  );
-  await fe.request(R.SET_VRING_CALL, { index: 1, noFd: false }, { ...opt, fds: [call] });
-  await fe.request(R.SET_VRING_KICK, { index: 1, noFd: false }, { ...opt, fds: [kick] });
-  await fe.request(R.SET_VRING_ENABLE, { index: 1, num: 1 }, opt);
+  await txRing(fe, drv, kick, call);
   native.eventfdWrite(kick, 1n);
   await new Promise((r) => setTimeout(r, 200));
   t.is(drv.usedIdx, 0, 'no ring runs before the postcopy ack');
@@ -223,13 +225,7 @@ test('postcopy with CONFIGURE_MEM_SLOTS (what QEMU 7.2 sends): each ADD_MEM_REG 
   const kick = native.eventfd(0);
   const call = native.eventfd(0);
   t.teardown(() => [kick, call].forEach((fd) => native.close(fd)));
-  const opt = { needReply: true };
-  await fe.request(R.SET_VRING_NUM, { index: 1, num: QSIZE }, opt);
-  await fe.request(R.SET_VRING_BASE, { index: 1, num: 0 }, opt);
-  await fe.request(R.SET_VRING_ADDR, vringAddrAt(1, UVA, drv.descAddr, drv.availAddr, drv.usedAddr), opt);
-  await fe.request(R.SET_VRING_CALL, { index: 1, noFd: false }, { ...opt, fds: [call] });
-  await fe.request(R.SET_VRING_KICK, { index: 1, noFd: false }, { ...opt, fds: [kick] });
-  await fe.request(R.SET_VRING_ENABLE, { index: 1, num: 1 }, opt);
+  await txRing(fe, drv, kick, call);
   native.eventfdWrite(kick, 1n);
   await faultAt(ufd, bases[1]!);
   t.is(drv.usedIdx, 0, 'the ring waits for the page');
@@ -331,13 +327,7 @@ async function postcopyGuest(t: import('ava').ExecutionContext, sock: string, mi
   const region = { guestPhysAddr: 0n, memorySize: BigInt(MEM), userspaceAddr: BigInt(UVA), mmapOffset: 0n };
   const reply = await fe.request(R.SET_MEM_TABLE, { nregions: 1, padding: 0, regions: [region] }, { fds: [memfd], expectReply: true });
   const base = (reply!.payload as MemoryTable).regions[0]!.userspaceAddr;
-  const opt = { needReply: true };
-  await fe.request(R.SET_VRING_NUM, { index: 1, num: QSIZE }, opt);
-  await fe.request(R.SET_VRING_BASE, { index: 1, num: 0 }, opt);
-  await fe.request(R.SET_VRING_ADDR, vringAddrAt(1, UVA, drv.descAddr, drv.availAddr, drv.usedAddr), opt);
-  await fe.request(R.SET_VRING_CALL, { index: 1, noFd: false }, { ...opt, fds: [call] });
-  await fe.request(R.SET_VRING_KICK, { index: 1, noFd: false }, { ...opt, fds: [kick] });
-  await fe.request(R.SET_VRING_ENABLE, { index: 1, num: 1 }, opt);
+  await txRing(fe, drv, kick, call);
   fe.sendRaw(encodeRaw(R.SET_MEM_TABLE, VHOST_USER_VERSION, new Uint8Array(8)));
   native.eventfdWrite(kick, 1n);
   return {
