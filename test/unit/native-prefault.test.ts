@@ -9,94 +9,18 @@
  * build:native`, root (or vm.unprivileged_userfaultfd=1).
  */
 import test from 'ava';
-import type { ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
-import { DEFAULT_NATIVE_PATH, native, POLL_READABLE, UFFD_PAGEFAULT_FLAG_WRITE } from '../../native/index.ts';
-import type { Fd, SysError, UffdMsg } from '../../native/index.ts';
+import { DEFAULT_NATIVE_PATH, native, UFFD_PAGEFAULT_FLAG_WRITE } from '../../native/index.ts';
+import type { SysError } from '../../native/index.ts';
+import { BPAGE, PAGE, cleanup, mapped, memfd, openUffd, pattern, stillPending } from '../helpers/uffd.ts';
 
-const PAGE = (() => {
-  const kb = /^KernelPageSize:\s+(\d+) kB$/m.exec(readFileSync('/proc/self/smaps', 'utf8'))?.[1];
-  if (kb === undefined) throw new Error('no KernelPageSize in /proc/self/smaps');
-  return Number(kb) * 1024;
-})();
-const BPAGE = BigInt(PAGE);
-
-const sleep = (ms: number) => new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), ms));
 const code = (e: unknown) => (e as SysError).code;
-
-/** Runs cleanups once, in the order given (the uffd must be closed before its memfds go). */
-function cleanup(t: ExecutionContext) {
-  const steps: (() => unknown)[] = [];
-  t.teardown(async () => {
-    for (const s of steps.splice(0)) {
-      try {
-        await s();
-      } catch {
-        // best effort
-      }
-    }
-  });
-  return (s: () => unknown) => steps.push(s);
-}
-
-function memfd(later: (s: () => unknown) => void, name: string, size: number): Fd {
-  const fd = native.memfdCreate(name, false);
-  later(() => native.close(fd));
-  native.ftruncate(fd, size);
-  return fd;
-}
-
-function mapped(later: (s: () => unknown) => void, fd: Fd, offset: number, byteLen: number): ArrayBuffer {
-  const ab = native.mmap(fd, offset, byteLen, true);
-  later(() => native.munmap(ab));
-  return ab;
-}
-
-function pattern(len: number, seed: number): Uint8Array {
-  const b = new Uint8Array(len);
-  for (let i = 0; i < len; i++) b[i] = (i * 13 + seed) & 0xff;
-  return b;
-}
-
-/** A uffd (non-blocking, API done) whose messages a Poller queues; closed first in the cleanup. */
-function openUffd(later: (s: () => unknown) => void) {
-  const fd = native.userfaultfd(true);
-  const msgs: UffdMsg[] = [];
-  let wake: (() => void) | undefined;
-  const poller = new native.Poller(fd, (err) => {
-    if (err) throw err;
-    for (let m = native.uffdRead(fd); m !== null; m = native.uffdRead(fd)) msgs.push(m);
-    wake?.();
-  });
-  later(() => poller.close());
-  later(() => native.close(fd));
-  native.uffdApi(fd, 0n);
-  poller.start(POLL_READABLE);
-  return {
-    fd,
-    async next(ms = 3000): Promise<UffdMsg> {
-      const deadline = Date.now() + ms;
-      while (msgs.length === 0) {
-        const left = deadline - Date.now();
-        if (left <= 0) throw new Error('no uffd message');
-        await Promise.race([new Promise<void>((r) => (wake = r)), sleep(left)]);
-      }
-      return msgs.shift()!;
-    },
-    pending: () => msgs.length,
-  };
-}
 
 /** A prefault as a promise of the time its callback ran. */
 function prefault(ab: ArrayBuffer, offset: number, byteLen: number): Promise<number> {
   return new Promise((resolve) => native.prefault(ab, offset, byteLen, () => resolve(performance.now())));
 }
 
-/** Whether `p` is still pending after `ms`. */
-async function pending(p: Promise<unknown>, ms: number): Promise<boolean> {
-  return (await Promise.race([p.then(() => 'done'), sleep(ms)])) === 'timeout';
-}
 
 /** Counts event-loop turns (a 2 ms interval) until stopped: proof the loop was never blocked meanwhile. */
 function ticker(later: (s: () => unknown) => void) {
@@ -291,7 +215,7 @@ test.serial('prefault: a missing page is touched on a helper thread, the fault r
   t.is(f.address & ~(BPAGE - 1n), base + BPAGE, 'the fault is at the page asked for');
   t.is(f.flags & UFFD_PAGEFAULT_FLAG_WRITE, 0, 'a read touch');
   const before = loop.ticks;
-  t.true(await pending(done, 300), 'no callback while the page is missing');
+  t.true(await stillPending(done, 300), 'no callback while the page is missing');
   t.true(loop.ticks - before >= 30, `the loop kept turning (${loop.ticks - before} ticks in 300 ms)`);
   t.is(native.mincore(reg, PAGE, PAGE), PAGE);
 
@@ -328,14 +252,14 @@ test.serial('prefault: several pages and several prefaults at once: each missing
   const seen = new Set<bigint>();
   for (let i = 0; i < 3; i++) seen.add(((await uffd.next()).address - base) / BPAGE);
   t.deepEqual([...seen].sort(), [1n, 5n, 6n], 'three helpers wait, each on its page');
-  t.true(await pending(Promise.race([run, p5, p6]), 100));
+  t.true(await stillPending(Promise.race([run, p5, p6]), 100));
 
   native.uffdCopy(uffd.fd, reg, 6 * PAGE, pattern(PAGE, 6));
   const t6 = await p6;
-  t.true(await pending(Promise.race([run, p5]), 100), 'only the prefault of page 6 completed');
+  t.true(await stillPending(Promise.race([run, p5]), 100), 'only the prefault of page 6 completed');
   native.uffdCopy(uffd.fd, reg, PAGE, pattern(PAGE, 1));
   t.is(((await uffd.next()).address - base) / BPAGE, 2n, 'the run goes on to page 2');
-  t.true(await pending(run, 100));
+  t.true(await stillPending(run, 100));
   native.uffdCopy(uffd.fd, reg, 2 * PAGE, pattern(PAGE, 2));
   native.uffdCopy(uffd.fd, reg, 5 * PAGE, pattern(PAGE, 5));
   const [tRun, t5] = await Promise.all([run, p5]);
@@ -374,7 +298,7 @@ test.serial('prefault: a mapping retired (munmap) while its helper waits: woken,
   const done = prefault(reg, PAGE, 1);
   t.is((await uffd.next()).address & ~(BPAGE - 1n), base + BPAGE);
   native.munmap(reg); // the session closes: zero pages replace the mapping
-  t.true(await pending(done, 150), 'still blocked until woken');
+  t.true(await stillPending(done, 150), 'still blocked until woken');
   native.uffdWake(uffd.fd, base, PAGE, PAGE);
   await done;
   t.is(native.mincore(plain, 0, 2 * PAGE), 0, 'no page was allocated in the memfd');

@@ -9,40 +9,18 @@
  * then terminates the worker. Requires `npm run build:native`, root (or vm.unprivileged_userfaultfd=1).
  */
 import test from 'ava';
-import type { ExecutionContext } from 'ava';
 import { openSync, readFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import {
-  DEFAULT_NATIVE_PATH, native, POLL_READABLE, UFFD_FEATURE, UFFD_IOCTL, UFFD_PAGEFAULT_FLAG_MINOR,
+  DEFAULT_NATIVE_PATH, native, UFFD_FEATURE, UFFD_IOCTL, UFFD_PAGEFAULT_FLAG_MINOR,
   UFFD_PAGEFAULT_FLAG_WP, UFFD_PAGEFAULT_FLAG_WRITE,
 } from '../../native/index.ts';
-import type { Fd, SysError, UffdMsg } from '../../native/index.ts';
-
-const PAGE = (() => {
-  const kb = /^KernelPageSize:\s+(\d+) kB$/m.exec(readFileSync('/proc/self/smaps', 'utf8'))?.[1];
-  if (kb === undefined) throw new Error('no KernelPageSize in /proc/self/smaps');
-  return Number(kb) * 1024;
-})();
-const BPAGE = BigInt(PAGE);
+import type { Fd, SysError } from '../../native/index.ts';
+import { BPAGE, PAGE, cleanup, mapped, memfd, openUffd, pattern, stillPending, tick } from '../helpers/uffd.ts';
 
 const has = (mask: bigint, bit: bigint) => (mask & (1n << bit)) !== 0n;
-const tick = (ms: number) => new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), ms));
 const code = (e: unknown) => (e as SysError).code;
 
-/** Runs cleanups once, in the order given (ava's own teardown order is not what the uffd needs). */
-function cleanup(t: ExecutionContext) {
-  const steps: (() => unknown)[] = [];
-  t.teardown(async () => {
-    for (const s of steps.splice(0)) {
-      try {
-        await s();
-      } catch {
-        // best effort: the remaining steps must still run
-      }
-    }
-  });
-  return (s: () => unknown) => steps.push(s);
-}
 
 /** /proc/self/maps lines of memfd `name`: [start, end) of each VMA. */
 function vmasOf(name: string): [bigint, bigint][] {
@@ -59,43 +37,7 @@ function rssKb(start: bigint): number {
   return Number(rss);
 }
 
-function pattern(len: number, seed: number): Uint8Array {
-  const b = new Uint8Array(len);
-  for (let i = 0; i < len; i++) b[i] = (i * 31 + seed) & 0xff;
-  return b;
-}
 
-/** A uffd (non-blocking, API done) with a Poller that queues its messages. */
-function openUffd(t: ExecutionContext, onCleanup: (s: () => unknown) => void) {
-  const fd = native.userfaultfd(true);
-  const msgs: UffdMsg[] = [];
-  let wake: (() => void) | undefined;
-  const poller = new native.Poller(fd, (err) => {
-    if (err) throw err;
-    for (let m = native.uffdRead(fd); m !== null; m = native.uffdRead(fd)) msgs.push(m);
-    wake?.();
-  });
-  // Poller before fd (the Poller rule); closing the uffd releases the context and wakes blocked faulters.
-  onCleanup(() => poller.close());
-  onCleanup(() => native.close(fd));
-  const api = native.uffdApi(fd, 0n);
-  poller.start(POLL_READABLE);
-  return {
-    fd,
-    api,
-    /** The next message, or a rejection after `ms`. */
-    async next(ms = 3000): Promise<UffdMsg> {
-      const deadline = Date.now() + ms;
-      while (msgs.length === 0) {
-        const left = deadline - Date.now();
-        if (left <= 0) throw new Error('no uffd message');
-        await Promise.race([new Promise<void>((r) => (wake = r)), tick(left)]);
-      }
-      return msgs.shift()!;
-    },
-    pending: () => msgs.length,
-  };
-}
 
 // The worker is plain CommonJS (eval) so it needs no loader; it loads the same addon (N-API modules are
 // context aware) and runs one command per message, replying when done. A 'read'/'write' command may block in
@@ -144,23 +86,8 @@ function startWorker(onCleanup: (s: () => unknown) => void, uffd: Fd, memfd: Fd,
   };
 }
 
-/** Whether `p` is still unresolved after `ms` (the worker is blocked in a fault). */
-async function stillBlocked(p: Promise<unknown>, ms: number): Promise<boolean> {
-  return (await Promise.race([p.then(() => 'done'), tick(ms)])) === 'timeout';
-}
 
-function memfd(onCleanup: (s: () => unknown) => void, name: string, size: number): Fd {
-  const fd = native.memfdCreate(name, false);
-  onCleanup(() => native.close(fd));
-  native.ftruncate(fd, size);
-  return fd;
-}
 
-function mapped(onCleanup: (s: () => unknown) => void, fd: Fd, offset: number, byteLen: number, writable = true) {
-  const ab = native.mmap(fd, offset, byteLen, writable);
-  onCleanup(() => native.munmap(ab));
-  return ab;
-}
 
 // ---------------------------------------------------------------- mmapAddress
 
@@ -273,7 +200,7 @@ test('userfaultfd + uffdApi report ioctls and features; a second handshake is re
 
 test('uffdCopy/uffdZeropage/uffdWake relative to our own registered mapping; range checks throw', (t) => {
   const later = cleanup(t);
-  const uffd = openUffd(t, later);
+  const uffd = openUffd(later);
   const fd = memfd(later, 'uffd-self', 4 * PAGE);
   const reg = mapped(later, fd, 0, 4 * PAGE);
   const plain = new Uint8Array(mapped(later, fd, 0, 4 * PAGE)); // unregistered: reading it never faults
@@ -336,7 +263,7 @@ test('uffdCopy/uffdZeropage/uffdWake relative to our own registered mapping; ran
 
 test.serial('missing faults of a worker are served with uffdCopy, uffdZeropage, dontWake + uffdWake', async (t) => {
   const later = cleanup(t);
-  const uffd = openUffd(t, later);
+  const uffd = openUffd(later);
   const size = 4 * PAGE;
   const fd = memfd(later, 'uffd-missing', size);
   const plain = new Uint8Array(mapped(later, fd, 0, size)); // main's view; pages 0-3 stay untouched until served
@@ -357,7 +284,7 @@ test.serial('missing faults of a worker are served with uffdCopy, uffdZeropage, 
   t.is(f0.address, address!, 'the fault is at the address mmapAddress() reported');
   t.is(f0.flags & UFFD_PAGEFAULT_FLAG_WRITE, 0);
   t.is(f0.ptid, 0, 'no UFFD_FEATURE_THREAD_ID');
-  t.true(await stillBlocked(read0, 100));
+  t.true(await stillPending(read0, 100));
   const src0 = pattern(PAGE, 11);
   t.is(native.uffdCopy(uffd.fd, f0.address, 0, src0), PAGE);
   t.deepEqual((await read0).bytes, [...src0.subarray(8, 12)]);
@@ -381,7 +308,7 @@ test.serial('missing faults of a worker are served with uffdCopy, uffdZeropage, 
   t.is(f2.address, address! + 2n * BPAGE);
   const src2 = pattern(PAGE, 99);
   t.is(native.uffdCopy(uffd.fd, address!, 2 * PAGE, src2, { dontWake: true }), PAGE);
-  t.true(await stillBlocked(read2, 150), 'not woken by a dontWake copy');
+  t.true(await stillPending(read2, 150), 'not woken by a dontWake copy');
   native.uffdWake(uffd.fd, address!, 2 * PAGE, PAGE);
   t.deepEqual((await read2).bytes, [...src2.subarray(0, 4)]);
 
@@ -396,7 +323,7 @@ test.serial('missing faults of a worker are served with uffdCopy, uffdZeropage, 
 
 test.serial('minor faults are served with uffdContinue; wp faults with uffdWriteProtect', async (t) => {
   const later = cleanup(t);
-  const uffd = openUffd(t, later);
+  const uffd = openUffd(later);
   const size = 2 * PAGE;
   const fd = memfd(later, 'uffd-minor', size);
   const plain = new Uint8Array(mapped(later, fd, 0, size));
@@ -411,7 +338,7 @@ test.serial('minor faults are served with uffdContinue; wp faults with uffdWrite
   const f0 = await uffd.next();
   t.is(f0.address, address!);
   t.not(f0.flags & UFFD_PAGEFAULT_FLAG_MINOR, 0);
-  t.true(await stillBlocked(read0, 100));
+  t.true(await stillPending(read0, 100));
   plain[0] = 0xee; // the handler may update the page cache before mapping it
   t.is(native.uffdContinue(uffd.fd, address!, 0, PAGE), PAGE);
   t.deepEqual((await read0).bytes, [0xee, ...data.subarray(1, 4)]);
@@ -427,7 +354,7 @@ test.serial('minor faults are served with uffdContinue; wp faults with uffdWrite
   t.is(f1.address, address! + BPAGE);
   t.not(f1.flags & UFFD_PAGEFAULT_FLAG_WP, 0);
   t.not(f1.flags & UFFD_PAGEFAULT_FLAG_WRITE, 0);
-  t.true(await stillBlocked(write1, 100));
+  t.true(await stillPending(write1, 100));
   t.is(plain[PAGE], 1);
   native.uffdWriteProtect(uffd.fd, address!, PAGE, PAGE, false);
   await write1;
