@@ -6,32 +6,14 @@
  *   node --import tsx test/bench/iotlb.ts
  */
 import { performance } from 'node:perf_hooks';
-import { IotlbCache, IotlbMemory, createIotlbLookup } from '../../virtqueue/iotlb.ts';
+import { IotlbCache, IotlbMemory } from '../../virtqueue/iotlb.ts';
 import { RegionMemory, createSpan } from '../../virtqueue/memory.ts';
-import { prng } from '../unit/virtqueue-fixtures.ts';
+import { filledIotlb, timeLookups } from '../unit/virtqueue-fixtures.ts';
 
 const PAGE = 0x1000;
 const UVA = 0x7f00_0000_0000;
 const IOVA = 0x4000_0000;
 
-function timeLookups(c: IotlbCache, addrs: Float64Array): number {
-  const r = createIotlbLookup();
-  const t0 = performance.now();
-  let sink = 0;
-  for (let i = 0; i < addrs.length; i++) sink += c.lookup(addrs[i]!, 64, false, r).byteLen;
-  const dt = performance.now() - t0;
-  if (sink < 0) throw new Error('unreachable');
-  return dt;
-}
-
-function filled(n: number, count: number, seed: number): { c: IotlbCache; addrs: Float64Array } {
-  const c = new IotlbCache({ maxEntries: Math.max(n, 1) });
-  for (let i = 0; i < n; i++) c.update(i * 2 * PAGE, PAGE, 0x4000_0000 + i * 4 * PAGE, 'rw');
-  const rnd = prng(seed);
-  const addrs = new Float64Array(count);
-  for (let i = 0; i < count; i++) addrs[i] = Math.floor(rnd() * n) * 2 * PAGE + Math.floor(rnd() * (PAGE - 64));
-  return { c, addrs };
-}
 
 function regions() {
   const a = { gpa: 0x0, uva: UVA, byteLen: 0x10000, bytes: new Uint8Array(0x10000) };
@@ -44,7 +26,7 @@ function main(): void {
   const lines: string[] = [];
   for (const n of [1, 64, 4096]) {
     for (const pattern of ['ring', 'random'] as const) {
-      const { c, addrs } = filled(n, 200_000, n);
+      const { c, addrs } = filledIotlb(n, 200_000, n);
       if (pattern === 'ring') {
         // Runs of 16 consecutive accesses in one entry (descriptor table, avail ring, a buffer).
         for (let i = 0; i < addrs.length; i++) addrs[i] = addrs[i - (i % 16)]! - (addrs[i - (i % 16)]! % PAGE) + (i % 16) * 64;

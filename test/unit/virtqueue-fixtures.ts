@@ -1,6 +1,7 @@
 /** Shared setup for the virtqueue-*.test.ts files (not a test file itself). */
 import { Chain, ChainReader, ChainWriter, FlatMemory, SplitDriver, PackedDriver, PackedQueue, SplitQueue } from '../../virtqueue/index.ts';
 import type { GuestMemory, DriverBuffer, SplitDriverOptions, SplitQueueConfig, UsedEntry } from '../../virtqueue/index.ts';
+import { IotlbCache, createIotlbLookup } from '../../virtqueue/iotlb.ts';
 
 export interface Rig {
   mem: GuestMemory;
@@ -59,4 +60,26 @@ export function formatRig(kind: 'split' | 'packed', mem: GuestMemory = new FlatM
   const d = new PackedDriver(mem, { size, base });
   const q = new PackedQueue(d.queueConfig(), mem);
   return { mem, q, add: (b, o) => d.addChain(b, o), used: () => d.readUsed(), packed: d };
+}
+
+/** Milliseconds for one lookup of each address in `addrs` (64 bytes each, read). */
+export function timeLookups(c: IotlbCache, addrs: Float64Array): number {
+  const r = createIotlbLookup();
+  const t0 = performance.now();
+  let sink = 0;
+  for (let i = 0; i < addrs.length; i++) sink += c.lookup(addrs[i]!, 64, false, r).byteLen;
+  const dt = performance.now() - t0;
+  if (sink < 0) throw new Error('unreachable');
+  return dt;
+}
+
+/** A cache of exactly n disjoint entries (every other 4 KiB page), and `count` lookup addresses inside them. */
+export function filledIotlb(n: number, count: number, seed: number): { c: IotlbCache; addrs: Float64Array } {
+  const PAGE = 0x1000;
+  const c = new IotlbCache({ maxEntries: Math.max(n, 1) });
+  for (let i = 0; i < n; i++) c.update(i * 2 * PAGE, PAGE, 0x4000_0000 + i * 4 * PAGE, 'rw');
+  const rnd = prng(seed);
+  const addrs = new Float64Array(count);
+  for (let i = 0; i < count; i++) addrs[i] = Math.floor(rnd() * n) * 2 * PAGE + Math.floor(rnd() * (PAGE - 64));
+  return { c, addrs };
 }

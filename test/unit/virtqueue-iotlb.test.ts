@@ -8,7 +8,7 @@ import { DirtyLog, LOG_PAGE } from '../../virtqueue/dirty-log.ts';
 import { Chain, ChainWriter } from '../../virtqueue/chain.ts';
 import { SplitDriver } from '../../virtqueue/split-driver.ts';
 import { SplitQueue } from '../../virtqueue/split.ts';
-import { prng } from './virtqueue-fixtures.ts';
+import { filledIotlb, prng, timeLookups } from './virtqueue-fixtures.ts';
 
 const PAGE = 0x1000;
 
@@ -267,26 +267,6 @@ test('least recently used entries are evicted first: a mapping in use survives a
 
 // ---- hostile flood: bounded size, O(log n) lookups -----------------------------------------------
 
-function timeLookups(c: IotlbCache, addrs: Float64Array): number {
-  const r = createIotlbLookup();
-  const t0 = performance.now();
-  let sink = 0;
-  for (let i = 0; i < addrs.length; i++) sink += c.lookup(addrs[i]!, 64, false, r).byteLen;
-  const dt = performance.now() - t0;
-  if (sink < 0) throw new Error('unreachable');
-  return dt;
-}
-
-/** A cache of exactly n disjoint entries (every other page-run), and lookup addresses inside them. */
-function filled(n: number, count: number, seed: number): { c: IotlbCache; addrs: Float64Array } {
-  const c = new IotlbCache({ maxEntries: Math.max(n, 1) });
-  for (let i = 0; i < n; i++) c.update(i * 2 * PAGE, PAGE, 0x4000_0000 + i * 4 * PAGE, 'rw');
-  const rnd = prng(seed);
-  const addrs = new Float64Array(count);
-  for (let i = 0; i < count; i++) addrs[i] = Math.floor(rnd() * n) * 2 * PAGE + Math.floor(rnd() * (PAGE - 64));
-  return { c, addrs };
-}
-
 test('a flood of 1e5 random overlapping UPDATEs keeps the cache bounded and lookups logarithmic', (t) => {
   const max = 4096;
   const c = new IotlbCache({ maxEntries: max });
@@ -324,8 +304,8 @@ test('a flood of 1e5 random overlapping UPDATEs keeps the cache bounded and look
   t.true(nsPer < 10_000, `${nsPer.toFixed(0)} ns per lookup after the flood`);
 
   // O(log n): 4096 entries must not cost anywhere near 64x what 64 entries cost (a list scan would).
-  const small = filled(64, 200_000, 1);
-  const big = filled(4096, 200_000, 2);
+  const small = filledIotlb(64, 200_000, 1);
+  const big = filledIotlb(4096, 200_000, 2);
   const ratios: number[] = [];
   for (let k = 0; k < 3; k++) ratios.push(timeLookups(big.c, big.addrs) / timeLookups(small.c, small.addrs));
   ratios.sort((a, b) => a - b);
