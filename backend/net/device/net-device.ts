@@ -85,18 +85,6 @@ function defaultBusyPollUs(): number {
   return Number.isFinite(n) && n >= 0 ? n : DEFAULT_BUSY_POLL_US;
 }
 
-/** hostGsoMask's bit for HOST_ECN (no gso_type below 32 uses bit 31). */
-const HOST_GSO_ECN = 1 << 31;
-
-/** Bit n set: gso_type n may come from the driver (virtio v1.2 5.1.6.2); HOST_GSO_ECN: with the ECN bit. */
-function hostGsoMask(acked: bigint): number {
-  let m = 0;
-  if (has(acked, VirtioF.NET_F_HOST_TSO4)) m |= 1 << GSO_TCPV4;
-  if (has(acked, VirtioF.NET_F_HOST_TSO6)) m |= 1 << GSO_TCPV6;
-  if (has(acked, VirtioF.NET_F_HOST_ECN)) m |= HOST_GSO_ECN;
-  return m;
-}
-
 /** Bytes of a frame hashed to pick its RX ring: Ethernet + IPv4 addresses. */
 const HASH_BYTES = 34;
 /** The most buffers one mergeable RX frame may take (virtio v1.2 5.1.6.4: num_buffers is a le16). */
@@ -196,8 +184,10 @@ export class NetDevice implements Device, FrameSink, PolledRing {
    * TX header is not read: virtio v1.2 5.1.6.2.1 makes its flags zero and gso_type NONE (D40).
    */
   private hostOffloads = false;
-  /** gso_type values (ECN bit included) the driver may send: per HOST_TSO4 / HOST_TSO6 / HOST_ECN. */
-  private hostGso = 0;
+  /** The segmentation the driver may ask of us on TX (virtio v1.2 5.1.6.2), like guest* for RX. */
+  private hostTso4 = false;
+  private hostTso6 = false;
+  private hostEcn = false;
   /** Inside a sender's burst: RX used rings are published at endBurst. */
   private burstDepth = 0;
   private readonly rxDirty: (ReadyQueue | null)[];
@@ -297,7 +287,9 @@ export class NetDevice implements Device, FrameSink, PolledRing {
       has(acked, VirtioF.NET_F_HOST_TSO4) ||
       has(acked, VirtioF.NET_F_HOST_TSO6) ||
       has(acked, VirtioF.NET_F_HOST_UFO);
-    this.hostGso = hostGsoMask(acked);
+    this.hostTso4 = has(acked, VirtioF.NET_F_HOST_TSO4);
+    this.hostTso6 = has(acked, VirtioF.NET_F_HOST_TSO6);
+    this.hostEcn = has(acked, VirtioF.NET_F_HOST_ECN);
     this.uplink?.configure?.(acked);
     this.mergeable = has(acked, VirtioF.NET_F_MRG_RXBUF);
     // virtio v1.2 5.1.6: the header has num_buffers when VERSION_1 or MRG_RXBUF is negotiated.
@@ -419,8 +411,8 @@ export class NetDevice implements Device, FrameSink, PolledRing {
     const gso = hdr.gsoType;
     if (gso === GSO_NONE) return false;
     const base = gso & ~GSO_ECN;
-    const known = (base === GSO_TCPV4 || base === GSO_TCPV6) && (this.hostGso & (1 << base)) !== 0;
-    if (known && ((gso & GSO_ECN) === 0 || (this.hostGso & HOST_GSO_ECN) !== 0)) return false;
+    const known = base === GSO_TCPV4 ? this.hostTso4 : base === GSO_TCPV6 ? this.hostTso6 : false;
+    if (known && ((gso & GSO_ECN) === 0 || this.hostEcn)) return false;
     this.stats.txDropped++;
     this.stats.txBadGso++;
     return true;
