@@ -9,6 +9,7 @@ import { FrontendReq, type DeviceConfig, type RarpMac, type VhostMessage } from 
 import { DeviceStateTransfer } from '../device-state.ts';
 import { fail } from '../errors.ts';
 import { FD_KINDS, type HandlerTable } from '../session.ts';
+import { u64 } from './payload.ts';
 
 const log = createDebug('vhost:device-state');
 
@@ -34,7 +35,7 @@ export const DEVICE_HANDLERS: HandlerTable = {
     cfg.write(p.offset, p.payload, (p.flags & SET_CONFIG_TYPE_MIGRATION) !== 0);
   },
   [FrontendReq.NET_SET_MTU](msg: VhostMessage) {
-    const mtu = (msg.payload as { value: bigint }).value;
+    const mtu = u64(msg);
     const cfg = this.device.config;
     if (!cfg?.setMtu) fail('SESSION_UNSUPPORTED', `the ${this.device.kind} device has no MTU`);
     if (mtu > 0xffffn) fail('SESSION_BAD_CONFIG', `MTU ${mtu} is not a 16-bit value`);
